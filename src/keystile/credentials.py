@@ -1,0 +1,114 @@
+"""Which credential a request carries, read from its headers with no I/O.
+
+Adapters pass ``(lowercase name, value)`` pairs. Three forms are accepted:
+
+* ``Authorization: Bearer <token>``                      -> auth_method ``bearer``
+* ``x-api-key: <token>``                                 -> auth_method ``api_key``
+* ``x-api-key: <key id>`` + ``x-api-secret: <secret>``   -> auth_method ``key_secret``
+
+Anything ambiguous (a header twice, two different credentials, a secret without an id) is a
+400, never a guess; garbage is a 401; nothing here can raise anything but :class:`AuthError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import MALFORMED_CREDENTIALS, MISSING_API_KEY, INVALID_API_KEY, AuthError
+from .tokens import KEY_ID_PREFIX, ParsedToken, parse_pair, parse_token
+
+#: Longer values are refused before any parsing; real tokens are under 100 characters.
+MAX_VALUE_LENGTH = 512
+MAX_ACCOUNT_LENGTH = 128
+_WANTED = ("authorization", "x-api-key", "x-api-secret", "x-account-id")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    token: ParsedToken
+    auth_method: str
+    account_id: str | None
+
+    def __repr__(self) -> str:
+        return f"Credentials({self.token!r}, {self.auth_method!r}, {self.account_id!r})"
+
+
+def _collect(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, value in headers:
+        if name not in _WANTED:
+            continue
+        if name in found:
+            raise AuthError(MALFORMED_CREDENTIALS, f"The {name} header was sent more than once.")
+        found[name] = value.strip(" \t")
+    return {name: value for name, value in found.items() if value}
+
+
+def _clean(name: str, value: str) -> str:
+    if len(value) > MAX_VALUE_LENGTH or not value.isascii() or not value.isprintable():
+        raise AuthError(INVALID_API_KEY, f"The {name} header does not hold a valid credential.")
+    return value
+
+
+def _bearer(value: str) -> str:
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthError(MALFORMED_CREDENTIALS, "The Authorization header must use the Bearer scheme.")
+    token = token.strip(" ")
+    if not token:
+        raise AuthError(MALFORMED_CREDENTIALS, "The Bearer token is empty.")
+    return token
+
+
+def _account(headers: dict[str, str]) -> str | None:
+    account = headers.get("x-account-id")
+    if account is None:
+        return None
+    if len(account) > MAX_ACCOUNT_LENGTH or not account.isascii() or not account.isprintable():
+        raise AuthError(MALFORMED_CREDENTIALS, "The x-account-id header is malformed.")
+    return account
+
+
+def read_credentials(
+    headers: Iterable[tuple[str, str]],
+    prefix: str,
+    environments: tuple[str, ...],
+) -> Credentials:
+    found = _collect(headers)
+    authorization = found.get("authorization")
+    api_key = found.get("x-api-key")
+    secret = found.get("x-api-secret")
+    account = _account(found)
+
+    if secret is not None:
+        if api_key is None:
+            raise AuthError(MALFORMED_CREDENTIALS, "x-api-secret needs x-api-key with the key id.")
+        if authorization is not None:
+            raise AuthError(MALFORMED_CREDENTIALS, "Send either a Bearer token or x-api-key.")
+        if not api_key.startswith(KEY_ID_PREFIX):
+            raise AuthError(
+                MALFORMED_CREDENTIALS, "With x-api-secret, x-api-key must hold the key id (key_…)."
+            )
+        pair = parse_pair(_clean("x-api-key", api_key), _clean("x-api-secret", secret))
+        if pair is None:
+            raise AuthError(INVALID_API_KEY)
+        return Credentials(pair, "key_secret", account)
+
+    if authorization is not None:
+        token = _bearer(_clean("authorization", authorization))
+        if api_key is not None and api_key != token:
+            raise AuthError(MALFORMED_CREDENTIALS, "Send either a Bearer token or x-api-key.")
+        method = "bearer"
+    elif api_key is not None:
+        token = _clean("x-api-key", api_key)
+        if token.startswith(KEY_ID_PREFIX):
+            raise AuthError(MALFORMED_CREDENTIALS, "A key id in x-api-key needs x-api-secret.")
+        method = "api_key"
+    else:
+        raise AuthError(MISSING_API_KEY)
+
+    parsed = parse_token(token, prefix, environments)
+    if parsed is None:
+        raise AuthError(INVALID_API_KEY)
+    return Credentials(parsed, method, account)

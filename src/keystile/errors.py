@@ -1,0 +1,128 @@
+"""Every failure keystile answers with, and how it is rendered: the one table adapters use.
+
+An adapter never picks a status or writes an error body itself; it calls :func:`render` and
+copies status, headers and body into its framework's response.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    code: str
+    type: str
+    status: int
+    message: str
+
+
+MISSING_API_KEY: Final = ErrorSpec("AUTH_001", "missing_api_key", 401, "API key is required.")
+INVALID_API_KEY: Final = ErrorSpec("AUTH_002", "invalid_api_key", 401, "Invalid API key.")
+EXPIRED_API_KEY: Final = ErrorSpec(
+    "AUTH_003", "expired_api_key", 401, "API key has expired or been revoked."
+)
+INSUFFICIENT_PERMISSIONS: Final = ErrorSpec(
+    "AUTH_004", "insufficient_permissions", 403, "API key lacks the permission for this request."
+)
+ACCOUNT_FORBIDDEN: Final = ErrorSpec(
+    "AUTH_005", "account_forbidden", 403, "API key may not act for this account."
+)
+MALFORMED_CREDENTIALS: Final = ErrorSpec(
+    "AUTH_006", "malformed_credentials", 400, "Credentials are malformed or conflicting."
+)
+QUOTA_EXCEEDED: Final = ErrorSpec("BILLING_001", "quota_exceeded", 429, "Monthly page limit exceeded.")
+BACKEND_UNAVAILABLE: Final = ErrorSpec(
+    "SVC_001", "backend_unavailable", 503, "Authentication backend is unavailable; retry shortly."
+)
+
+ERRORS: Final[tuple[ErrorSpec, ...]] = (
+    MISSING_API_KEY,
+    INVALID_API_KEY,
+    EXPIRED_API_KEY,
+    INSUFFICIENT_PERMISSIONS,
+    ACCOUNT_FORBIDDEN,
+    MALFORMED_CREDENTIALS,
+    QUOTA_EXCEEDED,
+    BACKEND_UNAVAILABLE,
+)
+
+
+class KeystileError(Exception):
+    """Base of keystile's exceptions."""
+
+
+class ConfigError(KeystileError, ValueError):
+    """A setting is unknown or has a wrong type or value; the message names it."""
+
+
+class NotFound(KeystileError, LookupError):
+    """No such key (or the key belongs to another account)."""
+
+
+class InvalidInput(KeystileError, ValueError):
+    """A value given to a management call is wrong; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class BackendError(KeystileError):
+    """The store or Redis failed; the cause is chained, never a secret."""
+
+
+class AuthError(KeystileError):
+    """A request is refused. Carries the spec plus an optional more precise message."""
+
+    def __init__(
+        self,
+        spec: ErrorSpec,
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.message = message or spec.message
+        self.headers = headers or {}
+        super().__init__(f"{spec.code} {spec.type}: {self.message}")
+
+    @property
+    def code(self) -> str:
+        return self.spec.code
+
+    @property
+    def status(self) -> int:
+        return self.spec.status
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def _www_authenticate(error: AuthError) -> str:
+    # RFC 6750 3.1: no error attribute when the request carried no credentials at all.
+    if error.spec is MISSING_API_KEY:
+        return 'Bearer realm="api"'
+    kind = "invalid_request" if error.spec is MALFORMED_CREDENTIALS else "invalid_token"
+    return f'Bearer realm="api", error="{kind}"'
+
+
+def render(error: AuthError) -> Rendered:
+    """Status, headers and JSON body for ``error``: the only place they are decided."""
+    body = json.dumps(
+        {"error": {"code": error.spec.code, "type": error.spec.type, "message": error.message}},
+        separators=(",", ":"),
+    ).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    if error.spec.status == 401 or error.spec is MALFORMED_CREDENTIALS:
+        headers.append(("www-authenticate", _www_authenticate(error)))
+    if error.spec is BACKEND_UNAVAILABLE:
+        headers.append(("retry-after", "1"))
+    headers.extend((name.lower(), value) for name, value in error.headers.items())
+    headers.append(("cache-control", "no-store"))
+    return Rendered(error.spec.status, headers, body)

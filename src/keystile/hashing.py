@@ -1,0 +1,42 @@
+"""argon2id hashing of key secrets, with a cap on how many runs go at once."""
+
+from __future__ import annotations
+
+import threading
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from .settings import Argon2Params
+
+
+class SecretHasher:
+    def __init__(self, params: Argon2Params, max_concurrency: int) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=params.time_cost,
+            memory_cost=params.memory_cost,
+            parallelism=params.parallelism,
+        )
+        # Bounds CPU and memory under a flood of cold or wrong keys; excess callers wait here,
+        # in a worker thread, never on the event loop.
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+
+    def hash(self, secret: str) -> str:
+        with self._slots:
+            return self._hasher.hash(secret)
+
+    def verify(self, hashed: str, secret: str) -> bool:
+        with self._slots:
+            try:
+                return self._hasher.verify(hashed, secret)
+            except (VerificationError, InvalidHashError):
+                return False
+
+    def needs_rehash(self, hashed: str) -> bool:
+        try:
+            return self._hasher.check_needs_rehash(hashed)
+        except InvalidHashError:
+            return False
+
+    def __repr__(self) -> str:
+        return "SecretHasher()"

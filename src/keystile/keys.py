@@ -1,0 +1,293 @@
+"""Key life: create (token shown once), read, list, update, revoke, delete and roll.
+
+Every change writes the store first and then publishes the key's new state stamp to Redis,
+so that every process sharing that Redis refuses the old state on its very next request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from . import tokens
+from .errors import BackendError, InvalidInput, NotFound
+from .models import ApiKey, KeyRecord, new_version
+
+if TYPE_CHECKING:
+    from .engine import Keystile
+
+_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_PERMISSION = re.compile(r"^[A-Za-z0-9_.:*/-]{1,100}$")
+MAX_META_BYTES = 4096
+MAX_LIST_LIMIT = 100
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """The one moment a key's secret exists in clear: show it, then let it go."""
+
+    token: str
+    key_id: str
+    secret: str
+    key: ApiKey
+
+    def __repr__(self) -> str:
+        return f"CreatedKey(key_id={self.key_id!r}, preview={self.key.preview!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    items: Sequence[ApiKey]
+    total: int
+    next_cursor: str | None
+
+
+def check_account(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not _ACCOUNT.match(value):
+        raise InvalidInput(field, "expected 1-128 characters of letters, digits and ._:@-")
+    return value
+
+
+def check_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise InvalidInput("name", "expected a non-empty string of at most 200 characters")
+    if not value.isprintable():
+        raise InvalidInput("name", "must not contain control characters")
+    return value.strip()
+
+
+def check_permissions(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidInput("permissions", "expected a list of permission names")
+    items = list(value)
+    if len(items) > 200:
+        raise InvalidInput("permissions", "at most 200 permissions")
+    for item in items:
+        if not isinstance(item, str) or not _PERMISSION.match(item):
+            raise InvalidInput("permissions", f"invalid permission {item!r}")
+    return tuple(dict.fromkeys(items))
+
+
+def check_expiry(value: Any, now: datetime, *, future: bool) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInput("expires_at", "expected a timezone-aware datetime or None")
+    if future and value <= now:
+        raise InvalidInput("expires_at", "must be in the future")
+    return value
+
+
+def check_meta(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput("meta", "expected a JSON object")
+    try:
+        encoded = json.dumps(dict(value))
+    except (TypeError, ValueError):
+        raise InvalidInput("meta", "must be JSON-serialisable") from None
+    if len(encoded.encode()) > MAX_META_BYTES:
+        raise InvalidInput("meta", f"at most {MAX_META_BYTES} bytes of JSON")
+    loaded: dict[str, Any] = json.loads(encoded)
+    return loaded
+
+
+class KeyManager:
+    def __init__(self, engine: Keystile) -> None:
+        self._engine = engine
+
+    @property
+    def _store(self) -> Any:
+        return self._engine.store
+
+    def _kid(self, key_id: Any) -> str:
+        kid = tokens.parse_key_id(key_id) if isinstance(key_id, str) else None
+        if kid is None:
+            raise NotFound(f"no API key {key_id!r}" if isinstance(key_id, str) else "no such key")
+        return kid
+
+    def _record(self, key_id: str) -> KeyRecord:
+        record = self._store.get(self._kid(key_id))
+        if record is None:
+            raise NotFound(f"no API key {key_id!r}")
+        return record
+
+    def _new_secret(self, kid: str, environment: str) -> tuple[str, str, str]:
+        secret = tokens.new_secret(kid)
+        token = tokens.format_token(self._engine.settings.token_prefix, environment, kid, secret)
+        return token, secret, self._engine.hasher.hash(secret)
+
+    def create(
+        self,
+        account_id: str,
+        name: str,
+        permissions: Iterable[str] = (),
+        environment: str = "live",
+        expires_at: datetime | None = None,
+        owner: str | None = None,
+        accounts: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+    ) -> CreatedKey:
+        settings = self._engine.settings
+        now = self._engine.now()
+        check_account("account_id", account_id)
+        if environment not in settings.environments:
+            raise InvalidInput("environment", f"expected one of {list(settings.environments)}")
+        if owner is not None and (not isinstance(owner, str) or len(owner) > 200):
+            raise InvalidInput("owner", "expected a string of at most 200 characters or None")
+        if isinstance(accounts, str):
+            raise InvalidInput("accounts", "expected a list of account ids")
+        extra = tuple(dict.fromkeys(check_account("accounts", a) for a in accounts))
+        kid = tokens.new_kid()
+        token, secret, secret_hash = self._new_secret(kid, environment)
+        record = KeyRecord(
+            kid=kid,
+            token_prefix=settings.token_prefix,
+            last4=token[-4:],
+            name=check_name(name),
+            account_id=account_id,
+            owner=owner,
+            permissions=check_permissions(permissions),
+            environment=environment,
+            accounts=tuple(a for a in extra if a != account_id),
+            created_at=now,
+            expires_at=check_expiry(expires_at, now, future=True),
+            last_used_at=None,
+            revoked_at=None,
+            enabled=True,
+            meta=check_meta(meta),
+            secret_hash=secret_hash,
+            previous_hash=None,
+            previous_expires_at=None,
+            version=new_version(),
+        )
+        self._store.insert(record)
+        return CreatedKey(token, record.key_id, secret, record.public())
+
+    def get(self, key_id: str) -> ApiKey:
+        return self._record(key_id).public()
+
+    def list(
+        self,
+        account_id: str,
+        search: str | None = None,
+        environment: str | None = None,
+        include_revoked: bool = False,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> KeyPage:
+        check_account("account_id", account_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInput("limit", f"expected an integer from 1 to {MAX_LIST_LIMIT}")
+        if search is not None and (not isinstance(search, str) or len(search) > 200):
+            raise InvalidInput("search", "expected a string of at most 200 characters")
+        if environment is not None and environment not in self._engine.settings.environments:
+            raise InvalidInput("environment", "unknown environment")
+        page = self._store.list(
+            account_id,
+            search=search or None,
+            environment=environment,
+            include_revoked=include_revoked,
+            limit=limit,
+            cursor=cursor or None,
+        )
+        return KeyPage([r.public() for r in page.items], page.total, page.next_cursor)
+
+    def update(
+        self,
+        key_id: str,
+        *,
+        name: str = _UNSET,
+        permissions: Iterable[str] = _UNSET,
+        expires_at: datetime | None = _UNSET,
+        meta: Mapping[str, Any] | None = _UNSET,
+        enabled: bool = _UNSET,
+    ) -> ApiKey:
+        changes: dict[str, Any] = {}
+        if name is not _UNSET:
+            changes["name"] = check_name(name)
+        if permissions is not _UNSET:
+            changes["permissions"] = check_permissions(permissions)
+        if expires_at is not _UNSET:
+            changes["expires_at"] = check_expiry(expires_at, self._engine.now(), future=False)
+        if meta is not _UNSET:
+            changes["meta"] = check_meta(meta)
+        if enabled is not _UNSET:
+            if not isinstance(enabled, bool):
+                raise InvalidInput("enabled", "expected true or false")
+            changes["enabled"] = enabled
+        return self._change(key_id, lambda record: changes).public()
+
+    def revoke(self, key_id: str) -> ApiKey:
+        """Refused from the next request on, everywhere; kept for audit; cannot be undone."""
+        now = self._engine.now()
+        return self._change(
+            key_id, lambda r: {} if r.revoked_at else {"revoked_at": now}
+        ).public()
+
+    def roll(self, key_id: str, grace_seconds: int = 0) -> CreatedKey:
+        """A new secret for the same key id; the old one keeps working for ``grace_seconds``."""
+        if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int):
+            raise InvalidInput("grace_seconds", "expected a whole number of seconds")
+        if not 0 <= grace_seconds <= 30 * 24 * 3600:
+            raise InvalidInput("grace_seconds", "expected 0 to 2592000 (30 days)")
+        fresh: dict[str, str] = {}
+
+        def roll_changes(record: KeyRecord) -> dict[str, Any]:
+            if record.revoked_at is not None:
+                raise InvalidInput("key_id", "a revoked key cannot be rolled")
+            token, secret, secret_hash = self._new_secret(record.kid, record.environment)
+            fresh.update(token=token, secret=secret)
+            grace = grace_seconds > 0
+            return {
+                "secret_hash": secret_hash,
+                "last4": token[-4:],
+                "previous_hash": record.secret_hash if grace else None,
+                "previous_expires_at": (
+                    self._engine.now() + timedelta(seconds=grace_seconds) if grace else None
+                ),
+            }
+
+        record = self._change(key_id, roll_changes)
+        return CreatedKey(fresh["token"], record.key_id, fresh["secret"], record.public())
+
+    def delete(self, key_id: str) -> None:
+        """Gone for good (prefer :meth:`revoke`, which keeps the record for audit)."""
+        record = self._record(key_id)
+        if not self._store.delete(record.kid):
+            raise NotFound(f"no API key {key_id!r}")
+        self._publish(record.changed())
+
+    def _change(self, key_id: str, compute: Any) -> KeyRecord:
+        for _ in range(5):
+            record = self._record(key_id)
+            changes = compute(record)
+            if not changes:
+                return record
+            updated = record.changed(**changes)
+            if self._store.replace(updated, expected_version=record.version):
+                self._publish(updated)
+                return updated
+        raise BackendError("the key kept changing concurrently; try again")
+
+    def _publish(self, record: KeyRecord) -> None:
+        """Make every process see ``record``'s new state on its next request."""
+        engine = self._engine
+        engine.local.drop_group(record.kid)
+        if not engine.has_redis:
+            return
+        try:
+            engine.redis.client.set(
+                engine.redis_keys.state(record.account_id, record.kid), record.version
+            )
+        except Exception as exc:
+            raise BackendError(
+                "saved, but Redis could not be told: other processes may use the old state "
+                f"for up to cache_ttl={engine.settings.cache_ttl}s ({type(exc).__name__})"
+            ) from exc

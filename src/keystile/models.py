@@ -1,0 +1,120 @@
+"""What a key is: the public :class:`ApiKey` and the store's :class:`KeyRecord` behind it."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from .tokens import KEY_ID_PREFIX, mask
+
+EMPTY_META: Mapping[str, Any] = MappingProxyType({})
+
+
+def new_version() -> str:
+    """A fresh state stamp: caches keyed on the old one stop matching."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as shown to people and programs: never its secret nor its hash."""
+
+    id: str
+    preview: str
+    name: str
+    account_id: str
+    owner: str | None
+    permissions: tuple[str, ...]
+    environment: str
+    accounts: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    enabled: bool
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def status(self, now: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active" if self.enabled else "disabled"
+
+    def to_dict(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": self.id,
+            "preview": self.preview,
+            "name": self.name,
+            "account_id": self.account_id,
+            "owner": self.owner,
+            "permissions": list(self.permissions),
+            "environment": self.environment,
+            "accounts": list(self.accounts),
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "last_used_at": iso(self.last_used_at),
+            "revoked_at": iso(self.revoked_at),
+            "enabled": self.enabled,
+            "meta": dict(self.meta),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A stored key. ``version`` changes on every change of state, so caches can tell."""
+
+    kid: str
+    token_prefix: str
+    last4: str
+    name: str
+    account_id: str
+    owner: str | None
+    permissions: tuple[str, ...]
+    environment: str
+    accounts: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    enabled: bool
+    meta: Mapping[str, Any]
+    secret_hash: str
+    previous_hash: str | None
+    previous_expires_at: datetime | None
+    version: str
+
+    @property
+    def key_id(self) -> str:
+        return KEY_ID_PREFIX + self.kid
+
+    def public(self) -> ApiKey:
+        return ApiKey(
+            id=self.key_id,
+            preview=mask(self.token_prefix, self.environment, self.last4),
+            name=self.name,
+            account_id=self.account_id,
+            owner=self.owner,
+            permissions=self.permissions,
+            environment=self.environment,
+            accounts=self.accounts,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            last_used_at=self.last_used_at,
+            revoked_at=self.revoked_at,
+            enabled=self.enabled,
+            meta=MappingProxyType(dict(self.meta)),
+        )
+
+    def changed(self, **changes: Any) -> KeyRecord:
+        return replace(self, version=new_version(), **changes)
+
+    def __repr__(self) -> str:
+        return f"KeyRecord(key_id={self.key_id!r}, account_id={self.account_id!r})"

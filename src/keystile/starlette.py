@@ -1,0 +1,143 @@
+"""Starlette (and any ASGI app): :class:`KeystileMiddleware` and :func:`requires`.
+
+Pure ASGI. Lifespan and exempt paths pass straight through; HTTP requests and WebSocket
+handshakes are authenticated, and the principal lands in ``scope["state"]["principal"]``,
+which Starlette shows as ``request.state.principal``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from .engine import Keystile
+from .errors import INSUFFICIENT_PERMISSIONS, MISSING_API_KEY, AuthError, render
+from .principal import Principal, missing_permissions
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: WebSocket close code for a refused handshake (RFC 6455: policy violation).
+WS_POLICY_VIOLATION = 1008
+
+
+def _engine(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Keystile:
+    if settings is not None and keystile is not None:
+        raise TypeError("pass settings or keystile, not both")
+    return keystile if keystile is not None else Keystile(settings)
+
+
+def scope_headers(scope: Scope) -> list[tuple[str, str]]:
+    # latin-1 maps every byte, so no header value can fail to decode here.
+    return [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope["headers"]]
+
+
+async def send_error(scope: Scope, send: Send, error: AuthError) -> None:
+    rendered = render(error)
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in rendered.headers]
+    if scope["type"] == "websocket":
+        if "websocket.http.response" in scope.get("extensions", {}):
+            start = {"type": "websocket.http.response.start", "status": rendered.status}
+            await send({**start, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": rendered.body})
+        else:
+            reason = f"{error.spec.code} {error.spec.type}"
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": reason})
+        return
+    await send({"type": "http.response.start", "status": rendered.status, "headers": headers})
+    await send({"type": "http.response.body", "body": rendered.body})
+
+
+class KeystileMiddleware:
+    """``app.add_middleware(KeystileMiddleware, settings={...})`` or ``keystile=Keystile(...)``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Mapping[str, Any] | None = None,
+        keystile: Keystile | None = None,
+    ) -> None:
+        self.app = app
+        self.keystile = _engine(settings, keystile)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.keystile.is_exempt(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await self.keystile.authenticate_async(scope_headers(scope))
+        except AuthError as error:
+            await send_error(scope, send, error)
+            return
+        # A fresh state dict: the server's may be shared lifespan state.
+        scope = {**scope, "state": {**scope.get("state", {}), "principal": principal}}
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except AuthError as error:
+            # Raised by requires() or a FastAPI dependency: rendered here, from the one table.
+            if started:
+                raise
+            await send_error(scope, send, error)
+
+
+def principal_of(request: Any) -> Principal:
+    """The principal the middleware put on a Starlette request (or raises AUTH_001)."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        raise AuthError(MISSING_API_KEY)
+    return principal
+
+
+def check_permissions(principal: Principal, permissions: tuple[str, ...]) -> None:
+    missing = missing_permissions(principal.permissions, permissions)
+    if missing:
+        raise AuthError(
+            INSUFFICIENT_PERMISSIONS,
+            f"API key lacks the permission(s): {', '.join(missing)}.",
+        )
+
+
+def _find_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from starlette.requests import HTTPConnection
+
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, HTTPConnection):
+            return value
+    raise TypeError("requires() needs an endpoint that receives the request")
+
+
+def requires(*permissions: str) -> Callable[[F], F]:
+    """Endpoint decorator: every permission must be granted (``*`` wildcards in grants)."""
+
+    def decorate(endpoint: F) -> F:
+        if inspect.iscoroutinefunction(endpoint):
+
+            @functools.wraps(endpoint)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                check_permissions(principal_of(_find_request(args, kwargs)), permissions)
+                return await endpoint(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(endpoint)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            check_permissions(principal_of(_find_request(args, kwargs)), permissions)
+            return endpoint(*args, **kwargs)
+
+        return sync_wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,37 @@
+"""Key stores: where keys live. :func:`open_store` picks one from the ``store`` setting."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import KeyStore, Page
+
+__all__ = ["KeyStore", "Page", "open_store"]
+
+
+def open_store(url: str) -> KeyStore:
+    if url.startswith("memory://"):
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(":memory:")
+    if url.startswith("sqlite://"):
+        from .sqlite import SQLiteStore
+
+        path = url.removeprefix("sqlite://").removeprefix("/")
+        if not path:
+            raise ConfigError("setting 'store': expected 'sqlite:///path/to/file.db'")
+        return SQLiteStore(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                "setting 'store': PostgreSQL needs the extra: pip install 'keystile[postgres]'"
+            ) from exc
+        return PostgresStore(url)
+    if url.startswith("django://"):
+        try:
+            from ..django.store import DjangoStore
+        except ImportError as exc:
+            raise ConfigError("setting 'store': 'django://' needs Django installed") from exc
+        return DjangoStore()
+    raise ConfigError(f"setting 'store': unsupported URL scheme in {url.split('://')[0]!r}")

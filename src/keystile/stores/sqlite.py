@@ -1,0 +1,234 @@
+"""The embedded store: SQLite in a file (default) or in memory (``memory://``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import InvalidInput
+from ..models import KeyRecord
+from .base import Page
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keystile_keys (
+    kid TEXT PRIMARY KEY,
+    token_prefix TEXT NOT NULL,
+    last4 TEXT NOT NULL,
+    name TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    owner TEXT,
+    permissions TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    accounts TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    last_used_at REAL,
+    revoked_at REAL,
+    enabled INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    previous_hash TEXT,
+    previous_expires_at REAL,
+    version TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keystile_keys_account
+    ON keystile_keys (account_id, created_at DESC, kid DESC);
+"""
+
+_COLUMNS = (
+    "kid token_prefix last4 name account_id owner permissions environment accounts created_at "
+    "expires_at last_used_at revoked_at enabled meta secret_hash previous_hash "
+    "previous_expires_at version"
+).split()
+
+
+def to_epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+
+
+def record_to_row(record: KeyRecord) -> tuple[Any, ...]:
+    return (
+        record.kid,
+        record.token_prefix,
+        record.last4,
+        record.name,
+        record.account_id,
+        record.owner,
+        json.dumps(list(record.permissions)),
+        record.environment,
+        json.dumps(list(record.accounts)),
+        to_epoch(record.created_at),
+        to_epoch(record.expires_at),
+        to_epoch(record.last_used_at),
+        to_epoch(record.revoked_at),
+        int(record.enabled),
+        json.dumps(dict(record.meta)),
+        record.secret_hash,
+        record.previous_hash,
+        to_epoch(record.previous_expires_at),
+        record.version,
+    )
+
+
+def row_to_record(row: tuple[Any, ...]) -> KeyRecord:
+    values = dict(zip(_COLUMNS, row))
+    created_at = from_epoch(values["created_at"])
+    assert created_at is not None
+    return KeyRecord(
+        kid=values["kid"],
+        token_prefix=values["token_prefix"],
+        last4=values["last4"],
+        name=values["name"],
+        account_id=values["account_id"],
+        owner=values["owner"],
+        permissions=tuple(json.loads(values["permissions"])),
+        environment=values["environment"],
+        accounts=tuple(json.loads(values["accounts"])),
+        created_at=created_at,
+        expires_at=from_epoch(values["expires_at"]),
+        last_used_at=from_epoch(values["last_used_at"]),
+        revoked_at=from_epoch(values["revoked_at"]),
+        enabled=bool(values["enabled"]),
+        meta=json.loads(values["meta"]),
+        secret_hash=values["secret_hash"],
+        previous_hash=values["previous_hash"],
+        previous_expires_at=from_epoch(values["previous_expires_at"]),
+        version=values["version"],
+    )
+
+
+def encode_cursor(created_at: float, kid: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r}|{kid}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, kid = raw.split("|", 1)
+        return float(created), kid
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("cursor", "not a cursor returned by a previous page") from None
+
+
+def like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class SQLiteStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.blocking = path != ":memory:"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if self.blocking:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def insert(self, record: KeyRecord) -> None:
+        marks = ",".join("?" * len(_COLUMNS))
+        with self._tx() as db:
+            db.execute(f"INSERT INTO keystile_keys VALUES ({marks})", record_to_row(record))
+
+    def get(self, kid: str) -> KeyRecord | None:
+        rows = self._query(f"SELECT {','.join(_COLUMNS)} FROM keystile_keys WHERE kid=?", (kid,))
+        return row_to_record(rows[0]) if rows else None
+
+    def replace(self, record: KeyRecord, expected_version: str) -> bool:
+        assignments = ",".join(f"{c}=?" for c in _COLUMNS[1:])
+        with self._tx() as db:
+            cursor = db.execute(
+                f"UPDATE keystile_keys SET {assignments} WHERE kid=? AND version=?",
+                (*record_to_row(record)[1:], record.kid, expected_version),
+            )
+            return cursor.rowcount == 1
+
+    def set_hash(self, kid: str, old_hash: str, new_hash: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE keystile_keys SET secret_hash=? WHERE kid=? AND secret_hash=?",
+                (new_hash, kid, old_hash),
+            )
+
+    def delete(self, kid: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM keystile_keys WHERE kid=?", (kid,)).rowcount == 1
+
+    def list(
+        self,
+        account_id: str,
+        *,
+        search: str | None,
+        environment: str | None,
+        include_revoked: bool,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        where, params = ["account_id=?"], [account_id]
+        if search:
+            where.append("name LIKE ? ESCAPE '\\'")
+            params.append(f"%{like_escape(search)}%")
+        if environment:
+            where.append("environment=?")
+            params.append(environment)
+        if not include_revoked:
+            where.append("revoked_at IS NULL")
+        clause = " AND ".join(where)
+        page_where, page_params = clause, list(params)
+        if cursor:
+            created, kid = decode_cursor(cursor)
+            page_where += " AND (created_at < ? OR (created_at = ? AND kid < ?))"
+            page_params += [created, created, kid]
+        with self._lock:
+            total = self._db.execute(
+                f"SELECT COUNT(*) FROM keystile_keys WHERE {clause}", params
+            ).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT {','.join(_COLUMNS)} FROM keystile_keys WHERE {page_where} "
+                "ORDER BY created_at DESC, kid DESC LIMIT ?",
+                (*page_params, limit + 1),
+            ).fetchall()
+        items = [row_to_record(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last.created_at.timestamp(), last.kid)
+        return Page(items, total, next_cursor)
+
+    def touch(self, last_used: Mapping[str, datetime]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE keystile_keys SET last_used_at=? WHERE kid=? "
+                "AND (last_used_at IS NULL OR last_used_at < ?)",
+                [(at.timestamp(), kid, at.timestamp()) for kid, at in last_used.items()],
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,230 @@
+"""How a credential is verified, written once without I/O.
+
+The steps are generators that ``yield`` the I/O they need as ``(operation, args)`` and receive
+its result; :mod:`keystile.engine` drives them with blocking calls (WSGI, Django, CLI) or with
+``await`` (ASGI). A failed Redis or store call is thrown back in as :class:`BackendError`, so the
+policy for it lives here too.
+
+Order (cheapest refusal first): checksum (done by the caller, no I/O) -> in-process cache ->
+Redis -> store -> argon2 -> state -> account -> permissions (left to the endpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Generator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import (
+    ACCOUNT_FORBIDDEN,
+    BACKEND_UNAVAILABLE,
+    EXPIRED_API_KEY,
+    INVALID_API_KEY,
+    AuthError,
+    BackendError,
+)
+from .localcache import LocalCache
+from .models import KeyRecord
+from .principal import Principal
+from .settings import Settings
+from .tokens import KEY_ID_PREFIX, ParsedToken
+
+log = logging.getLogger("keystile")
+
+Call = tuple[str, tuple[Any, ...]]
+Steps = Generator[Call, Any, Any]
+
+#: Stored instead of a snapshot when a credential is known to be wrong.
+NEGATIVE = "-"
+#: How often the slow path starts over when the key changes while it is being verified.
+_MAX_ADOPT_TRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a verified credential proves, as cached. No secret, token or hash in it."""
+
+    kid: str
+    account_id: str
+    name: str
+    owner: str | None
+    environment: str
+    permissions: tuple[str, ...]
+    accounts: tuple[str, ...]
+    meta: Mapping[str, Any]
+    expires_at: float | None
+    revoked: bool
+    enabled: bool
+    #: Set when the credential is a rolled key's previous secret: it works until then.
+    valid_until: float | None
+    version: str
+
+    @classmethod
+    def of(cls, record: KeyRecord, via_previous: bool) -> Snapshot:
+        def epoch(value: datetime | None) -> float | None:
+            return None if value is None else value.timestamp()
+
+        return cls(
+            kid=record.kid,
+            account_id=record.account_id,
+            name=record.name,
+            owner=record.owner,
+            environment=record.environment,
+            permissions=record.permissions,
+            accounts=record.accounts,
+            meta=dict(record.meta),
+            expires_at=epoch(record.expires_at),
+            revoked=record.revoked_at is not None,
+            enabled=record.enabled,
+            valid_until=epoch(record.previous_expires_at) if via_previous else None,
+            version=record.version,
+        )
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> Snapshot:
+        data = json.loads(raw)
+        data["permissions"] = tuple(data["permissions"])
+        data["accounts"] = tuple(data["accounts"])
+        return cls(**data)
+
+
+def _utc(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
+
+
+class Verifier:
+    def __init__(
+        self,
+        settings: Settings,
+        local: LocalCache[Snapshot | str],
+        has_redis: bool,
+    ) -> None:
+        self.settings = settings
+        self.local = local
+        self.has_redis = has_redis
+        # With Redis every request checks the key's state, so a local entry may live longer.
+        self.local_ttl = settings.cache_ttl if has_redis else settings.local_cache_ttl
+
+    def _backend_down(self, exc: BackendError) -> None:
+        """Redis failed: refuse (fail_closed) or go on without it (degrade)."""
+        log.warning("keystile: Redis unavailable (%s)", type(exc.__cause__ or exc).__name__)
+        if self.settings.on_backend_error == "fail_closed":
+            raise AuthError(BACKEND_UNAVAILABLE) from None
+
+    def resolve(self, cred: ParsedToken, digest: str) -> Steps:
+        """The snapshot a credential proves, or AuthError(INVALID_API_KEY)."""
+        cached = self.local.get(digest)
+        if cached == NEGATIVE:
+            raise AuthError(INVALID_API_KEY)
+        if isinstance(cached, Snapshot):
+            if not self.has_redis:
+                return cached
+            try:
+                current = yield ("redis_version", (cached.account_id, cached.kid))
+            except BackendError as exc:
+                self._backend_down(exc)
+                return cached
+            if current == cached.version:
+                return cached
+            self.local.drop(digest)
+        elif self.has_redis:
+            try:
+                shared = yield ("redis_fetch", (cred.kid, digest))
+                if shared == NEGATIVE:
+                    self.local.put(digest, cred.kid, NEGATIVE, self.settings.negative_cache_ttl)
+                    raise AuthError(INVALID_API_KEY)
+                if shared is not None:
+                    snapshot = Snapshot.loads(shared)
+                    current = yield ("redis_version", (snapshot.account_id, snapshot.kid))
+                    if current == snapshot.version:
+                        self.local.put(digest, cred.kid, snapshot, self.local_ttl)
+                        return snapshot
+            except BackendError as exc:
+                self._backend_down(exc)
+        # Concurrent requests with the same cold credential share one run of the slow path.
+        return (yield ("single_flight", (digest, cred)))
+
+    def slow(self, cred: ParsedToken, digest: str) -> Steps:
+        """Store lookup and argon2: the only path that costs milliseconds."""
+        for _ in range(_MAX_ADOPT_TRIES):
+            try:
+                record: KeyRecord | None = yield ("store_get", (cred.kid,))
+            except BackendError:
+                raise AuthError(BACKEND_UNAVAILABLE) from None
+            if record is None or (cred.environment not in (None, record.environment)):
+                # Unknown ids never reach argon2, and are remembered by digest only, so a
+                # stranger can't get a real key refused by guessing its id.
+                yield from self._remember_wrong(cred, digest)
+                raise AuthError(INVALID_API_KEY)
+            match, new_hash = yield ("argon2_verify", (record, cred.secret))
+            if match is None:
+                yield from self._remember_wrong(cred, digest)
+                raise AuthError(INVALID_API_KEY)
+            if new_hash is not None:
+                try:
+                    yield ("store_set_hash", (record.kid, match, new_hash))
+                except BackendError:
+                    log.warning("keystile: could not store a rehashed secret; will retry")
+            snapshot = Snapshot.of(record, via_previous=match != record.secret_hash)
+            if not self.has_redis:
+                self.local.put(digest, cred.kid, snapshot, self.local_ttl)
+                return snapshot
+            try:
+                current = yield ("redis_adopt", (record.account_id, record.kid, record.version))
+                if current != record.version:
+                    continue  # the key changed under us: read it again, never cache the old state
+                yield ("redis_put", (cred.kid, digest, snapshot.dumps(), self.settings.cache_ttl))
+            except BackendError as exc:
+                self._backend_down(exc)
+                return snapshot  # degraded: correct now, but not cached anywhere
+            self.local.put(digest, cred.kid, snapshot, self.local_ttl)
+            return snapshot
+        raise AuthError(BACKEND_UNAVAILABLE, "API key is changing; retry shortly.")
+
+    def _remember_wrong(self, cred: ParsedToken, digest: str) -> Steps:
+        ttl = self.settings.negative_cache_ttl
+        self.local.put(digest, cred.kid, NEGATIVE, ttl)
+        if self.has_redis:
+            try:
+                yield ("redis_put", (cred.kid, digest, NEGATIVE, ttl))
+            except BackendError:
+                pass  # a missed negative entry only costs a later lookup
+
+    def authorize(
+        self,
+        snapshot: Snapshot,
+        auth_method: str,
+        account_header: str | None,
+        now: float,
+    ) -> Principal:
+        if snapshot.valid_until is not None and snapshot.valid_until <= now:
+            raise AuthError(INVALID_API_KEY)  # a rolled key's old secret, past its grace
+        if snapshot.revoked:
+            raise AuthError(EXPIRED_API_KEY, "API key has been revoked.")
+        if not snapshot.enabled:
+            raise AuthError(EXPIRED_API_KEY, "API key is disabled.")
+        if snapshot.expires_at is not None and snapshot.expires_at <= now:
+            raise AuthError(EXPIRED_API_KEY, "API key has expired.")
+        account = snapshot.account_id
+        if account_header is not None and account_header != account:
+            if account_header not in snapshot.accounts:
+                raise AuthError(ACCOUNT_FORBIDDEN)
+            account = account_header
+        return Principal(
+            key_id=KEY_ID_PREFIX + snapshot.kid,
+            account_id=account,
+            name=snapshot.name,
+            owner=snapshot.owner,
+            environment=snapshot.environment,
+            permissions=frozenset(snapshot.permissions),
+            auth_method=auth_method,
+            expires_at=_utc(snapshot.expires_at),
+            key_account_id=snapshot.account_id,
+            meta=snapshot.meta,
+        )

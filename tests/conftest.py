@@ -1,0 +1,57 @@
+"""Shared fixtures: fast argon2, engines on real Redis, a clock tests can move."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from keystile import Keystile
+
+from .services import *  # noqa: F403  (the redis_* and postgres_* fixtures)
+
+#: argon2 at its minimum cost: tests check behaviour, not hashing strength.
+FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+SECRET = "test-server-secret-0123456789"
+
+
+class Clock:
+    """Wall clock for an engine: starts at a fixed instant and moves only when told."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_keystile() -> Iterator[Callable[..., Keystile]]:
+    """Factory for engines on an in-memory store; ``make_keystile(redis_url=...)`` etc."""
+    made: list[Keystile] = []
+
+    def make(clock: Callable[[], float] | None = None, **settings: Any) -> Keystile:
+        settings.setdefault("store", "memory://")
+        settings.setdefault("argon2", FAST_ARGON2)
+        engine = Keystile(settings, clock=clock)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.close()
+
+
+@pytest.fixture
+def redis_settings(redis_url: str, redis_prefix: str) -> dict[str, Any]:
+    """Settings that put an engine on the test Redis, under this test's own key prefix."""
+    return {"redis_url": redis_url, "secret": SECRET, "redis_prefix": redis_prefix}
