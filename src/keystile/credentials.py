@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import MALFORMED_CREDENTIALS, MISSING_API_KEY, INVALID_API_KEY, AuthError
+from .errors import INVALID_API_KEY, MALFORMED_CREDENTIALS, MISSING_API_KEY, AuthError
 from .tokens import KEY_ID_PREFIX, ParsedToken, parse_pair, parse_token
 
 #: Longer values are refused before any parsing; real tokens are under 100 characters.
@@ -54,7 +54,9 @@ def _clean(name: str, value: str) -> str:
 def _bearer(value: str) -> str:
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer":
-        raise AuthError(MALFORMED_CREDENTIALS, "The Authorization header must use the Bearer scheme.")
+        raise AuthError(
+            MALFORMED_CREDENTIALS, "The Authorization header must use the Bearer scheme."
+        )
     token = token.strip(" ")
     if not token:
         raise AuthError(MALFORMED_CREDENTIALS, "The Bearer token is empty.")

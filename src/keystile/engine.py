@@ -19,17 +19,23 @@ from typing import Any, TypeVar
 import redis
 
 from . import tokens
+from .admission import Admission, RequestInfo, usage_ttl
 from .credentials import read_credentials
 from .errors import AuthError, BackendError
+from .flusher import Flusher
 from .hashing import SecretHasher
 from .keys import KeyManager
 from .localcache import LocalCache
+from .metering import Charge, Meter, ThresholdEvent
 from .models import KeyRecord
+from .periods import PeriodPolicy
 from .principal import Principal
+from .quotas import QuotaManager
 from .redisio import AsyncRedis, RedisKeys, SyncRedis
 from .settings import Settings, load_settings
 from .singleflight import AsyncSingleFlight, SyncSingleFlight
 from .stores import KeyStore, open_store
+from .stores.base import AccountLimit, UsageRow
 from .verification import Snapshot, Steps, Verifier
 
 log = logging.getLogger("keystile")
@@ -64,12 +70,18 @@ class Keystile:
             self.settings.local_cache_size, time.monotonic
         )
         self.verifier = Verifier(self.settings, self.local, self.has_redis)
+        self.periods = PeriodPolicy(
+            self.settings.billing_anchor_day, self.settings.billing_timezone
+        )
+        self.admission = Admission(self.settings, self.verifier, self.periods, self.now)
         self.keys = KeyManager(self)
+        self.quotas = QuotaManager(self)
         self._flights = SyncSingleFlight()
         self._async_flights = AsyncSingleFlight()
         self._last_used: dict[str, datetime] = {}
         self._last_used_lock = threading.Lock()
-        self._last_flush = time.monotonic()
+        interval = min(self.settings.last_used_interval, self.settings.usage_flush_interval)
+        self._flusher = Flusher(self.flush, interval)
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
@@ -96,51 +108,129 @@ class Keystile:
     def digest(self, token: tokens.ParsedToken) -> str:
         return tokens.digest(self._digest_key, token)
 
-    # -- authentication ---------------------------------------------------------------------
+    # -- requests ---------------------------------------------------------------------------
 
-    def authenticate(self, headers: Iterable[tuple[str, str]]) -> Principal:
-        """Blocking: the principal for these headers, or :class:`AuthError`."""
+    def _prepare(
+        self, headers: Iterable[tuple[str, str]], method: str, path: str
+    ) -> tuple[Steps, RequestInfo]:
+        headers = list(headers)
         creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
-        snapshot: Snapshot = self._drive(self.verifier.resolve(creds.token, self.digest(creds.token)))
-        principal = self.verifier.authorize(
-            snapshot, creds.auth_method, creds.account_id, self.clock()
-        )
-        if self._note_use(snapshot.kid):
-            self.flush_last_used()
-        return principal
+        request = RequestInfo(method, path, headers)
+        return self.admission.admit(creds, self.digest(creds.token), request), request
 
-    async def authenticate_async(self, headers: Iterable[tuple[str, str]]) -> Principal:
+    def authenticate(
+        self, headers: Iterable[tuple[str, str]], method: str = "GET", path: str = "/"
+    ) -> Principal:
+        """Blocking: the metered principal for these headers, or :class:`AuthError`.
+
+        Adapters call :meth:`settle` once the response status is known.
+        """
+        steps, _ = self._prepare(headers, method, path)
+        principal, meter, crossed = self._drive(steps)
+        if crossed:
+            self._fire_thresholds(meter, crossed)
+        self._note_use(principal)
+        return principal  # type: ignore[no-any-return]
+
+    async def authenticate_async(
+        self, headers: Iterable[tuple[str, str]], method: str = "GET", path: str = "/"
+    ) -> Principal:
         """Async: never blocks the event loop."""
-        creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
-        steps = self.verifier.resolve(creds.token, self.digest(creds.token))
-        snapshot: Snapshot = await self._drive_async(steps)
-        principal = self.verifier.authorize(
-            snapshot, creds.auth_method, creds.account_id, self.clock()
-        )
-        if self._note_use(snapshot.kid):
-            self._spawn(asyncio.to_thread(self.flush_last_used))
-        return principal
+        steps, _ = self._prepare(headers, method, path)
+        principal, meter, crossed = await self._drive_async(steps)
+        if crossed:
+            self._spawn(asyncio.to_thread(self._fire_thresholds, meter, crossed))
+        self._note_use(principal)
+        return principal  # type: ignore[no-any-return]
 
-    # -- last use, batched ------------------------------------------------------------------
+    def settle(self, principal: Principal | None, status_code: int | None) -> None:
+        """After the response: charge the real cost, or refund (status not counted, or None
+        for an unhandled exception). Costs no I/O when the reservation was right."""
+        if principal is not None and principal.meter is not None:
+            self._drive(self.admission.settle(principal.meter, status_code))
 
-    def _note_use(self, kid: str) -> bool:
-        """Remember a use; True when a flush is due (every ``last_used_interval`` seconds)."""
+    async def settle_async(self, principal: Principal | None, status_code: int | None) -> None:
+        if principal is not None and principal.meter is not None:
+            await self._drive_async(self.admission.settle(principal.meter, status_code))
+
+    def reserve(self, principal: Principal, pages: int) -> None:
+        """Raise the request's reservation to a route's declared cost (BILLING_001 if over)."""
+        if principal.meter is not None:
+            crossed = self._drive(self.admission.reserve(principal.meter, pages))
+            if crossed:
+                self._fire_thresholds(principal.meter, crossed)
+
+    async def reserve_async(self, principal: Principal, pages: int) -> None:
+        if principal.meter is not None:
+            crossed = await self._drive_async(self.admission.reserve(principal.meter, pages))
+            if crossed:
+                self._spawn(asyncio.to_thread(self._fire_thresholds, principal.meter, crossed))
+
+    def quota_headers(self, principal: Principal | None) -> list[tuple[str, str]]:
+        """RateLimit headers for a metered response (empty when unlimited)."""
+        if principal is None or principal.meter is None:
+            return []
+        return self.admission.headers(principal.meter)
+
+    def _fire_thresholds(self, meter: Meter, crossed: tuple[float, ...]) -> None:
+        hook = self.settings.on_quota_threshold
+        status = meter.status
+        if hook is None or status.limit is None:
+            return
+        for threshold in crossed:
+            event = ThresholdEvent(
+                meter.charge_info.account_id,
+                meter.charge_info.environment,
+                status.period,
+                threshold,
+                status.limit,
+                status.used,
+            )
+            try:
+                hook(event)
+            except Exception:  # the app's hook must never fail a request
+                log.exception("keystile: on_quota_threshold hook failed")
+
+    # -- batched writes: last use, usage ----------------------------------------------------
+
+    def _note_use(self, principal: Principal) -> None:
+        kid = principal.key_id.removeprefix(tokens.KEY_ID_PREFIX)
         with self._last_used_lock:
             self._last_used[kid] = self.now()
-            due = time.monotonic() - self._last_flush >= self.settings.last_used_interval
-            if due:
-                self._last_flush = time.monotonic()
-            return due
+        self._flusher.start()
 
-    def flush_last_used(self) -> None:
+    def flush(self) -> None:
+        """Write batched last-use times and usage to the store; give Redis its backlog."""
         with self._last_used_lock:
             batch, self._last_used = self._last_used, {}
-        if not batch:
-            return
         try:
-            self.store.touch(batch)
+            if batch:
+                self.store.touch(batch)
         except Exception as exc:  # a lost last_used_at is not worth failing a request for
             log.warning("keystile: could not record last use (%s)", type(exc).__name__)
+        deltas = self.admission.buffer.take()
+        if deltas:
+            try:
+                self.store.add_usage(deltas)
+            except Exception as exc:
+                self.admission.buffer.give_back(deltas)
+                log.warning("keystile: could not write usage, will retry (%s)", type(exc).__name__)
+        if self.has_redis:
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        backlog = self.admission.backlog.take()
+        for index, delta in enumerate(backlog):
+            charge_keys = [self.redis_keys.usage(delta.account_id, delta.period, delta.environment)]
+            try:
+                self.redis.scripts["settle"](
+                    keys=[*charge_keys, charge_keys[0]], args=[delta.kid, delta.pages, "0"]
+                )
+            except _REDIS_ERRORS:
+                self.admission.backlog.give_back(backlog[index:])
+                return
+
+    flush_last_used = flush  # the name issue #2's tests know
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
@@ -204,17 +294,21 @@ class Keystile:
                 new_hash = self.hasher.hash(secret)
             return record.secret_hash, new_hash
         grace = record.previous_expires_at
-        if record.previous_hash and grace and grace.timestamp() > self.clock():
-            if self.hasher.verify(record.previous_hash, secret):
-                return record.previous_hash, None
+        in_grace = record.previous_hash and grace and grace.timestamp() > self.clock()
+        if in_grace and self.hasher.verify(record.previous_hash or "", secret):
+            return record.previous_hash, None
         return None, None
 
     def _op_redis_version(self, account_id: str, kid: str) -> str | None:
-        value: str | None = self.redis.client.get(self.redis_keys.state(account_id, kid))
+        value: str | None = self.redis.client.get(  # type: ignore[assignment]
+            self.redis_keys.state(account_id, kid)
+        )
         return value
 
     def _op_redis_fetch(self, kid: str, digest: str) -> str | None:
-        value: str | None = self.redis.client.get(self.redis_keys.snapshot(kid, digest))
+        value: str | None = self.redis.client.get(  # type: ignore[assignment]
+            self.redis_keys.snapshot(kid, digest)
+        )
         return value
 
     def _op_redis_adopt(self, account_id: str, kid: str, version: str) -> str:
@@ -224,8 +318,61 @@ class Keystile:
     def _op_redis_put(self, kid: str, digest: str, value: str, ttl: int) -> None:
         self.redis.client.set(self.redis_keys.snapshot(kid, digest), value, ex=ttl)
 
+    def _meter_call(
+        self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str
+    ) -> tuple[list[str], list[Any]]:
+        keys = self.redis_keys
+        usage = keys.usage(charge.account_id, charge.period.label, charge.environment)
+        idem = (
+            keys.idempotency(charge.account_id, charge.idempotency) if charge.idempotency else usage
+        )
+        state = keys.state(unchecked.account_id, unchecked.kid) if unchecked else usage
+        settings = self.settings
+        args: list[Any] = [
+            charge.kid,
+            charge.cost,
+            unchecked.version if unchecked else "",
+            "" if charge.key_limit is None else charge.key_limit,
+            seed,
+            rebuild,
+            usage_ttl(charge, self.now()),
+            ",".join(f"{t:g}" for t in settings.quota_thresholds),
+            settings.idempotency_ttl,
+            settings.cache_ttl,
+            "1" if charge.idempotency else "0",
+            "1" if charge.count_request else "0",
+        ]
+        return [usage, keys.limit(charge.account_id, charge.environment), idem, state], args
+
+    def _settle_call(self, charge: Charge, delta: int, forget: bool) -> tuple[list[str], list[Any]]:
+        usage = self.redis_keys.usage(charge.account_id, charge.period.label, charge.environment)
+        idem = usage
+        if forget and charge.idempotency:
+            idem = self.redis_keys.idempotency(charge.account_id, charge.idempotency)
+        return [usage, idem], [charge.kid, delta, "1" if forget else "0"]
+
+    def _op_redis_meter(
+        self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str
+    ) -> list[Any]:
+        keys, args = self._meter_call(charge, unchecked, seed, rebuild)
+        reply: list[Any] = self.redis.scripts["meter"](keys=keys, args=args)
+        return reply
+
+    def _op_redis_settle(self, charge: Charge, delta: int, forget: bool) -> None:
+        keys, args = self._settle_call(charge, delta, forget)
+        self.redis.scripts["settle"](keys=keys, args=args)
+
+    def _op_store_usage(self, account_id: str, periods: tuple[str, ...]) -> list[UsageRow]:
+        return self.store.usage(account_id, periods)
+
+    def _op_store_get_limit(self, account_id: str) -> AccountLimit | None:
+        return self.store.get_limit(account_id)
+
     def _op_single_flight(self, digest: str, token: tokens.ParsedToken) -> Snapshot:
-        return self._flights.run(digest, lambda: self._drive(self.verifier.slow(token, digest)))
+        snapshot: Snapshot = self._flights.run(
+            digest, lambda: self._drive(self.verifier.slow(token, digest))
+        )
+        return snapshot
 
     # Async operations.
 
@@ -241,13 +388,13 @@ class Keystile:
         return await asyncio.to_thread(self._op_argon2_verify, record, secret)
 
     async def _aop_redis_version(self, account_id: str, kid: str) -> str | None:
-        value: str | None = await self.async_redis.client.get(
+        value: str | None = await self.async_redis.client.get(  # type: ignore[assignment]
             self.redis_keys.state(account_id, kid)
         )
         return value
 
     async def _aop_redis_fetch(self, kid: str, digest: str) -> str | None:
-        value: str | None = await self.async_redis.client.get(
+        value: str | None = await self.async_redis.client.get(  # type: ignore[assignment]
             self.redis_keys.snapshot(kid, digest)
         )
         return value
@@ -259,6 +406,23 @@ class Keystile:
     async def _aop_redis_put(self, kid: str, digest: str, value: str, ttl: int) -> None:
         await self.async_redis.client.set(self.redis_keys.snapshot(kid, digest), value, ex=ttl)
 
+    async def _aop_redis_meter(
+        self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str
+    ) -> list[Any]:
+        keys, args = self._meter_call(charge, unchecked, seed, rebuild)
+        reply: list[Any] = await self.async_redis.scripts["meter"](keys=keys, args=args)
+        return reply
+
+    async def _aop_redis_settle(self, charge: Charge, delta: int, forget: bool) -> None:
+        keys, args = self._settle_call(charge, delta, forget)
+        await self.async_redis.scripts["settle"](keys=keys, args=args)
+
+    async def _aop_store_usage(self, account_id: str, periods: tuple[str, ...]) -> list[UsageRow]:
+        return await self._in_thread(self.store.blocking, self.store.usage, account_id, periods)
+
+    async def _aop_store_get_limit(self, account_id: str) -> AccountLimit | None:
+        return await self._in_thread(self.store.blocking, self.store.get_limit, account_id)
+
     async def _aop_single_flight(self, digest: str, token: tokens.ParsedToken) -> Snapshot:
         return await self._async_flights.run(
             digest, lambda: self._drive_async(self.verifier.slow(token, digest))
@@ -267,13 +431,15 @@ class Keystile:
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
-        self.flush_last_used()
+        self._flusher.stop()
+        self.flush()
         if self._sync_redis is not None:
             self._sync_redis.close()
         self.store.close()
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.flush_last_used)
+        self._flusher.stop()
+        await asyncio.to_thread(self.flush)
         if self._async_redis is not None:
             await self._async_redis.aclose()
 

@@ -33,7 +33,9 @@ ACCOUNT_FORBIDDEN: Final = ErrorSpec(
 MALFORMED_CREDENTIALS: Final = ErrorSpec(
     "AUTH_006", "malformed_credentials", 400, "Credentials are malformed or conflicting."
 )
-QUOTA_EXCEEDED: Final = ErrorSpec("BILLING_001", "quota_exceeded", 429, "Monthly page limit exceeded.")
+QUOTA_EXCEEDED: Final = ErrorSpec(
+    "BILLING_001", "quota_exceeded", 429, "Monthly page limit exceeded."
+)
 BACKEND_UNAVAILABLE: Final = ErrorSpec(
     "SVC_001", "backend_unavailable", 503, "Authentication backend is unavailable; retry shortly."
 )

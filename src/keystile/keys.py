@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import tokens
 from .errors import BackendError, InvalidInput, NotFound
 from .models import ApiKey, KeyRecord, new_version
+from .stores.base import KeyStore
 
 if TYPE_CHECKING:
     from .engine import Keystile
@@ -103,7 +104,7 @@ class KeyManager:
         self._engine = engine
 
     @property
-    def _store(self) -> Any:
+    def _store(self) -> KeyStore:
         return self._engine.store
 
     def _kid(self, key_id: Any) -> str:
@@ -113,7 +114,7 @@ class KeyManager:
         return kid
 
     def _record(self, key_id: str) -> KeyRecord:
-        record = self._store.get(self._kid(key_id))
+        record: KeyRecord | None = self._store.get(self._kid(key_id))
         if record is None:
             raise NotFound(f"no API key {key_id!r}")
         return record
@@ -183,7 +184,11 @@ class KeyManager:
         cursor: str | None = None,
     ) -> KeyPage:
         check_account("account_id", account_id)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_LIST_LIMIT
+        ):
             raise InvalidInput("limit", f"expected an integer from 1 to {MAX_LIST_LIMIT}")
         if search is not None and (not isinstance(search, str) or len(search) > 200):
             raise InvalidInput("search", "expected a string of at most 200 characters")
@@ -227,9 +232,7 @@ class KeyManager:
     def revoke(self, key_id: str) -> ApiKey:
         """Refused from the next request on, everywhere; kept for audit; cannot be undone."""
         now = self._engine.now()
-        return self._change(
-            key_id, lambda r: {} if r.revoked_at else {"revoked_at": now}
-        ).public()
+        return self._change(key_id, lambda r: {} if r.revoked_at else {"revoked_at": now}).public()
 
     def roll(self, key_id: str, grace_seconds: int = 0) -> CreatedKey:
         """A new secret for the same key id; the old one keeps working for ``grace_seconds``."""

@@ -37,6 +37,7 @@ class ApiKey:
     revoked_at: datetime | None
     enabled: bool
     meta: Mapping[str, Any] = field(default_factory=dict)
+    page_limit: int | None = None
 
     def status(self, now: datetime) -> str:
         if self.revoked_at is not None:
@@ -64,6 +65,7 @@ class ApiKey:
             "revoked_at": iso(self.revoked_at),
             "enabled": self.enabled,
             "meta": dict(self.meta),
+            "page_limit": self.page_limit,
         }
 
 
@@ -90,6 +92,8 @@ class KeyRecord:
     previous_hash: str | None
     previous_expires_at: datetime | None
     version: str
+    #: Optional monthly page cap for this key alone, inside its account's limit.
+    page_limit: int | None = None
 
     @property
     def key_id(self) -> str:
@@ -111,6 +115,7 @@ class KeyRecord:
             revoked_at=self.revoked_at,
             enabled=self.enabled,
             meta=MappingProxyType(dict(self.meta)),
+            page_limit=self.page_limit,
         )
 
     def changed(self, **changes: Any) -> KeyRecord:

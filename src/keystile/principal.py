@@ -9,7 +9,6 @@ from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-
 if TYPE_CHECKING:
     from .metering import Meter, QuotaStatus
 

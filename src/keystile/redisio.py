@@ -20,7 +20,7 @@ from redis.retry import Retry
 
 from .settings import Settings
 
-SCRIPT_NAMES = ("adopt",)
+SCRIPT_NAMES = ("adopt", "meter", "settle")
 
 
 def load_script(name: str) -> str:
@@ -36,6 +36,15 @@ class RedisKeys:
 
     def snapshot(self, kid: str, digest: str) -> str:
         return f"{self.prefix}:{{k:{kid}}}:t:{digest}"
+
+    def usage(self, account_id: str, period: str, environment: str) -> str:
+        return f"{self.prefix}:{{a:{account_id}}}:u:{period}:{environment}"
+
+    def limit(self, account_id: str, environment: str) -> str:
+        return f"{self.prefix}:{{a:{account_id}}}:l:{environment}"
+
+    def idempotency(self, account_id: str, digest: str) -> str:
+        return f"{self.prefix}:{{a:{account_id}}}:i:{digest}"
 
 
 def _options(settings: Settings) -> dict[str, Any]:
@@ -54,7 +63,9 @@ class SyncRedis:
     def __init__(self, settings: Settings) -> None:
         assert settings.redis_url
         self.client: redis.Redis = redis.Redis.from_url(settings.redis_url, **_options(settings))
-        self.scripts = {name: self.client.register_script(load_script(name)) for name in SCRIPT_NAMES}
+        self.scripts = {
+            name: self.client.register_script(load_script(name)) for name in SCRIPT_NAMES
+        }
 
     def close(self) -> None:
         self.client.close()

@@ -69,12 +69,12 @@ class Settings:
     def __repr__(self) -> str:
         # The server secret and any password in a URL stay out of logs.
         return (
-            f"Settings(store={_redact_url(self.store)!r}, "
-            f"redis_url={_redact_url(self.redis_url)!r}, secret={'***' if self.secret else None})"
+            f"Settings(store={redact_url(self.store)!r}, "
+            f"redis_url={redact_url(self.redis_url)!r}, secret={'***' if self.secret else None})"
         )
 
 
-def _redact_url(url: str | None) -> str | None:
+def redact_url(url: str | None) -> str | None:
     if url is None:
         return None
     return re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
@@ -163,7 +163,9 @@ def _thresholds(key: str, value: Any) -> tuple[float, ...]:
 def _plans(key: str, value: Any) -> Mapping[str, int | None]:
     if not isinstance(value, Mapping):
         raise _fail(key, "a dict of plan name -> monthly pages (or None)", value)
-    return {_str(key, name): _optional_limit(f"{key}.{name}", pages) for name, pages in value.items()}
+    return {
+        _str(key, name): _optional_limit(f"{key}.{name}", pages) for name, pages in value.items()
+    }
 
 
 def _callable_or_none(key: str, value: Any) -> Any:
@@ -188,7 +190,7 @@ def _redis_url(key: str, value: Any) -> str | None:
         return None
     url = _str(key, value)
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise _fail(key, "None or a 'redis://', 'rediss://' or 'unix://' URL", _redact_url(url))
+        raise _fail(key, "None or a 'redis://', 'rediss://' or 'unix://' URL", redact_url(url))
     return url
 
 

@@ -35,7 +35,10 @@ def _engine(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Ke
 
 def scope_headers(scope: Scope) -> list[tuple[str, str]]:
     # latin-1 maps every byte, so no header value can fail to decode here.
-    return [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope["headers"]]
+    return [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in scope["headers"]
+    ]
 
 
 async def send_error(scope: Scope, send: Send, error: AuthError) -> None:
@@ -70,28 +73,47 @@ class KeystileMiddleware:
         if scope["type"] not in ("http", "websocket") or self.keystile.is_exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
+        engine = self.keystile
         try:
-            principal = await self.keystile.authenticate_async(scope_headers(scope))
+            principal = await engine.authenticate_async(
+                scope_headers(scope), scope.get("method", "GET"), scope["path"]
+            )
         except AuthError as error:
             await send_error(scope, send, error)
             return
         # A fresh state dict: the server's may be shared lifespan state.
-        scope = {**scope, "state": {**scope.get("state", {}), "principal": principal}}
-        started = False
+        state = {**scope.get("state", {}), "principal": principal, "keystile": engine}
+        scope = {**scope, "state": state}
+        status: int | None = None
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] in ("http.response.start", "websocket.accept"):
-                started = True
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = [
+                    (k.encode("latin-1"), v.encode("latin-1"))
+                    for k, v in engine.quota_headers(principal)
+                ]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+            elif message["type"] == "websocket.accept":
+                status = 101
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         except AuthError as error:
             # Raised by requires() or a FastAPI dependency: rendered here, from the one table.
-            if started:
+            if status is not None:
+                await engine.settle_async(principal, None)
                 raise
+            await engine.settle_async(principal, error.status)
             await send_error(scope, send, error)
+            return
+        except BaseException:
+            await engine.settle_async(principal, None)  # unhandled: refunded
+            raise
+        await engine.settle_async(principal, status)
 
 
 def principal_of(request: Any) -> Principal:
@@ -120,24 +142,62 @@ def _find_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     raise TypeError("requires() needs an endpoint that receives the request")
 
 
-def requires(*permissions: str) -> Callable[[F], F]:
-    """Endpoint decorator: every permission must be granted (``*`` wildcards in grants)."""
-
+def _wrap_endpoint(
+    check: Callable[[Any], None], check_async: Callable[[Any], Awaitable[None]]
+) -> Callable[[F], F]:
     def decorate(endpoint: F) -> F:
         if inspect.iscoroutinefunction(endpoint):
 
             @functools.wraps(endpoint)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                check_permissions(principal_of(_find_request(args, kwargs)), permissions)
+                await check_async(_find_request(args, kwargs))
                 return await endpoint(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(endpoint)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            check_permissions(principal_of(_find_request(args, kwargs)), permissions)
+            check(_find_request(args, kwargs))
             return endpoint(*args, **kwargs)
 
         return sync_wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def requires(*permissions: str) -> Callable[[F], F]:
+    """Endpoint decorator: every permission must be granted (``*`` wildcards in grants)."""
+
+    def check(request: Any) -> None:
+        check_permissions(principal_of(request), permissions)
+
+    async def check_async(request: Any) -> None:
+        check(request)
+
+    return _wrap_endpoint(check, check_async)
+
+
+def _engine_of(request: Any) -> Keystile:
+    engine = getattr(request.state, "keystile", None)
+    if not isinstance(engine, Keystile):
+        raise RuntimeError("cost() needs KeystileMiddleware in front of the endpoint")
+    return engine
+
+
+def cost(pages: int) -> Callable[[F], F]:
+    """Endpoint decorator: this route costs ``pages`` (reserved before it runs; 429 if over).
+
+    The handler may still report the real cost with ``request.state.principal.charge(n)``.
+    """
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+        raise ValueError("cost(pages): expected a whole number >= 0")
+
+    def check(request: Any) -> None:
+        principal = principal_of(request)
+        _engine_of(request).reserve(principal, pages)
+
+    async def check_async(request: Any) -> None:
+        principal = principal_of(request)
+        await _engine_of(request).reserve_async(principal, pages)
+
+    return _wrap_endpoint(check, check_async)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Generator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any
 
 from .errors import (
@@ -61,6 +62,7 @@ class Snapshot:
     #: Set when the credential is a rolled key's previous secret: it works until then.
     valid_until: float | None
     version: str
+    page_limit: int | None = None
 
     @classmethod
     def of(cls, record: KeyRecord, via_previous: bool) -> Snapshot:
@@ -81,6 +83,7 @@ class Snapshot:
             enabled=record.enabled,
             valid_until=epoch(record.previous_expires_at) if via_previous else None,
             version=record.version,
+            page_limit=record.page_limit,
         )
 
     def dumps(self) -> str:
@@ -111,29 +114,25 @@ class Verifier:
         # With Redis every request checks the key's state, so a local entry may live longer.
         self.local_ttl = settings.cache_ttl if has_redis else settings.local_cache_ttl
 
-    def _backend_down(self, exc: BackendError) -> None:
+    def backend_down(self, exc: BackendError) -> None:
         """Redis failed: refuse (fail_closed) or go on without it (degrade)."""
         log.warning("keystile: Redis unavailable (%s)", type(exc.__cause__ or exc).__name__)
         if self.settings.on_backend_error == "fail_closed":
             raise AuthError(BACKEND_UNAVAILABLE) from None
 
-    def resolve(self, cred: ParsedToken, digest: str) -> Steps:
-        """The snapshot a credential proves, or AuthError(INVALID_API_KEY)."""
+    def lookup(self, cred: ParsedToken, digest: str) -> Steps:
+        """``(snapshot, checked)`` for a credential, or AuthError(INVALID_API_KEY).
+
+        ``checked`` is False for a snapshot from this process's cache while Redis is in use:
+        its state stamp still has to be compared, which the caller folds into its one Redis
+        call (see :mod:`keystile.admission`).
+        """
         cached = self.local.get(digest)
         if cached == NEGATIVE:
             raise AuthError(INVALID_API_KEY)
         if isinstance(cached, Snapshot):
-            if not self.has_redis:
-                return cached
-            try:
-                current = yield ("redis_version", (cached.account_id, cached.kid))
-            except BackendError as exc:
-                self._backend_down(exc)
-                return cached
-            if current == cached.version:
-                return cached
-            self.local.drop(digest)
-        elif self.has_redis:
+            return cached, not self.has_redis
+        if self.has_redis:
             try:
                 shared = yield ("redis_fetch", (cred.kid, digest))
                 if shared == NEGATIVE:
@@ -141,14 +140,26 @@ class Verifier:
                     raise AuthError(INVALID_API_KEY)
                 if shared is not None:
                     snapshot = Snapshot.loads(shared)
-                    current = yield ("redis_version", (snapshot.account_id, snapshot.kid))
-                    if current == snapshot.version:
-                        self.local.put(digest, cred.kid, snapshot, self.local_ttl)
-                        return snapshot
+                    self.local.put(digest, cred.kid, snapshot, self.local_ttl)
+                    return snapshot, False
             except BackendError as exc:
-                self._backend_down(exc)
-        # Concurrent requests with the same cold credential share one run of the slow path.
+                self.backend_down(exc)
+        return (yield from self.refresh(cred, digest)), True
+
+    def refresh(self, cred: ParsedToken, digest: str) -> Steps:
+        """Verify against the store; concurrent callers with one credential share the run."""
+        self.local.drop(digest)
         return (yield ("single_flight", (digest, cred)))
+
+    def is_current(self, snapshot: Snapshot) -> Steps:
+        """Whether Redis still holds the snapshot's state stamp (True when Redis is down
+        and the policy is to degrade: the local snapshot is the best there is)."""
+        try:
+            current = yield ("redis_version", (snapshot.account_id, snapshot.kid))
+        except BackendError as exc:
+            self.backend_down(exc)
+            return True
+        return bool(current == snapshot.version)
 
     def slow(self, cred: ParsedToken, digest: str) -> Steps:
         """Store lookup and argon2: the only path that costs milliseconds."""
@@ -181,7 +192,7 @@ class Verifier:
                     continue  # the key changed under us: read it again, never cache the old state
                 yield ("redis_put", (cred.kid, digest, snapshot.dumps(), self.settings.cache_ttl))
             except BackendError as exc:
-                self._backend_down(exc)
+                self.backend_down(exc)
                 return snapshot  # degraded: correct now, but not cached anywhere
             self.local.put(digest, cred.kid, snapshot, self.local_ttl)
             return snapshot
@@ -226,5 +237,5 @@ class Verifier:
             auth_method=auth_method,
             expires_at=_utc(snapshot.expires_at),
             key_account_id=snapshot.account_id,
-            meta=snapshot.meta,
+            meta=MappingProxyType(dict(snapshot.meta)),
         )

@@ -22,16 +22,18 @@ def open_store(url: str) -> KeyStore:
         return SQLiteStore(path)
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from .postgres import PostgresStore
+            from .postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise ConfigError(
                 "setting 'store': PostgreSQL needs the extra: pip install 'keystile[postgres]'"
             ) from exc
-        return PostgresStore(url)
+        store: KeyStore = PostgresStore(url)
+        return store
     if url.startswith("django://"):
         try:
-            from ..django.store import DjangoStore
+            from ..django.store import DjangoStore  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise ConfigError("setting 'store': 'django://' needs Django installed") from exc
-        return DjangoStore()
+        django_store: KeyStore = DjangoStore()
+        return django_store
     raise ConfigError(f"setting 'store': unsupported URL scheme in {url.split('://')[0]!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +17,35 @@ class Page:
     items: Sequence[KeyRecord]
     total: int
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    """Pages and requests to add to one key's counters for one period."""
+
+    account_id: str
+    period: str
+    environment: str
+    kid: str
+    pages: int
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    period: str
+    environment: str
+    kid: str
+    pages: int
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountLimit:
+    """An account's own limit: ``pages`` (None = unlimited) or a ``plan`` name from settings."""
+
+    pages: int | None
+    plan: str | None = None
 
 
 class KeyStore(Protocol):
@@ -48,6 +79,18 @@ class KeyStore(Protocol):
 
     def touch(self, last_used: Mapping[str, datetime]) -> None:
         """Record last use of several keys in one write (batched by the engine)."""
+        ...
+
+    def add_usage(self, deltas: Sequence[UsageDelta]) -> None:
+        """Add to the durable usage counters (an upsert that sums)."""
+        ...
+
+    def usage(self, account_id: str, periods: Sequence[str]) -> builtins.list[UsageRow]: ...
+
+    def get_limit(self, account_id: str) -> AccountLimit | None: ...
+
+    def set_limit(self, account_id: str, limit: AccountLimit | None) -> None:
+        """Set the account's own limit; None goes back to the settings' default."""
         ...
 
     def close(self) -> None: ...

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import builtins
+
 import base64
 import binascii
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import InvalidInput
 from ..models import KeyRecord
-from .base import Page
+from .base import AccountLimit, Page, UsageDelta, UsageRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keystile_keys (
@@ -36,17 +38,49 @@ CREATE TABLE IF NOT EXISTS keystile_keys (
     secret_hash TEXT NOT NULL,
     previous_hash TEXT,
     previous_expires_at REAL,
-    version TEXT NOT NULL
+    version TEXT NOT NULL,
+    page_limit INTEGER
 );
 CREATE INDEX IF NOT EXISTS keystile_keys_account
     ON keystile_keys (account_id, created_at DESC, kid DESC);
+CREATE TABLE IF NOT EXISTS keystile_usage (
+    account_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    kid TEXT NOT NULL,
+    pages INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (account_id, period, environment, kid)
+);
+CREATE TABLE IF NOT EXISTS keystile_limits (
+    account_id TEXT PRIMARY KEY,
+    pages INTEGER,
+    plan TEXT
+);
 """
 
-_COLUMNS = (
-    "kid token_prefix last4 name account_id owner permissions environment accounts created_at "
-    "expires_at last_used_at revoked_at enabled meta secret_hash previous_hash "
-    "previous_expires_at version"
-).split()
+_COLUMNS = [
+    "kid",
+    "token_prefix",
+    "last4",
+    "name",
+    "account_id",
+    "owner",
+    "permissions",
+    "environment",
+    "accounts",
+    "created_at",
+    "expires_at",
+    "last_used_at",
+    "revoked_at",
+    "enabled",
+    "meta",
+    "secret_hash",
+    "previous_hash",
+    "previous_expires_at",
+    "version",
+    "page_limit",
+]
 
 
 def to_epoch(value: datetime | None) -> float | None:
@@ -78,6 +112,7 @@ def record_to_row(record: KeyRecord) -> tuple[Any, ...]:
         record.previous_hash,
         to_epoch(record.previous_expires_at),
         record.version,
+        record.page_limit,
     )
 
 
@@ -105,6 +140,7 @@ def row_to_record(row: tuple[Any, ...]) -> KeyRecord:
         previous_hash=values["previous_hash"],
         previous_expires_at=from_epoch(values["previous_expires_at"]),
         version=values["version"],
+        page_limit=values["page_limit"],
     )
 
 
@@ -190,7 +226,8 @@ class SQLiteStore:
         limit: int,
         cursor: str | None,
     ) -> Page:
-        where, params = ["account_id=?"], [account_id]
+        where: builtins.list[str] = ["account_id=?"]
+        params: builtins.list[Any] = [account_id]
         if search:
             where.append("name LIKE ? ESCAPE '\\'")
             params.append(f"%{like_escape(search)}%")
@@ -228,6 +265,44 @@ class SQLiteStore:
                 "AND (last_used_at IS NULL OR last_used_at < ?)",
                 [(at.timestamp(), kid, at.timestamp()) for kid, at in last_used.items()],
             )
+
+    def add_usage(self, deltas: Sequence[UsageDelta]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO keystile_usage VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT (account_id, period, environment, kid) DO UPDATE SET "
+                "pages = pages + excluded.pages, requests = requests + excluded.requests",
+                [
+                    (d.account_id, d.period, d.environment, d.kid, d.pages, d.requests)
+                    for d in deltas
+                ],
+            )
+
+    def usage(self, account_id: str, periods: Sequence[str]) -> builtins.list[UsageRow]:
+        marks = ",".join("?" * len(periods))
+        rows = self._query(
+            "SELECT period, environment, kid, pages, requests FROM keystile_usage "
+            f"WHERE account_id=? AND period IN ({marks})",
+            (account_id, *periods),
+        )
+        return [UsageRow(*row) for row in rows]
+
+    def get_limit(self, account_id: str) -> AccountLimit | None:
+        rows = self._query(
+            "SELECT pages, plan FROM keystile_limits WHERE account_id=?", (account_id,)
+        )
+        return AccountLimit(*rows[0]) if rows else None
+
+    def set_limit(self, account_id: str, limit: AccountLimit | None) -> None:
+        with self._tx() as db:
+            if limit is None:
+                db.execute("DELETE FROM keystile_limits WHERE account_id=?", (account_id,))
+            else:
+                db.execute(
+                    "INSERT INTO keystile_limits VALUES (?,?,?) ON CONFLICT (account_id) "
+                    "DO UPDATE SET pages=excluded.pages, plan=excluded.plan",
+                    (account_id, limit.pages, limit.plan),
+                )
 
     def close(self) -> None:
         with self._lock:

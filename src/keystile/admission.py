@@ -1,0 +1,259 @@
+"""One request from headers to a metered principal, and its settlement after the response.
+
+Like :mod:`keystile.verification`, the steps yield their I/O for the engine to perform. With
+Redis, a credential this process knows costs exactly one Redis call: the meter script checks
+the key's state stamp and charges the quota at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from .credentials import Credentials
+from .errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
+from .localcache import LocalCache
+from .metering import (
+    USAGE_GRACE_SECONDS,
+    Charge,
+    LocalCounters,
+    Meter,
+    Outcome,
+    QuotaStatus,
+    UsageBuffer,
+    encode_rebuild,
+    exceeded_error,
+    idempotency_digest,
+    parse_script_reply,
+    rebuild_fields,
+)
+from .periods import PeriodPolicy
+from .settings import Settings
+from .stores.base import AccountLimit
+from .verification import Snapshot, Steps, Verifier
+
+log = logging.getLogger("keystile")
+_NO_ROW: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What a ``page_cost`` callable sees of a request."""
+
+    method: str
+    path: str
+    headers: Sequence[tuple[str, str]]
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+def resolve_limit(settings: Settings, row: AccountLimit | None, environment: str) -> int | None:
+    if environment != settings.environments[0]:
+        return settings.test_page_limit  # test keys never touch the live allowance
+    if row is None:
+        return settings.monthly_page_limit
+    if row.plan is not None:
+        return settings.plans.get(row.plan, settings.monthly_page_limit)
+    return row.pages
+
+
+class Admission:
+    def __init__(
+        self,
+        settings: Settings,
+        verifier: Verifier,
+        periods: PeriodPolicy,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.settings = settings
+        self.verifier = verifier
+        self.periods = periods
+        self.now = clock
+        self.has_redis = verifier.has_redis
+        self.counters = LocalCounters()
+        self.buffer = UsageBuffer()
+        #: Charges admitted while Redis was down, to add to its counters when it is back.
+        self.backlog = UsageBuffer()
+        self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, time.monotonic)
+
+    def cost_of(self, request: RequestInfo) -> int:
+        cost = self.settings.page_cost
+        if callable(cost):
+            value = cost(request)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidInput("page_cost", f"the callable returned {value!r}, not an int >= 0")
+            return value
+        return cost
+
+    def admit(self, creds: Credentials, digest: str, request: RequestInfo) -> Steps:
+        """``(principal, meter, crossed thresholds)`` or AuthError."""
+        snapshot, checked = yield from self.verifier.lookup(creds.token, digest)
+        for _ in range(3):
+            now = self.now()
+            try:
+                principal = self.verifier.authorize(
+                    snapshot, creds.auth_method, creds.account_id, now.timestamp()
+                )
+            except AuthError:
+                # A refusal from a snapshot not yet compared may be out of date (expiry moved).
+                if checked or (yield from self.verifier.is_current(snapshot)):
+                    raise
+                snapshot, checked = (yield from self.verifier.refresh(creds.token, digest)), True
+                continue
+            if not checked and principal.account_id != snapshot.account_id:
+                # Acting for another account: its counters live in another Redis slot.
+                if not (yield from self.verifier.is_current(snapshot)):
+                    snapshot = yield from self.verifier.refresh(creds.token, digest)
+                    checked = True
+                    continue
+                checked = True
+            charge = Charge(
+                account_id=principal.account_id,
+                environment=principal.environment,
+                kid=snapshot.kid,
+                key_limit=snapshot.page_limit,
+                period=self.periods.period_at(now),
+                cost=self.cost_of(request),
+                idempotency=idempotency_digest(
+                    principal.account_id, request.header("idempotency-key")
+                ),
+            )
+            outcome = yield from self.meter(charge, None if checked else snapshot)
+            if outcome.result == "stale":
+                snapshot, checked = (yield from self.verifier.refresh(creds.token, digest)), True
+                continue
+            meter = self._meter(charge, outcome, now)
+            if outcome.result == "exceeded":
+                raise exceeded_error(outcome, meter.status, self.headers(meter), now)
+            return replace(principal, meter=meter), meter, outcome.crossed
+        raise AuthError(BACKEND_UNAVAILABLE, "API key is changing; retry shortly.")
+
+    def _meter(self, charge: Charge, outcome: Outcome, now: datetime) -> Meter:
+        remaining = None if outcome.limit is None else max(0, outcome.limit - outcome.used)
+        status = QuotaStatus(
+            outcome.limit, outcome.used, remaining, charge.period.end, charge.period.label
+        )
+        reserved = charge.cost if outcome.result in ("ok", "degraded") else 0
+        return Meter(charge, status, reserved, replay=outcome.result == "replay")
+
+    def headers(self, meter: Meter) -> list[tuple[str, str]]:
+        period = meter.charge_info.period
+        window = int((period.end - period.start).total_seconds())
+        return meter.status.headers(self.now(), window)
+
+    def meter(self, charge: Charge, unchecked: Snapshot | None) -> Steps:
+        """Check and charge; ``unchecked`` is a snapshot whose stamp to compare at once."""
+        if not self.has_redis:
+            limit = yield from self._limit(charge.account_id, charge.environment)
+            if not self.counters.has(charge.account_id, charge.period.label, charge.environment):
+                rows = yield from self._store_usage(charge)
+                self.counters.seed(charge.account_id, charge.period.label, charge.environment, rows)
+            outcome = self.counters.meter(
+                charge,
+                limit,
+                self.settings.quota_thresholds,
+                self.now().timestamp(),
+                self.settings.idempotency_ttl,
+            )
+            self._record(charge, outcome)
+            return outcome
+        seed, rebuild = "", ""
+        for _ in range(3):
+            try:
+                reply = yield ("redis_meter", (charge, unchecked, seed, rebuild))
+            except BackendError as exc:
+                self.verifier.backend_down(exc)
+                return self._degraded(charge)
+            parsed = parse_script_reply(reply)
+            if parsed == "need_limit":
+                limit = yield from self._limit(charge.account_id, charge.environment)
+                seed = "none" if limit is None else str(limit)
+            elif parsed == "need_usage":
+                rebuild = encode_rebuild((yield from self._store_usage(charge)))
+            elif isinstance(parsed, Outcome):
+                self._record(charge, parsed)
+                return parsed
+            else:
+                return Outcome("stale")
+        raise AuthError(BACKEND_UNAVAILABLE)
+
+    def _store_usage(self, charge: Charge) -> Steps:
+        try:
+            rows = yield ("store_usage", (charge.account_id, (charge.period.label,)))
+        except BackendError:
+            raise AuthError(BACKEND_UNAVAILABLE) from None
+        mine = [r for r in rows if r.environment == charge.environment]
+        pending = self.buffer.pending(charge.account_id, charge.period.label, charge.environment)
+        return rebuild_fields(mine, pending)
+
+    def _limit(self, account_id: str, environment: str) -> Steps:
+        row = self.limits.get(account_id)
+        if row is None:
+            try:
+                row = yield ("store_get_limit", (account_id,))
+            except BackendError:
+                raise AuthError(BACKEND_UNAVAILABLE) from None
+            self.limits.put(account_id, account_id, row or _NO_ROW, self.settings.local_cache_ttl)
+        return resolve_limit(self.settings, None if row is _NO_ROW else row, environment)
+
+    def _record(self, charge: Charge, outcome: Outcome) -> None:
+        if outcome.result == "ok":
+            self.buffer.add(charge, charge.cost, 1 if charge.count_request else 0)
+
+    def _degraded(self, charge: Charge) -> Outcome:
+        """Redis is down and the policy admits: record the charge to reconcile later."""
+        self.buffer.add(charge, charge.cost, 1 if charge.count_request else 0)
+        self.backlog.add(charge, charge.cost, 1 if charge.count_request else 0)
+        return Outcome("degraded")
+
+    def settle(self, meter: Meter, status_code: int | None) -> Steps:
+        """Charge the real cost (or refund) once the response is known; no I/O when equal."""
+        if meter.settled:
+            return None
+        meter.settled = True
+        delta = meter.delta(status_code, self.settings.counted_statuses)
+        refunded = status_code is None or status_code not in self.settings.counted_statuses
+        forget = refunded and meter.charge_info.idempotency is not None and not meter.replay
+        if not delta and not forget:
+            return None
+        charge = meter.charge_info
+        self.buffer.add(charge, delta, 0)
+        if not self.has_redis:
+            self.counters.settle(charge, delta, forget)
+            return None
+        try:
+            yield ("redis_settle", (charge, delta, forget))
+        except BackendError:
+            # Never retried blindly: the store has the delta; Redis gets it back later.
+            self.backlog.add(charge, delta, 0)
+        return None
+
+    def reserve(self, meter: Meter, pages: int) -> Steps:
+        """Raise this request's reservation to ``pages`` (a route that costs more).
+
+        Returns the thresholds this crossed."""
+        extra = pages - meter.reserved
+        if extra <= 0 or meter.replay:
+            return ()
+        charge = replace(meter.charge_info, cost=extra, idempotency=None, count_request=False)
+        outcome = yield from self.meter(charge, None)
+        if outcome.result == "exceeded":
+            status = QuotaStatus(
+                outcome.limit, outcome.used, 0, charge.period.end, charge.period.label
+            )
+            raise exceeded_error(outcome, status, [], self.now())
+        if outcome.result == "ok":
+            meter.reserved += extra
+            limit = outcome.limit
+            remaining = None if limit is None else max(0, limit - outcome.used)
+            meter.status = replace(meter.status, used=outcome.used, remaining=remaining)
+        return outcome.crossed
+
+
+def usage_ttl(charge: Charge, now: datetime) -> int:
+    return int((charge.period.end - now).total_seconds()) + USAGE_GRACE_SECONDS

@@ -1,0 +1,354 @@
+"""The ``keystile`` command: keys, demo, check-config.
+
+Exit codes: 0 done, 1 backend failure, 2 bad input or settings, 3 no such key.
+A token is printed once, by ``keys create`` and ``keys roll``, and never again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, NoReturn, TextIO
+
+from .config import load_config
+from .engine import Keystile
+from .errors import BackendError, ConfigError, InvalidInput, NotFound
+from .keys import CreatedKey
+from .models import ApiKey
+from .settings import redact_url
+
+EXIT_OK, EXIT_BACKEND, EXIT_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Output:
+    def __init__(self, stream: TextIO, as_json: bool) -> None:
+        self.stream = stream
+        self.as_json = as_json
+        self.colour = stream.isatty() and "NO_COLOR" not in os.environ
+
+    def bold(self, text: str) -> str:
+        return f"\033[1m{text}\033[0m" if self.colour else text
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.stream)
+
+    def json(self, data: Any) -> None:
+        print(json.dumps(data, indent=2, default=str), file=self.stream)
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        widths = [
+            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+            for i, h in enumerate(headers)
+        ]
+        self.line(self.bold("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()))
+        for row in rows:
+            self.line("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _parse_expiry(args: argparse.Namespace, engine: Keystile) -> datetime | None:
+    if getattr(args, "expires_in_days", None) is not None:
+        if args.expires_in_days <= 0:
+            raise CliError("--expires-in-days: expected a positive number of days")
+        return engine.now() + timedelta(days=args.expires_in_days)
+    raw = getattr(args, "expires_at", None)
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--expires-at: not an ISO 8601 date/time: {raw!r}") from None
+    if parsed.tzinfo is None:
+        raise CliError("--expires-at: give a time zone, e.g. 2027-01-01T00:00:00Z")
+    return parsed
+
+
+def _parse_meta(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise CliError('--meta: expected a JSON object, e.g. \'{"team": "data"}\'') from None
+    if not isinstance(meta, dict):
+        raise CliError("--meta: expected a JSON object")
+    return meta
+
+
+def _show_created(out: Output, created: CreatedKey, verb: str) -> None:
+    if out.as_json:
+        out.json({"token": created.token, "secret": created.secret, "key": created.key.to_dict()})
+        return
+    out.line(f"{verb} {created.key_id} ({created.key.name}) for account {created.key.account_id}")
+    out.line()
+    out.line(f"  token:   {out.bold(created.token)}")
+    out.line(f"  key id:  {created.key_id}")
+    out.line(f"  secret:  {created.secret}")
+    out.line()
+    out.line("Store it now: it is shown only this once.")
+
+
+def _show_key(out: Output, key: ApiKey, now: datetime) -> None:
+    if out.as_json:
+        out.json(key.to_dict())
+        return
+    rows = [
+        ("id", key.id),
+        ("preview", key.preview),
+        ("name", key.name),
+        ("account", key.account_id),
+        ("owner", key.owner or "-"),
+        ("environment", key.environment),
+        ("permissions", ", ".join(key.permissions) or "-"),
+        ("accounts", ", ".join(key.accounts) or "-"),
+        ("status", key.status(now)),
+        ("created", _when(key.created_at)),
+        ("expires", _when(key.expires_at)),
+        ("last used", _when(key.last_used_at)),
+        ("revoked", _when(key.revoked_at)),
+        ("meta", json.dumps(dict(key.meta)) if key.meta else "-"),
+    ]
+    for label, value in rows:
+        out.line(f"{label:<12} {value}")
+
+
+def cmd_keys_create(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    created = engine.keys.create(
+        args.account,
+        args.name,
+        permissions=args.permission or (),
+        environment=args.env,
+        expires_at=_parse_expiry(args, engine),
+        owner=args.owner,
+        accounts=args.acts_for or (),
+        meta=_parse_meta(args.meta),
+    )
+    _show_created(out, created, "Created")
+
+
+def cmd_keys_list(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    page = engine.keys.list(
+        args.account,
+        search=args.search,
+        environment=args.env,
+        include_revoked=args.all,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+    if out.as_json:
+        out.json(
+            {
+                "items": [k.to_dict() for k in page.items],
+                "total": page.total,
+                "next_cursor": page.next_cursor,
+            }
+        )
+        return
+    now = engine.now()
+    out.table(
+        ["ID", "PREVIEW", "NAME", "ENV", "STATUS", "OWNER", "CREATED", "LAST USED"],
+        [
+            [
+                k.id,
+                k.preview,
+                k.name,
+                k.environment,
+                k.status(now),
+                k.owner or "-",
+                _when(k.created_at),
+                _when(k.last_used_at),
+            ]
+            for k in page.items
+        ],
+    )
+    more = f"; next page: --cursor {page.next_cursor}" if page.next_cursor else ""
+    out.line(f"{len(page.items)} of {page.total} key(s){more}")
+
+
+def cmd_keys_show(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    _show_key(out, engine.keys.get(args.key_id), engine.now())
+
+
+def cmd_keys_update(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    changes: dict[str, Any] = {}
+    if args.name is not None:
+        changes["name"] = args.name
+    if args.permission is not None:
+        changes["permissions"] = [] if args.permission == [""] else args.permission
+    if args.expires_at is not None or args.expires_in_days is not None:
+        changes["expires_at"] = _parse_expiry(args, engine)
+    if args.no_expiry:
+        changes["expires_at"] = None
+    if args.meta is not None:
+        changes["meta"] = _parse_meta(args.meta)
+    if args.enable or args.disable:
+        changes["enabled"] = bool(args.enable)
+    if not changes:
+        raise CliError("keys update: nothing to change (see keystile keys update --help)")
+    _show_key(out, engine.keys.update(args.key_id, **changes), engine.now())
+
+
+def cmd_keys_revoke(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    key = engine.keys.revoke(args.key_id)
+    if out.as_json:
+        out.json(key.to_dict())
+    else:
+        out.line(f"Revoked {key.id} ({key.preview}); it is refused from the next request on.")
+
+
+def cmd_keys_delete(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    engine.keys.delete(args.key_id)
+    if out.as_json:
+        out.json({"deleted": args.key_id})
+    else:
+        out.line(f"Deleted {args.key_id}.")
+
+
+def cmd_keys_roll(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    created = engine.keys.roll(args.key_id, grace_seconds=args.grace)
+    _show_created(out, created, "Rolled")
+    if args.grace and not out.as_json:
+        out.line(f"The previous secret keeps working for {args.grace} seconds.")
+
+
+def cmd_check_config(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    settings = engine.settings
+    report = {
+        "store": redact_url(settings.store),
+        "redis": "configured" if settings.redis_url else "none (in-process cache)",
+    }
+    if settings.redis_url:
+        try:
+            engine.redis.client.ping()
+            report["redis"] = "reachable"
+        except Exception as exc:
+            raise CliError(
+                f"redis_url: cannot reach Redis ({type(exc).__name__})", EXIT_BACKEND
+            ) from None
+    if out.as_json:
+        out.json({"ok": True, **report})
+    else:
+        out.line(f"Settings are valid. Store: {report['store']}. Redis: {report['redis']}.")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keystile", description="API keys for Python APIs.")
+    parser.add_argument("--config", help="TOML settings file (its [keystile] table)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run an example API with a demo key")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--store", help="store URL (default: a fresh SQLite file)")
+
+    commands.add_parser("check-config", help="validate settings and reach the backends")
+
+    keys = commands.add_parser("keys", help="create and manage API keys")
+    keys_cmds = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+
+    create = keys_cmds.add_parser("create", help="create a key and print its token once")
+    create.add_argument("--account", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--permission", "-p", action="append", help="repeat for several")
+    create.add_argument("--env", default="live")
+    create.add_argument("--owner")
+    create.add_argument("--acts-for", action="append", help="another account it may act for")
+    create.add_argument("--meta", help="JSON object")
+    expiry = create.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-at", help="ISO 8601 with a time zone")
+    expiry.add_argument("--expires-in-days", type=float)
+    create.set_defaults(handler=cmd_keys_create)
+
+    listing = keys_cmds.add_parser("list", help="list an account's keys (masked)")
+    listing.add_argument("--account", required=True)
+    listing.add_argument("--search")
+    listing.add_argument("--env")
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--cursor")
+    listing.set_defaults(handler=cmd_keys_list)
+
+    show = keys_cmds.add_parser("show", help="one key's details (masked)")
+    show.add_argument("key_id")
+    show.set_defaults(handler=cmd_keys_show)
+
+    update = keys_cmds.add_parser("update", help="change name, permissions, expiry, meta")
+    update.add_argument("key_id")
+    update.add_argument("--name")
+    update.add_argument("--permission", "-p", action="append", help="replaces all; '' for none")
+    update.add_argument("--meta")
+    state = update.add_mutually_exclusive_group()
+    state.add_argument("--enable", action="store_true")
+    state.add_argument("--disable", action="store_true")
+    update_expiry = update.add_mutually_exclusive_group()
+    update_expiry.add_argument("--expires-at")
+    update_expiry.add_argument("--expires-in-days", type=float)
+    update_expiry.add_argument("--no-expiry", action="store_true")
+    update.set_defaults(handler=cmd_keys_update)
+
+    for name, handler, text in (
+        ("revoke", cmd_keys_revoke, "revoke a key now (kept for audit)"),
+        ("delete", cmd_keys_delete, "delete a key for good"),
+    ):
+        sub = keys_cmds.add_parser(name, help=text)
+        sub.add_argument("key_id")
+        sub.set_defaults(handler=handler)
+
+    roll = keys_cmds.add_parser("roll", help="new secret for a key; prints the token once")
+    roll.add_argument("key_id")
+    roll.add_argument("--grace", type=int, default=0, help="seconds the old secret still works")
+    roll.set_defaults(handler=cmd_keys_roll)
+    return parser
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"keystile: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    out = Output(sys.stdout, args.json)
+    try:
+        settings = load_config(args.config)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(args.host, args.port, args.store)
+            return
+        handler: Callable[[Keystile, argparse.Namespace, Output], None] = (
+            cmd_check_config if args.command == "check-config" else args.handler
+        )
+        engine = Keystile(settings)
+        try:
+            handler(engine, args, out)
+        finally:
+            engine.close()
+    except CliError as exc:
+        _fail(str(exc), exc.code)
+    except (ConfigError, InvalidInput) as exc:
+        _fail(str(exc), EXIT_INPUT)
+    except NotFound as exc:
+        _fail(str(exc), EXIT_NOT_FOUND)
+    except BackendError as exc:
+        _fail(str(exc), EXIT_BACKEND)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,53 @@
+"""Settings for the command line: a TOML file (``--config``) and ``KEYSTILE_*`` variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .settings import Settings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "KEYSTILE_"
+_FIELDS = {name for name in Settings.__dataclass_fields__}
+
+
+def _env_value(raw: str) -> Any:
+    # JSON first, so KEYSTILE_ENVIRONMENTS='["live","test"]' and numbers work; else a string.
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Settings from ``path`` (its ``[keystile]`` table, or the top level), then the environment."""
+    settings: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--config: no such file {path!r}") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--config: cannot read {path!r}: {exc}") from None
+        table = data.get("keystile", data)
+        if not isinstance(table, dict):
+            raise ConfigError(f"--config: [keystile] in {path!r} must be a table")
+        settings.update(table)
+    environ = os.environ if environ is None else environ
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in _FIELDS:
+            settings[key] = raw if key in ("secret", "store", "redis_url") else _env_value(raw)
+    return settings

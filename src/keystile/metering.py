@@ -1,0 +1,271 @@
+"""Monthly page metering: reserve before the handler, settle after, never admit past the limit.
+
+With Redis the check-and-charge is one Lua script (``lua/meter.lua``) that also checks the
+key's state stamp, so metering adds no round trip. Without Redis the same rules run here
+under a lock: exact within one process. Either way every charge is also buffered and
+written to the store every ``usage_flush_interval`` seconds, so a counter Redis loses is
+rebuilt from the store and an allowance never silently resets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .errors import QUOTA_EXCEEDED, AuthError, InvalidInput
+from .periods import Period
+from .stores.base import UsageDelta, UsageRow
+
+#: Keep a period's Redis counter this long after the period ends (reports read it).
+USAGE_GRACE_SECONDS = 35 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStatus:
+    """``request.state.principal.quota``: where the account stands this period."""
+
+    limit: int | None
+    used: int
+    remaining: int | None
+    resets_at: datetime
+    period: str
+
+    def headers(self, now: datetime, window: int) -> list[tuple[str, str]]:
+        """IETF RateLimit fields plus the X-RateLimit trio clients already parse."""
+        if self.limit is None or self.remaining is None:
+            return []
+        reset = max(1, int((self.resets_at - now).total_seconds()))
+        return [
+            ("ratelimit-policy", f'"monthly";q={self.limit};w={window}'),
+            ("ratelimit", f'"monthly";r={self.remaining};t={reset}'),
+            ("x-ratelimit-limit", str(self.limit)),
+            ("x-ratelimit-remaining", str(self.remaining)),
+            ("x-ratelimit-reset", str(int(self.resets_at.timestamp()))),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdEvent:
+    """Passed to ``on_quota_threshold`` once per threshold, account, environment and period."""
+
+    account_id: str
+    environment: str
+    period: str
+    threshold: float
+    limit: int
+    used: int
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What to meter for one request: who, which counter, how much."""
+
+    account_id: str
+    environment: str
+    kid: str
+    key_limit: int | None
+    period: Period
+    cost: int
+    idempotency: str | None  # digest of the Idempotency-Key header
+    count_request: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The answer of one meter step. ``result`` is ok, replay, exceeded, stale."""
+
+    result: str
+    used: int = 0
+    limit: int | None = None
+    scope: str = "account"
+    crossed: tuple[float, ...] = ()
+
+
+@dataclass(eq=False)
+class Meter:
+    """One request's metering state, reachable as ``principal.meter``."""
+
+    charge_info: Charge
+    status: QuotaStatus
+    reserved: int
+    replay: bool
+    final: int | None = None
+    settled: bool = False
+
+    def charge(self, pages: int) -> None:
+        """The real cost, known after the work: replaces the estimate when settling."""
+        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+            raise InvalidInput("pages", "expected a whole number >= 0")
+        self.final = pages
+
+    def delta(self, status_code: int | None, counted: Sequence[int]) -> int:
+        """Pages to add (or refund, negative) once the response is known."""
+        if self.replay:
+            return 0
+        if status_code is None or status_code not in counted:
+            return -self.reserved
+        return (self.final if self.final is not None else self.reserved) - self.reserved
+
+
+def idempotency_digest(account_id: str, header: str | None) -> str | None:
+    if not header:
+        return None
+    return hashlib.sha256(f"{account_id}\0{header}".encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def exceeded_error(
+    outcome: Outcome, status: QuotaStatus, headers: list[tuple[str, str]], now: datetime
+) -> AuthError:
+    whose = "This key's" if outcome.scope == "key" else "Monthly"
+    resets = status.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = f"{whose} page limit of {outcome.limit} pages exceeded; it resets at {resets}."
+    retry = max(1, int((status.resets_at - now).total_seconds()))
+    return AuthError(QUOTA_EXCEEDED, message, {"retry-after": str(retry), **dict(headers)})
+
+
+def rebuild_fields(rows: Iterable[UsageRow], deltas: Iterable[UsageDelta]) -> dict[str, int]:
+    """A usage hash's fields, from the store's rows plus this process's unflushed deltas."""
+    fields: dict[str, int] = {"pages": 0, "requests": 0}
+
+    def add(kid: str, pages: int, requests: int) -> None:
+        fields["pages"] += pages
+        fields["requests"] += requests
+        fields[f"k:{kid}:pages"] = fields.get(f"k:{kid}:pages", 0) + pages
+        fields[f"k:{kid}:requests"] = fields.get(f"k:{kid}:requests", 0) + requests
+
+    for row in rows:
+        add(row.kid, row.pages, row.requests)
+    for delta in deltas:
+        add(delta.kid, delta.pages, delta.requests)
+    return fields
+
+
+def parse_script_reply(reply: Sequence[Any]) -> Outcome | str:
+    kind = reply[0]
+    if kind in ("stale", "need_limit", "need_usage"):
+        return str(kind)
+    limit = None if int(reply[2]) < 0 else int(reply[2])
+    if kind == "exceeded":
+        return Outcome("exceeded", int(reply[1]), limit, str(reply[3]))
+    if kind == "replay":
+        return Outcome("replay", int(reply[1]), limit)
+    crossed = tuple(float(t) for t in str(reply[3]).split(",") if t)
+    return Outcome("ok", int(reply[1]), limit, crossed=crossed)
+
+
+class LocalCounters:
+    """The meter without Redis: the same rules as ``meter.lua``, under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._usage: dict[tuple[str, str, str], dict[str, int]] = {}
+        self._idempotency: dict[tuple[str, str], float] = {}
+
+    def has(self, account_id: str, period: str, environment: str) -> bool:
+        return (account_id, period, environment) in self._usage
+
+    def seed(self, account_id: str, period: str, environment: str, fields: dict[str, int]) -> None:
+        with self._lock:
+            self._usage.setdefault((account_id, period, environment), fields)
+
+    def meter(
+        self,
+        charge: Charge,
+        limit: int | None,
+        thresholds: Sequence[float],
+        now: float,
+        idem_ttl: int,
+    ) -> Outcome:
+        with self._lock:
+            usage = self._usage[(charge.account_id, charge.period.label, charge.environment)]
+            used = usage["pages"]
+            idem = (charge.account_id, charge.idempotency) if charge.idempotency else None
+            if idem is not None and self._idempotency.get(idem, 0.0) > now:
+                return Outcome("replay", used, limit)
+            if limit is not None and used + charge.cost > limit:
+                return Outcome("exceeded", used, limit)
+            key_pages = f"k:{charge.kid}:pages"
+            if charge.key_limit is not None:
+                key_used = usage.get(key_pages, 0)
+                if key_used + charge.cost > charge.key_limit:
+                    return Outcome("exceeded", key_used, charge.key_limit, "key")
+            after = usage["pages"] = used + charge.cost
+            usage[key_pages] = usage.get(key_pages, 0) + charge.cost
+            if charge.count_request:
+                usage["requests"] = usage.get("requests", 0) + 1
+                key_requests = f"k:{charge.kid}:requests"
+                usage[key_requests] = usage.get(key_requests, 0) + 1
+            if idem is not None:
+                self._idempotency[idem] = now + idem_ttl
+            crossed = []
+            if limit:
+                for threshold in thresholds:
+                    mark = f"th:{threshold:g}"
+                    if after >= threshold * limit and mark not in usage:
+                        usage[mark] = 1
+                        crossed.append(threshold)
+            return Outcome("ok", after, limit, crossed=tuple(crossed))
+
+    def settle(self, charge: Charge, delta: int, forget_idempotency: bool) -> None:
+        with self._lock:
+            usage = self._usage.get((charge.account_id, charge.period.label, charge.environment))
+            if usage is not None and delta:
+                usage["pages"] += delta
+                key_pages = f"k:{charge.kid}:pages"
+                usage[key_pages] = usage.get(key_pages, 0) + delta
+            if forget_idempotency and charge.idempotency:
+                self._idempotency.pop((charge.account_id, charge.idempotency), None)
+
+    def current(self, account_id: str, period: str, environment: str) -> dict[str, int] | None:
+        with self._lock:
+            usage = self._usage.get((account_id, period, environment))
+            return dict(usage) if usage is not None else None
+
+
+class UsageBuffer:
+    """Charges not yet written to the store, summed per key and period."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str, str, str], list[int]] = {}
+
+    def add(self, charge: Charge, pages: int, requests: int) -> None:
+        key = (charge.account_id, charge.period.label, charge.environment, charge.kid)
+        with self._lock:
+            counts = self._pending.setdefault(key, [0, 0])
+            counts[0] += pages
+            counts[1] += requests
+
+    def pending(self, account_id: str, period: str, environment: str) -> list[UsageDelta]:
+        with self._lock:
+            return [
+                UsageDelta(a, p, e, k, pages, requests)
+                for (a, p, e, k), (pages, requests) in self._pending.items()
+                if (a, p, e) == (account_id, period, environment)
+            ]
+
+    def take(self) -> list[UsageDelta]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return [
+            UsageDelta(a, p, e, k, pages, req) for (a, p, e, k), (pages, req) in pending.items()
+        ]
+
+    def give_back(self, deltas: Iterable[UsageDelta]) -> None:
+        """A failed write: keep the deltas for the next flush rather than lose them."""
+        with self._lock:
+            for d in deltas:
+                counts = self._pending.setdefault(
+                    (d.account_id, d.period, d.environment, d.kid), [0, 0]
+                )
+                counts[0] += d.pages
+                counts[1] += d.requests
+
+
+def encode_rebuild(fields: dict[str, int]) -> str:
+    return json.dumps(fields, separators=(",", ":"))

@@ -1,0 +1,192 @@
+"""``ks.quotas``: account limits and plans, and usage reports per month and key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .admission import resolve_limit
+from .errors import BackendError, InvalidInput
+from .keys import check_account
+from .stores.base import AccountLimit, UsageRow
+from .tokens import KEY_ID_PREFIX
+
+if TYPE_CHECKING:
+    from .engine import Keystile
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    key_id: str
+    pages: int
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class MonthUsage:
+    month: str
+    pages: int
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    account_id: str
+    environment: str
+    month: str
+    starts_at: datetime
+    resets_at: datetime
+    limit: int | None
+    pages: int
+    requests: int
+    remaining: int | None
+    keys: Sequence[KeyUsage]
+    history: Sequence[MonthUsage]  # this month first, then the 11 before it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "environment": self.environment,
+            "month": self.month,
+            "starts_at": self.starts_at.isoformat(),
+            "resets_at": self.resets_at.isoformat(),
+            "limit": self.limit,
+            "pages": self.pages,
+            "requests": self.requests,
+            "remaining": self.remaining,
+            "keys": [
+                {"key_id": k.key_id, "pages": k.pages, "requests": k.requests} for k in self.keys
+            ],
+            "history": [
+                {"month": m.month, "pages": m.pages, "requests": m.requests} for m in self.history
+            ],
+        }
+
+
+def _check_pages(pages: Any) -> int | None:
+    if pages is None:
+        return None
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+        raise InvalidInput("pages", "expected a whole number >= 0, or None for unlimited")
+    return pages
+
+
+class QuotaManager:
+    def __init__(self, engine: Keystile) -> None:
+        self._engine = engine
+
+    def set_limit(self, account_id: str, pages: int | None) -> None:
+        """The account's own monthly page limit (None: unlimited, still metered)."""
+        check_account("account_id", account_id)
+        self._write(account_id, AccountLimit(_check_pages(pages)))
+
+    def set_plan(self, account_id: str, plan: str) -> None:
+        """Put the account on a plan named in the ``plans`` setting."""
+        check_account("account_id", account_id)
+        if plan not in self._engine.settings.plans:
+            known = ", ".join(sorted(self._engine.settings.plans)) or "none configured"
+            raise InvalidInput("plan", f"unknown plan {plan!r} (plans: {known})")
+        self._write(account_id, AccountLimit(None, plan))
+
+    def clear_limit(self, account_id: str) -> None:
+        """Back to the default ``monthly_page_limit``."""
+        check_account("account_id", account_id)
+        self._write(account_id, None)
+
+    def limit(self, account_id: str, environment: str | None = None) -> int | None:
+        env = environment or self._engine.settings.environments[0]
+        row = self._engine.store.get_limit(account_id)
+        return resolve_limit(self._engine.settings, row, env)
+
+    def _write(self, account_id: str, limit: AccountLimit | None) -> None:
+        engine = self._engine
+        engine.store.set_limit(account_id, limit)
+        engine.admission.limits.drop(account_id)
+        if not engine.has_redis:
+            return
+        keys = [engine.redis_keys.limit(account_id, env) for env in engine.settings.environments]
+        try:
+            engine.redis.client.delete(*keys)  # the next request seeds the new limit
+        except Exception as exc:
+            raise BackendError(
+                "saved, but Redis could not be told: the old limit may apply for up to "
+                f"cache_ttl={engine.settings.cache_ttl}s ({type(exc).__name__})"
+            ) from exc
+
+    def usage(
+        self, account_id: str, month: str | None = None, environment: str | None = None
+    ) -> UsageReport:
+        """Totals and per-key breakdown for ``month`` ("YYYY-MM", default this one) and the
+        12 months up to it. Includes charges not yet written to the store."""
+        engine = self._engine
+        check_account("account_id", account_id)
+        env = environment or engine.settings.environments[0]
+        if env not in engine.settings.environments:
+            raise InvalidInput(
+                "environment", f"expected one of {list(engine.settings.environments)}"
+            )
+        policy = engine.periods
+        if month is None:
+            period = policy.period_at(engine.now())
+        else:
+            try:
+                period = policy.period_for_label(month)
+            except ValueError:
+                raise InvalidInput("month", "expected YYYY-MM, e.g. 2026-11") from None
+        periods = [period] + [policy.previous(period, n) for n in range(1, 12)]
+        labels = [p.label for p in periods]
+        rows = [r for r in engine.store.usage(account_id, labels) if r.environment == env]
+        for label in labels:
+            rows.extend(self._unflushed(account_id, label, env))
+        live = self._live_counter(account_id, period.label, env)
+        per_key: dict[str, list[int]] = {}
+        totals: dict[str, list[int]] = {label: [0, 0] for label in labels}
+        for row in rows:
+            totals[row.period][0] += row.pages
+            totals[row.period][1] += row.requests
+            if row.period == period.label:
+                counts = per_key.setdefault(row.kid, [0, 0])
+                counts[0] += row.pages
+                counts[1] += row.requests
+        if live is not None:  # Redis is ahead of the store by up to one flush interval
+            totals[period.label] = [live.get("pages", 0), live.get("requests", 0)]
+            for field, value in live.items():
+                if field.startswith("k:"):
+                    _, kid, kind = field.split(":")
+                    per_key.setdefault(kid, [0, 0])[0 if kind == "pages" else 1] = value
+        limit = self.limit(account_id, env)
+        pages, requests = totals[period.label]
+        return UsageReport(
+            account_id=account_id,
+            environment=env,
+            month=period.label,
+            starts_at=period.start,
+            resets_at=period.end,
+            limit=limit,
+            pages=pages,
+            requests=requests,
+            remaining=None if limit is None else max(0, limit - pages),
+            keys=sorted(
+                (KeyUsage(KEY_ID_PREFIX + kid, p, r) for kid, (p, r) in per_key.items()),
+                key=lambda k: (-k.pages, k.key_id),
+            ),
+            history=[MonthUsage(label, *totals[label]) for label in labels],
+        )
+
+    def _unflushed(self, account_id: str, period: str, env: str) -> list[UsageRow]:
+        pending = self._engine.admission.buffer.pending(account_id, period, env)
+        return [UsageRow(d.period, d.environment, d.kid, d.pages, d.requests) for d in pending]
+
+    def _live_counter(self, account_id: str, period: str, env: str) -> dict[str, int] | None:
+        engine = self._engine
+        if not engine.has_redis:
+            return None
+        try:
+            raw: dict[str, str] = engine.redis.client.hgetall(  # type: ignore[assignment]
+                engine.redis_keys.usage(account_id, period, env)
+            )
+        except Exception:
+            return None  # the store's figures, a few seconds behind, are the next best
+        return {k: int(v) for k, v in raw.items() if not k.startswith("th:")} or None
