@@ -263,7 +263,7 @@ def test_prefix_and_environments_come_from_the_caller(token: str) -> None:
         "KEY_{kid}",
         "{kid}",
         "key_{kid}x",
-        "key_{kid}"[:-1],
+        "key_{short}",
         "key__{kid}",
         "key_{kid}\n",
         " key_{kid}",
@@ -274,7 +274,7 @@ def test_prefix_and_environments_come_from_the_caller(token: str) -> None:
 )
 def test_bad_key_ids_are_rejected(key_id: str) -> None:
     _, kid, secret = make_token()
-    key_id = key_id.replace("{kid}", kid)
+    key_id = key_id.replace("{short}", kid[:-1]).replace("{kid}", kid)
     assert parse_key_id(key_id) is None
     assert parse_pair(key_id, secret) is None
 

@@ -224,6 +224,29 @@ def cmd_keys_roll(engine: Keystile, args: argparse.Namespace, out: Output) -> No
         out.line(f"The previous secret keeps working for {args.grace} seconds.")
 
 
+def cmd_usage(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    report = engine.quotas.usage(args.account, month=args.month, environment=args.env)
+    if out.as_json:
+        out.json(report.to_dict())
+        return
+    limit = "unlimited" if report.limit is None else f"{report.limit:,}"
+    out.line(
+        f"{report.account_id} · {report.environment} · {report.month}: "
+        f"{report.pages:,} pages of {limit}, {report.requests:,} requests; "
+        f"resets {report.resets_at:%Y-%m-%d %H:%M} UTC"
+    )
+    out.line()
+    out.table(
+        ["KEY", "PAGES", "REQUESTS"],
+        [[k.key_id, f"{k.pages:,}", f"{k.requests:,}"] for k in report.keys],
+    )
+    out.line()
+    out.table(
+        ["MONTH", "PAGES", "REQUESTS"],
+        [[m.month, f"{m.pages:,}", f"{m.requests:,}"] for m in report.history],
+    )
+
+
 def cmd_check_config(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
     settings = engine.settings
     report = {
@@ -256,6 +279,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--store", help="store URL (default: a fresh SQLite file)")
 
     commands.add_parser("check-config", help="validate settings and reach the backends")
+
+    usage = commands.add_parser("usage", help="an account's pages this month, per key, and history")
+    usage.add_argument("--account", required=True)
+    usage.add_argument("--month", help="YYYY-MM (default: the current period)")
+    usage.add_argument("--env", help="environment (default: the billed one)")
+    usage.set_defaults(handler=cmd_usage)
 
     keys = commands.add_parser("keys", help="create and manage API keys")
     keys_cmds = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

@@ -11,15 +11,15 @@ its result, so a request costs the same whether or not a route asks for the prin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from .principal import Principal
-from .starlette import KeystileMiddleware, check_permissions, principal_of
+from .starlette import KeystileMiddleware, check_permissions, engine_of, principal_of
 
-__all__ = ["KeystileMiddleware", "Principal", "get_principal", "require"]
+__all__ = ["KeystileMiddleware", "Principal", "cost", "get_principal", "require"]
 
 # auto_error=False: they exist for the OpenAPI document; the middleware has already decided.
 bearer_scheme = HTTPBearer(
@@ -61,5 +61,16 @@ def require(*permissions: str) -> Callable[..., Principal]:
         principal = principal_of(request)
         check_permissions(principal, permissions)
         return principal
+
+    return dependency
+
+
+def cost(pages: int) -> Callable[[Request], Awaitable[None]]:
+    """Dependency: this route costs ``pages`` (reserved before the handler; 429 if over)."""
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+        raise ValueError("cost(pages): expected a whole number >= 0")
+
+    async def dependency(request: Request) -> None:
+        await engine_of(request).reserve_async(principal_of(request), pages)
 
     return dependency

@@ -99,6 +99,14 @@ def check_meta(value: Any) -> dict[str, Any]:
     return loaded
 
 
+def check_page_limit(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput("page_limit", "expected a whole number of pages >= 0, or None")
+    return value
+
+
 class KeyManager:
     def __init__(self, engine: Keystile) -> None:
         self._engine = engine
@@ -134,6 +142,7 @@ class KeyManager:
         owner: str | None = None,
         accounts: Iterable[str] = (),
         meta: Mapping[str, Any] | None = None,
+        page_limit: int | None = None,
     ) -> CreatedKey:
         settings = self._engine.settings
         now = self._engine.now()
@@ -167,6 +176,7 @@ class KeyManager:
             previous_hash=None,
             previous_expires_at=None,
             version=new_version(),
+            page_limit=check_page_limit(page_limit),
         )
         self._store.insert(record)
         return CreatedKey(token, record.key_id, secret, record.public())
@@ -213,6 +223,7 @@ class KeyManager:
         expires_at: datetime | None = _UNSET,
         meta: Mapping[str, Any] | None = _UNSET,
         enabled: bool = _UNSET,
+        page_limit: int | None = _UNSET,
     ) -> ApiKey:
         changes: dict[str, Any] = {}
         if name is not _UNSET:
@@ -227,6 +238,8 @@ class KeyManager:
             if not isinstance(enabled, bool):
                 raise InvalidInput("enabled", "expected true or false")
             changes["enabled"] = enabled
+        if page_limit is not _UNSET:
+            changes["page_limit"] = check_page_limit(page_limit)
         return self._change(key_id, lambda record: changes).public()
 
     def revoke(self, key_id: str) -> ApiKey:

@@ -177,7 +177,7 @@ def requires(*permissions: str) -> Callable[[F], F]:
     return _wrap_endpoint(check, check_async)
 
 
-def _engine_of(request: Any) -> Keystile:
+def engine_of(request: Any) -> Keystile:
     engine = getattr(request.state, "keystile", None)
     if not isinstance(engine, Keystile):
         raise RuntimeError("cost() needs KeystileMiddleware in front of the endpoint")
@@ -194,10 +194,10 @@ def cost(pages: int) -> Callable[[F], F]:
 
     def check(request: Any) -> None:
         principal = principal_of(request)
-        _engine_of(request).reserve(principal, pages)
+        engine_of(request).reserve(principal, pages)
 
     async def check_async(request: Any) -> None:
         principal = principal_of(request)
-        await _engine_of(request).reserve_async(principal, pages)
+        await engine_of(request).reserve_async(principal, pages)
 
     return _wrap_endpoint(check, check_async)
