@@ -105,7 +105,11 @@ class Admission:
             now = self.now()
             try:
                 principal = self.verifier.authorize(
-                    snapshot, creds.auth_method, creds.account_id, now.timestamp()
+                    snapshot,
+                    creds.auth_method,
+                    creds.account_id,
+                    now.timestamp(),
+                    creds.token.environment,
                 )
             except AuthError:
                 # A refusal from a snapshot not yet compared may be out of date (expiry moved).
@@ -160,7 +164,14 @@ class Admission:
             limit = yield from self._limit(charge.account_id, charge.environment)
             if not self.counters.has(charge.account_id, charge.period.label, charge.environment):
                 rows = yield from self._store_usage(charge)
-                self.counters.seed(charge.account_id, charge.period.label, charge.environment, rows)
+                self.counters.seed(
+                    charge.account_id,
+                    charge.period.label,
+                    charge.environment,
+                    rows,
+                    limit,
+                    self.settings.quota_thresholds,
+                )
             outcome = self.counters.meter(
                 charge,
                 limit,
@@ -177,7 +188,7 @@ class Admission:
             except BackendError as exc:
                 self.verifier.backend_down(exc)
                 return self._degraded(charge)
-            parsed = parse_script_reply(reply)
+            parsed = parse_script_reply(reply, self.settings.quota_thresholds)
             if parsed == "need_limit":
                 limit = yield from self._limit(charge.account_id, charge.environment)
                 seed = "none" if limit is None else str(limit)

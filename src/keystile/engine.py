@@ -26,7 +26,7 @@ from .flusher import Flusher
 from .hashing import SecretHasher
 from .keys import KeyManager
 from .localcache import LocalCache
-from .metering import Charge, Meter, ThresholdEvent
+from .metering import Charge, Meter, ThresholdEvent, basis_points
 from .models import KeyRecord
 from .periods import PeriodPolicy
 from .principal import Principal
@@ -336,7 +336,7 @@ class Keystile:
             seed,
             rebuild,
             usage_ttl(charge, self.now()),
-            ",".join(f"{t:g}" for t in settings.quota_thresholds),
+            ",".join(str(basis_points(t)) for t in settings.quota_thresholds),
             settings.idempotency_ttl,
             settings.cache_ttl,
             "1" if charge.idempotency else "0",

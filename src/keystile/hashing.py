@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from .settings import Argon2Params
@@ -33,10 +33,19 @@ class SecretHasher:
                 return False
 
     def needs_rehash(self, hashed: str) -> bool:
+        """True only when the settings are at least as strong in every parameter: an old
+        process in a rolling deploy must not rewrite a stronger hash with a weaker one."""
         try:
-            return self._hasher.check_needs_rehash(hashed)
+            current = extract_parameters(hashed)
         except InvalidHashError:
             return False
+        wanted = self._hasher
+        stronger = (
+            wanted.time_cost >= current.time_cost
+            and wanted.memory_cost >= current.memory_cost
+            and wanted.parallelism >= current.parallelism
+        )
+        return stronger and self._hasher.check_needs_rehash(hashed)
 
     def __repr__(self) -> str:
         return "SecretHasher()"

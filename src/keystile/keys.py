@@ -21,8 +21,8 @@ from .stores.base import KeyStore
 if TYPE_CHECKING:
     from .engine import Keystile
 
-_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-_PERMISSION = re.compile(r"^[A-Za-z0-9_.:*/-]{1,100}$")
+_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_PERMISSION = re.compile(r"[A-Za-z0-9_.:*/-]{1,100}")
 MAX_META_BYTES = 4096
 MAX_LIST_LIMIT = 100
 _UNSET: Any = object()
@@ -49,7 +49,7 @@ class KeyPage:
 
 
 def check_account(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not _ACCOUNT.match(value):
+    if not isinstance(value, str) or not _ACCOUNT.fullmatch(value):
         raise InvalidInput(field, "expected 1-128 characters of letters, digits and ._:@-")
     return value
 
@@ -69,7 +69,7 @@ def check_permissions(value: Any) -> tuple[str, ...]:
     if len(items) > 200:
         raise InvalidInput("permissions", "at most 200 permissions")
     for item in items:
-        if not isinstance(item, str) or not _PERMISSION.match(item):
+        if not isinstance(item, str) or not _PERMISSION.fullmatch(item):
             raise InvalidInput("permissions", f"invalid permission {item!r}")
     return tuple(dict.fromkeys(items))
 
@@ -90,7 +90,7 @@ def check_meta(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidInput("meta", "expected a JSON object")
     try:
-        encoded = json.dumps(dict(value))
+        encoded = json.dumps(dict(value), allow_nan=False)
     except (TypeError, ValueError):
         raise InvalidInput("meta", "must be JSON-serialisable") from None
     if len(encoded.encode()) > MAX_META_BYTES:
@@ -151,7 +151,7 @@ class KeyManager:
             raise InvalidInput("environment", f"expected one of {list(settings.environments)}")
         if owner is not None and (not isinstance(owner, str) or len(owner) > 200):
             raise InvalidInput("owner", "expected a string of at most 200 characters or None")
-        if isinstance(accounts, str):
+        if isinstance(accounts, str) or not isinstance(accounts, Iterable):
             raise InvalidInput("accounts", "expected a list of account ids")
         extra = tuple(dict.fromkeys(check_account("accounts", a) for a in accounts))
         kid = tokens.new_kid()

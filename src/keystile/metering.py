@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class QuotaStatus:
         """IETF RateLimit fields plus the X-RateLimit trio clients already parse."""
         if self.limit is None or self.remaining is None:
             return []
-        reset = max(1, int((self.resets_at - now).total_seconds()))
+        reset = max(1, math.ceil((self.resets_at - now).total_seconds()))
         return [
             ("ratelimit-policy", f'"monthly";q={self.limit};w={window}'),
             ("ratelimit", f'"monthly";r={self.remaining};t={reset}'),
@@ -112,6 +113,17 @@ class Meter:
         return (self.final if self.final is not None else self.reserved) - self.reserved
 
 
+def basis_points(threshold: float) -> int:
+    """Thresholds are compared in integers: 0.55 of 100 pages is 55, not 55.000000000000007."""
+    return round(threshold * 10_000)
+
+
+def crossed_marks(pages: int, limit: int | None, thresholds: Sequence[float]) -> list[float]:
+    if not limit:
+        return []
+    return [t for t in thresholds if pages * 10_000 >= basis_points(t) * limit]
+
+
 def idempotency_digest(account_id: str, header: str | None) -> str | None:
     if not header:
         return None
@@ -124,7 +136,7 @@ def exceeded_error(
     whose = "This key's" if outcome.scope == "key" else "Monthly"
     resets = status.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     message = f"{whose} page limit of {outcome.limit} pages exceeded; it resets at {resets}."
-    retry = max(1, int((status.resets_at - now).total_seconds()))
+    retry = max(1, math.ceil((status.resets_at - now).total_seconds()))
     return AuthError(QUOTA_EXCEEDED, message, {"retry-after": str(retry), **dict(headers)})
 
 
@@ -145,7 +157,7 @@ def rebuild_fields(rows: Iterable[UsageRow], deltas: Iterable[UsageDelta]) -> di
     return fields
 
 
-def parse_script_reply(reply: Sequence[Any]) -> Outcome | str:
+def parse_script_reply(reply: Sequence[Any], thresholds: Sequence[float]) -> Outcome | str:
     kind = reply[0]
     if kind in ("stale", "need_limit", "need_usage"):
         return str(kind)
@@ -154,7 +166,8 @@ def parse_script_reply(reply: Sequence[Any]) -> Outcome | str:
         return Outcome("exceeded", int(reply[1]), limit, str(reply[3]))
     if kind == "replay":
         return Outcome("replay", int(reply[1]), limit)
-    crossed = tuple(float(t) for t in str(reply[3]).split(",") if t)
+    by_points = {basis_points(t): t for t in thresholds}
+    crossed = tuple(by_points[int(t)] for t in str(reply[3]).split(",") if t)
     return Outcome("ok", int(reply[1]), limit, crossed=crossed)
 
 
@@ -169,7 +182,18 @@ class LocalCounters:
     def has(self, account_id: str, period: str, environment: str) -> bool:
         return (account_id, period, environment) in self._usage
 
-    def seed(self, account_id: str, period: str, environment: str, fields: dict[str, int]) -> None:
+    def seed(
+        self,
+        account_id: str,
+        period: str,
+        environment: str,
+        fields: dict[str, int],
+        limit: int | None,
+        thresholds: Sequence[float],
+    ) -> None:
+        # Thresholds the stored usage already passed were announced before (a restart).
+        for threshold in crossed_marks(fields.get("pages", 0), limit, thresholds):
+            fields[f"th:{basis_points(threshold)}"] = 1
         with self._lock:
             self._usage.setdefault((account_id, period, environment), fields)
 
@@ -203,12 +227,11 @@ class LocalCounters:
             if idem is not None:
                 self._idempotency[idem] = now + idem_ttl
             crossed = []
-            if limit:
-                for threshold in thresholds:
-                    mark = f"th:{threshold:g}"
-                    if after >= threshold * limit and mark not in usage:
-                        usage[mark] = 1
-                        crossed.append(threshold)
+            for threshold in crossed_marks(after, limit, thresholds):
+                mark = f"th:{basis_points(threshold)}"
+                if mark not in usage:
+                    usage[mark] = 1
+                    crossed.append(threshold)
             return Outcome("ok", after, limit, crossed=tuple(crossed))
 
     def settle(self, charge: Charge, delta: int, forget_idempotency: bool) -> None:

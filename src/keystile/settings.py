@@ -6,6 +6,7 @@ naming the key and what is allowed, so a typo never silently falls back to a def
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -13,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+_NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 POLICIES = ("fail_closed", "degrade")
 
 
@@ -64,7 +65,8 @@ class Settings:
         return tuple(p[:-1] for p in self.exempt_paths if p.endswith("*"))
 
     def is_exempt(self, path: str) -> bool:
-        return path in self.exempt_exact or path.startswith(self.exempt_prefixes or ("\0",))
+        prefixes = self.exempt_prefixes
+        return path in self.exempt_exact or (bool(prefixes) and path.startswith(prefixes))
 
     def __repr__(self) -> str:
         # The server secret and any password in a URL stay out of logs.
@@ -75,9 +77,11 @@ class Settings:
 
 
 def redact_url(url: str | None) -> str | None:
+    """The URL without its password, in the userinfo or in the query (``?password=``)."""
     if url is None:
         return None
-    return re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
+    url = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
+    return re.sub(r"([?&][^=&]*password[^=&]*=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _fail(key: str, allowed: str, value: Any) -> ConfigError:
@@ -94,7 +98,8 @@ def _int(key: str, value: Any, low: int, high: int | None = None) -> int:
 
 
 def _number(key: str, value: Any, low: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+    bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
+    if bad_type or not math.isfinite(value) or value < low:
         raise _fail(key, f"a number >= {low}", value)
     return float(value)
 
@@ -113,7 +118,7 @@ def _names(key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
         raise _fail(key, "a non-empty list of names", value)
     for name in value:
-        if not isinstance(name, str) or not _NAME.match(name) or name == "sess":
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name == "sess":
             raise _fail(key, "lowercase alphanumeric names (1-16 chars, not 'sess')", name)
     if len(set(value)) != len(value):
         raise _fail(key, "distinct names", value)
@@ -134,7 +139,7 @@ def _argon2(key: str, value: Any) -> Argon2Params:
         raise _fail(key, "a dict with time_cost, memory_cost (KiB), parallelism", value)
     unknown = set(value) - {"time_cost", "memory_cost", "parallelism"}
     if unknown:
-        raise ConfigError(f"setting 'argon2': unknown key(s) {sorted(unknown)}")
+        raise ConfigError(f"setting 'argon2': unknown key(s) {sorted(map(repr, unknown))}")
     params = Argon2Params(**value)
     _int("argon2.time_cost", params.time_cost, 1, 100)
     _int("argon2.parallelism", params.parallelism, 1, 64)

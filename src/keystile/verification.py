@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Generator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
@@ -77,7 +77,7 @@ class Snapshot:
             environment=record.environment,
             permissions=record.permissions,
             accounts=record.accounts,
-            meta=dict(record.meta),
+            meta=freeze(record.meta),
             expires_at=epoch(record.expires_at),
             revoked=record.revoked_at is not None,
             enabled=record.enabled,
@@ -87,14 +87,34 @@ class Snapshot:
         )
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["meta"] = thaw(self.meta)
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def loads(cls, raw: str | bytes) -> Snapshot:
         data = json.loads(raw)
         data["permissions"] = tuple(data["permissions"])
         data["accounts"] = tuple(data["accounts"])
+        data["meta"] = freeze(data["meta"])
         return cls(**data)
+
+
+def freeze(value: Any) -> Any:
+    """A deeply read-only copy: cached metadata is shared by every request with the key."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
 
 
 def _utc(epoch: float | None) -> datetime | None:
@@ -168,10 +188,14 @@ class Verifier:
                 record: KeyRecord | None = yield ("store_get", (cred.kid,))
             except BackendError:
                 raise AuthError(BACKEND_UNAVAILABLE) from None
-            if record is None or (cred.environment not in (None, record.environment)):
+            if record is None:
                 # Unknown ids never reach argon2, and are remembered by digest only, so a
                 # stranger can't get a real key refused by guessing its id.
                 yield from self._remember_wrong(cred, digest)
+                raise AuthError(INVALID_API_KEY)
+            if cred.environment not in (None, record.environment):
+                # Not remembered: the digest leaves the environment out, so the right token
+                # shares it.
                 raise AuthError(INVALID_API_KEY)
             match, new_hash = yield ("argon2_verify", (record, cred.secret))
             if match is None:
@@ -213,7 +237,10 @@ class Verifier:
         auth_method: str,
         account_header: str | None,
         now: float,
+        token_environment: str | None = None,
     ) -> Principal:
+        if token_environment not in (None, snapshot.environment):
+            raise AuthError(INVALID_API_KEY)  # sk_test_ text around a live key's secret
         if snapshot.valid_until is not None and snapshot.valid_until <= now:
             raise AuthError(INVALID_API_KEY)  # a rolled key's old secret, past its grace
         if snapshot.revoked:
@@ -237,5 +264,5 @@ class Verifier:
             auth_method=auth_method,
             expires_at=_utc(snapshot.expires_at),
             key_account_id=snapshot.account_id,
-            meta=MappingProxyType(dict(snapshot.meta)),
+            meta=snapshot.meta,
         )

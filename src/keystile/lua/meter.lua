@@ -5,7 +5,8 @@
 -- KEYS[3] idempotency marker   KEYS[4] the key's state stamp
 -- (KEYS[3] and KEYS[4] repeat KEYS[1] when unused: every key named stays in one slot.)
 -- ARGV: kid, cost, expected stamp ('' = no check), key limit (''), limit to seed ('' = none
--- known, 'none' = unlimited), usage to rebuild (JSON, ''), usage ttl, thresholds ('0.8,1'),
+-- known, 'none' = unlimited), usage to rebuild (JSON, ''), usage ttl, thresholds in basis points
+-- ('8000,10000': integer maths, so 55% of 100 is exactly 55),
 -- idempotency ttl, limit ttl, use idempotency ('1'), count the request ('1')
 local usage, limit_key, idem_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local kid, cost, expected = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -35,7 +36,7 @@ if redis.call('EXISTS', usage) == 0 then
   if lim and lim > 0 then
     local pages = tonumber(redis.call('HGET', usage, 'pages'))
     for t in string.gmatch(thresholds, '[^,]+') do
-      if pages >= tonumber(t) * lim then redis.call('HSET', usage, 'th:' .. t, 1) end
+      if pages * 10000 >= tonumber(t) * lim then redis.call('HSET', usage, 'th:' .. t, 1) end
     end
   end
   redis.call('EXPIRE', usage, usage_ttl)
@@ -67,7 +68,7 @@ if use_idem then redis.call('SET', idem_key, '1', 'EX', idem_ttl) end
 local crossed = {}
 if lim and lim > 0 then
   for t in string.gmatch(thresholds, '[^,]+') do
-    if after >= tonumber(t) * lim and redis.call('HSETNX', usage, 'th:' .. t, 1) == 1 then
+    if after * 10000 >= tonumber(t) * lim and redis.call('HSETNX', usage, 'th:' .. t, 1) == 1 then
       table.insert(crossed, t)
     end
   end

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import builtins
-
 import base64
 import binascii
+import builtins
 import json
 import sqlite3
 import threading

@@ -1,0 +1,161 @@
+"""The error table and how every error is rendered."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from keystile import errors
+from keystile.errors import (
+    ACCOUNT_FORBIDDEN,
+    BACKEND_UNAVAILABLE,
+    ERRORS,
+    EXPIRED_API_KEY,
+    INSUFFICIENT_PERMISSIONS,
+    INVALID_API_KEY,
+    MALFORMED_CREDENTIALS,
+    MISSING_API_KEY,
+    QUOTA_EXCEEDED,
+    AuthError,
+    BackendError,
+    ConfigError,
+    ErrorSpec,
+    InvalidInput,
+    KeystileError,
+    NotFound,
+    render,
+)
+
+EXPECTED = {
+    "AUTH_001": ("missing_api_key", 401),
+    "AUTH_002": ("invalid_api_key", 401),
+    "AUTH_003": ("expired_api_key", 401),
+    "AUTH_004": ("insufficient_permissions", 403),
+    "AUTH_005": ("account_forbidden", 403),
+    "AUTH_006": ("malformed_credentials", 400),
+    "BILLING_001": ("quota_exceeded", 429),
+    "SVC_001": ("backend_unavailable", 503),
+}
+
+
+def header_dict(headers: list[tuple[str, str]]) -> dict[str, str]:
+    names = [name for name, _ in headers]
+    assert len(names) == len(set(names)), f"repeated header in {names}"
+    return dict(headers)
+
+
+def test_table_is_complete() -> None:
+    assert {spec.code: (spec.type, spec.status) for spec in ERRORS} == EXPECTED
+    module_specs = {v for v in vars(errors).values() if isinstance(v, ErrorSpec)}
+    assert module_specs == set(ERRORS)
+
+
+def test_codes_and_types_are_unique() -> None:
+    assert len({spec.code for spec in ERRORS}) == len(ERRORS)
+    assert len({spec.type for spec in ERRORS}) == len(ERRORS)
+
+
+def test_specs_are_immutable() -> None:
+    with pytest.raises(AttributeError):
+        INVALID_API_KEY.status = 200  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("spec", ERRORS, ids=[s.code for s in ERRORS])
+def test_render(spec: ErrorSpec) -> None:
+    rendered = render(AuthError(spec))
+    assert rendered.status == spec.status
+    assert json.loads(rendered.body) == {
+        "error": {"code": spec.code, "type": spec.type, "message": spec.message}
+    }
+    headers = header_dict(rendered.headers)
+    assert headers["content-type"] == "application/json"
+    assert headers["content-length"] == str(len(rendered.body))
+    assert headers["cache-control"] == "no-store"
+    assert all(name == name.lower() for name, _ in rendered.headers)
+    assert isinstance(rendered.body, bytes)
+    rendered.body.decode("ascii")  # json.dumps escapes, so the body is plain ASCII
+
+
+@pytest.mark.parametrize("spec", [s for s in ERRORS if s.status == 401], ids=lambda s: s.code)
+def test_401s_carry_bearer_challenge(spec: ErrorSpec) -> None:
+    challenge = header_dict(render(AuthError(spec)).headers)["www-authenticate"]
+    assert challenge.startswith("Bearer ")
+    assert 'realm="api"' in challenge
+
+
+def test_challenge_details() -> None:
+    def challenge(spec: ErrorSpec) -> str | None:
+        return header_dict(render(AuthError(spec)).headers).get("www-authenticate")
+
+    # RFC 6750 3.1: no error attribute when no credentials were sent.
+    assert challenge(MISSING_API_KEY) == 'Bearer realm="api"'
+    assert challenge(INVALID_API_KEY) == 'Bearer realm="api", error="invalid_token"'
+    assert challenge(EXPIRED_API_KEY) == 'Bearer realm="api", error="invalid_token"'
+    assert challenge(MALFORMED_CREDENTIALS) == 'Bearer realm="api", error="invalid_request"'
+    for spec in (INSUFFICIENT_PERMISSIONS, ACCOUNT_FORBIDDEN, QUOTA_EXCEEDED, BACKEND_UNAVAILABLE):
+        assert challenge(spec) is None, spec.code
+
+
+def test_backend_unavailable_asks_to_retry() -> None:
+    headers = header_dict(render(AuthError(BACKEND_UNAVAILABLE)).headers)
+    assert headers["retry-after"] == "1"
+    for spec in ERRORS:
+        if spec is not BACKEND_UNAVAILABLE:
+            assert "retry-after" not in header_dict(render(AuthError(spec)).headers)
+
+
+def test_custom_message_and_headers() -> None:
+    error = AuthError(
+        QUOTA_EXCEEDED, 'Monthly limit "pro" reached — é', headers={"Retry-After": "3600"}
+    )
+    assert error.code == "BILLING_001"
+    assert error.status == 429
+    rendered = render(error)
+    body = json.loads(rendered.body)
+    assert body["error"]["message"] == 'Monthly limit "pro" reached — é'
+    assert body["error"]["code"] == "BILLING_001"
+    headers = header_dict(rendered.headers)
+    assert headers["retry-after"] == "3600"
+    assert headers["content-length"] == str(len(rendered.body))
+
+
+def test_default_message_and_str() -> None:
+    error = AuthError(INVALID_API_KEY)
+    assert error.message == INVALID_API_KEY.message
+    assert error.headers == {}
+    assert str(error) == "AUTH_002 invalid_api_key: Invalid API key."
+    assert str(AuthError(INVALID_API_KEY, "")) == "AUTH_002 invalid_api_key: Invalid API key."
+
+
+def test_render_is_stable_json() -> None:
+    body = render(AuthError(MISSING_API_KEY)).body
+    assert body == (
+        b'{"error":{"code":"AUTH_001","type":"missing_api_key","message":"API key is required."}}'
+    )
+
+
+def test_exception_hierarchy() -> None:
+    for cls in (ConfigError, NotFound, InvalidInput, BackendError, AuthError):
+        assert issubclass(cls, KeystileError)
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(InvalidInput, ValueError)
+    assert issubclass(NotFound, LookupError)
+    error = InvalidInput("name", "too long")
+    assert error.field == "name"
+    assert str(error) == "name: too long"
+
+
+def test_errors_from_credentials_render() -> None:
+    from keystile.credentials import read_credentials
+
+    for headers, code, status in (
+        ([], "AUTH_001", 401),
+        ([("authorization", "Bearer nope")], "AUTH_002", 401),
+        ([("authorization", "Basic eDp5")], "AUTH_006", 400),
+    ):
+        with pytest.raises(AuthError) as info:
+            read_credentials(headers, "sk", ("live", "test"))
+        rendered = render(info.value)
+        assert rendered.status == status
+        assert json.loads(rendered.body)["error"]["code"] == code
