@@ -277,12 +277,8 @@ def test_expiry_exactly_now_is_refused(ks: Keystile) -> None:
         ("accounts", {"accounts": ["acct-b\n"]}),
     ],
 )
-@pytest.mark.xfail(
-    reason="BUG: keys._ACCOUNT / keys._PERMISSION end in '$', which also matches before a "
-    "trailing newline, so 'acct\\n' and 'read\\n' are accepted and stored",
-    strict=True,
-)
 def test_trailing_newline_is_refused(ks: Keystile, field: str, kwargs: dict[str, Any]) -> None:
+    # Regression: the patterns ended in '$', which also matches before a trailing newline.
     args: dict[str, Any] = {"account_id": ACCT, "name": "ci", **kwargs}
     with pytest.raises(InvalidInput) as info:
         ks.keys.create(**args)
@@ -290,12 +286,8 @@ def test_trailing_newline_is_refused(ks: Keystile, field: str, kwargs: dict[str,
 
 
 @pytest.mark.parametrize("accounts", [None, 5])
-@pytest.mark.xfail(
-    reason="BUG: KeyManager.create iterates `accounts` unchecked, so None or a number raises "
-    "TypeError instead of InvalidInput('accounts') (permissions=5 is checked)",
-    strict=True,
-)
 def test_non_iterable_accounts_is_invalid_input(ks: Keystile, accounts: Any) -> None:
+    # Regression: accounts was iterated unchecked (TypeError instead of InvalidInput).
     with pytest.raises(InvalidInput) as info:
         ks.keys.create(ACCT, "ci", accounts=accounts)
     assert info.value.field == "accounts"
@@ -865,15 +857,11 @@ def test_argon2_parameters_are_upgraded(
     assert refused(fresh, bearer(wrong)) is INVALID_API_KEY
 
 
-@pytest.mark.xfail(
-    reason="BUG: hashing.SecretHasher.needs_rehash uses argon2's check_needs_rehash, which is "
-    "True for any parameter difference, so an engine with weaker settings (an old process in "
-    "a rolling deploy) rewrites a stronger hash with its weaker one",
-    strict=True,
-)
 def test_argon2_parameters_are_never_downgraded(
     make_keystile: Callable[..., Keystile], clock: Clock, tmp_path: Any
 ) -> None:
+    # Regression: check_needs_rehash is True for any difference, so a weaker engine (an old
+    # process in a rolling deploy) used to rewrite a stronger hash with a weaker one.
     url = "sqlite:///" + str(tmp_path / "keys.db")
     strong = make_keystile(clock=clock, store=url, argon2=STRONGER_ARGON2)
     created = strong.keys.create(ACCT, "ci")

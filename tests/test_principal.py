@@ -180,14 +180,8 @@ def test_principal_meta_cannot_leak_into_later_requests(engine: Keystile) -> Non
     assert dict(engine.authenticate(headers).meta) == {"plan": "free"}
 
 
-@pytest.mark.xfail(
-    reason="BUG: Principal.meta is a read-only view of a shallow copy of the cached "
-    "Snapshot's meta (verification.py, MappingProxyType(dict(snapshot.meta))): nested "
-    "dicts/lists are still the cached objects, so a handler changing them changes what every "
-    "later request with that key sees",
-    strict=True,
-)
 def test_nested_principal_meta_cannot_leak_into_later_requests(engine: Keystile) -> None:
+    # Regression: meta was a shallow read-only view; nested values were the cached objects.
     created = engine.keys.create("acct-a", "ci", meta={"limits": {"rpm": 10}, "tags": ["a"]})
     headers = [("authorization", f"Bearer {created.token}")]
     first = engine.authenticate(headers)

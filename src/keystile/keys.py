@@ -21,7 +21,7 @@ from .stores.base import KeyStore
 if TYPE_CHECKING:
     from .engine import Keystile
 
-_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _PERMISSION = re.compile(r"[A-Za-z0-9_.:*/-]{1,100}")
 MAX_META_BYTES = 4096
 MAX_LIST_LIMIT = 100
@@ -50,7 +50,7 @@ class KeyPage:
 
 def check_account(field: str, value: Any) -> str:
     if not isinstance(value, str) or not _ACCOUNT.fullmatch(value):
-        raise InvalidInput(field, "expected 1-128 characters of letters, digits and ._:@-")
+        raise InvalidInput(field, "expected 1-128 characters of letters, digits and _.:@-")
     return value
 
 

@@ -1,0 +1,133 @@
+"""The ``keystile`` command end to end, as a subprocess, on a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keystile import Keystile
+from keystile.tokens import TOKEN_PATTERN
+
+from .conftest import FAST_ARGON2
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KEYSTILE_STORE": f"sqlite:///{tmp_path / 'keys.db'}",
+        "KEYSTILE_ARGON2": json.dumps(FAST_ARGON2),
+        "NO_COLOR": "1",
+    }
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keystile", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def run_json(env: dict[str, str], *args: str) -> Any:
+    done = run(env, "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_create_prints_a_working_token_once(env: dict[str, str]) -> None:
+    done = run(env, "keys", "create", "--account", "acct_1", "--name", "CI", "-p", "jobs:*")
+    assert done.returncode == 0, done.stderr
+    tokens = [line.split()[-1] for line in done.stdout.splitlines() if "token:" in line]
+    assert len(tokens) == 1
+    import re
+
+    assert re.fullmatch(TOKEN_PATTERN.replace(r"\b", ""), tokens[0])
+    engine = Keystile({"store": env["KEYSTILE_STORE"], "argon2": FAST_ARGON2})
+    principal = engine.authenticate([("authorization", f"Bearer {tokens[0]}")])
+    assert principal.account_id == "acct_1"
+    assert principal.has_permission("jobs:read")
+    engine.close()
+
+    listing = run(env, "keys", "list", "--account", "acct_1")
+    assert listing.returncode == 0
+    assert tokens[0] not in listing.stdout
+    secret = tokens[0].split("_")[-1]
+    assert secret not in listing.stdout
+    assert "sk_live_…" + tokens[0][-4:] in listing.stdout
+
+
+def test_json_lifecycle_show_update_roll_revoke_delete(env: dict[str, str]) -> None:
+    created = run_json(env, "keys", "create", "--account", "acct_1", "--name", "A")
+    key_id = created["key"]["id"]
+    shown = run_json(env, "keys", "show", key_id)
+    assert shown["preview"].endswith(created["token"][-4:])
+    assert "token" not in shown and "secret" not in json.dumps(shown)
+
+    updated = run_json(env, "keys", "update", key_id, "--name", "B", "-p", "read")
+    assert updated["name"] == "B" and updated["permissions"] == ["read"]
+
+    rolled = run_json(env, "keys", "roll", key_id, "--grace", "60")
+    assert rolled["token"] != created["token"]
+
+    revoked = run_json(env, "keys", "revoke", key_id)
+    assert revoked["revoked_at"] is not None
+    assert run_json(env, "keys", "delete", key_id) == {"deleted": key_id}
+    assert run(env, "keys", "show", key_id).returncode == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["keys", "create", "--account", "bad account", "--name", "x"], "account_id"),
+        (["keys", "create", "--account", "a", "--name", "x", "--env", "prod"], "environment"),
+        (["keys", "create", "--account", "a", "--name", "x", "--meta", "[1]"], "--meta"),
+        (
+            ["keys", "create", "--account", "a", "--name", "x", "--expires-at", "soon"],
+            "--expires-at",
+        ),
+        (["keys", "list", "--account", "a", "--limit", "0"], "limit"),
+        (["keys", "list", "--account", "a", "--cursor", "!!"], "cursor"),
+        (["usage", "--account", "a", "--month", "2026-13"], "month"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field(
+    env: dict[str, str], args: list[str], field: str
+) -> None:
+    done = run(env, *args)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0]
+
+
+def test_bad_settings_exit_2(env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "keystile.toml"
+    config.write_text('[keystile]\nstore = "sqlite:///x.db"\nnonsense = 1\n')
+    done = run(env, "--config", str(config), "check-config")
+    assert done.returncode == 2 and "nonsense" in done.stderr
+    assert run(env, "--config", str(tmp_path / "missing.toml"), "check-config").returncode == 2
+
+
+def test_usage_reports_the_month_per_key(env: dict[str, str]) -> None:
+    created = run_json(env, "keys", "create", "--account", "acct_1", "--name", "A")
+    engine = Keystile({"store": env["KEYSTILE_STORE"], "argon2": FAST_ARGON2})
+    for _ in range(3):
+        principal = engine.authenticate([("x-api-key", created["token"])])
+        engine.settle(principal, 200)
+    engine.close()  # writes the buffered usage
+    report = run_json(env, "usage", "--account", "acct_1")
+    assert report["pages"] == 3 and report["requests"] == 3
+    assert report["keys"] == [{"key_id": created["key"]["id"], "pages": 3, "requests": 3}]
+    assert len(report["history"]) == 12
+    table = run(env, "usage", "--account", "acct_1")
+    assert table.returncode == 0 and created["key"]["id"] in table.stdout
