@@ -69,9 +69,7 @@ def pages(ks: Keystile, account: str = ACCOUNT, environment: str | None = None) 
     return ks.quotas.usage(account, environment=environment).pages
 
 
-def new_key(
-    ks: Keystile, account: str = ACCOUNT, environment: str = "live", **kwargs: Any
-) -> str:
+def new_key(ks: Keystile, account: str = ACCOUNT, environment: str = "live", **kwargs: Any) -> str:
     return ks.keys.create(account, "key", environment=environment, **kwargs).token
 
 
@@ -141,15 +139,8 @@ def test_429_carries_retry_after_and_ratelimit_headers(
     assert error.headers["x-ratelimit-reset"] == str(int(SEPT_END.timestamp()))
 
 
-@pytest.mark.xfail(
-    reason="BUG: metering.py exceeded_error (retry=) and QuotaStatus.headers (reset=) floor the "
-    "seconds to the reset, so Retry-After wakes the client up to 1 s before the new period; "
-    "periods.Period.seconds_until_end ceils for exactly this reason",
-    strict=True,
-)
-def test_retry_after_never_wakes_inside_the_period(
-    ks: Keystile, token: str, clock: Clock
-) -> None:
+def test_retry_after_never_wakes_inside_the_period(ks: Keystile, token: str, clock: Clock) -> None:
+    """Regression: the seconds to the reset were floored, waking clients up to 1 s early."""
     clock.advance(0.5)  # a wall clock is rarely on a whole second
     for _ in range(10):
         hit(ks, token)
@@ -185,9 +176,7 @@ def test_threads_racing_admit_exactly_what_is_left(make_keystile: Make, clock: C
     refused(ks, token)
 
 
-def test_async_tasks_racing_admit_exactly_what_is_left(
-    make_keystile: Make, clock: Clock
-) -> None:
+def test_async_tasks_racing_admit_exactly_what_is_left(make_keystile: Make, clock: Clock) -> None:
     ks = make_keystile(clock=clock, monthly_page_limit=100)
     token = new_key(ks)
     hit(ks, token, status=500)
@@ -281,9 +270,7 @@ def test_set_limit_applies_to_its_account_only(ks: Keystile, token: str) -> None
 
 
 def test_plans(make_keystile: Make, clock: Clock) -> None:
-    ks = make_keystile(
-        clock=clock, monthly_page_limit=10, plans={"free": 2, "pro": 4, "ent": None}
-    )
+    ks = make_keystile(clock=clock, monthly_page_limit=10, plans={"free": 2, "pro": 4, "ent": None})
     token = new_key(ks)
     ks.quotas.set_plan(ACCOUNT, "free")
     hit(ks, token)
@@ -490,7 +477,7 @@ def test_charge_less_than_reserved(make_keystile: Make, clock: Clock) -> None:
     hit(ks, token, charge=2)
     hit(ks, token, charge=0)
     assert pages(ks) == 2
-    # the unused reservations were given back: two more 5-page requests fit (2 + 5 + ... no)
+    # the unused reservations (3 and 5) were given back: one more 5-page request fits
     hit(ks, token)
     assert pages(ks) == 7
     refused(ks, token)
@@ -773,13 +760,8 @@ def test_a_failing_threshold_hook_never_fails_the_request(
     assert pages(ks) == 1
 
 
-@pytest.mark.xfail(
-    reason="BUG: metering.py LocalCounters.meter compares `after >= threshold * limit` in "
-    "floating point (meter.lua:60 too); 0.55 * 100 == 55.00000000000001, so a 55% mark on a "
-    "100-page limit fires at 56 pages",
-    strict=True,
-)
 def test_threshold_fires_exactly_at_its_fraction(make_keystile: Make, clock: Clock) -> None:
+    """Regression: 0.55 * 100 == 55.00000000000001 in floating point, so it fired at 56."""
     events, hook = recorder()
     ks = make_keystile(
         clock=clock, monthly_page_limit=100, quota_thresholds=[0.55], on_quota_threshold=hook
@@ -1038,9 +1020,7 @@ def test_unflushed_usage_is_not_in_the_store(ks: Keystile, token: str) -> None:
     assert ks_usage_rows(ks) == 1
 
 
-def test_close_writes_the_buffered_usage(
-    make_keystile: Make, clock: Clock, tmp_path: Path
-) -> None:
+def test_close_writes_the_buffered_usage(make_keystile: Make, clock: Clock, tmp_path: Path) -> None:
     db = tmp_path / "keys.db"
     first = Keystile(
         {"store": f"sqlite:///{db}", "argon2": {"time_cost": 1, "memory_cost": 8}},
@@ -1085,28 +1065,19 @@ def _raise(deltas: Sequence[Any]) -> None:
     raise OSError("disk full")
 
 
-@pytest.mark.xfail(
-    reason="BUG: admission.py Admission.meter/LocalCounters.seed seed from the store without 'th:' marks "
-    "(meter.lua rebuilds them), so after a restart every threshold already crossed this "
-    "period fires again",
-    strict=True,
-)
 def test_a_restart_does_not_fire_thresholds_again(
     make_keystile: Make, clock: Clock, tmp_path: Path
 ) -> None:
+    """Regression: a counter seeded from the store had no threshold marks."""
     db = tmp_path / "keys.db"
     events, hook = recorder()
-    first = sqlite_engine(
-        make_keystile, clock, db, monthly_page_limit=10, on_quota_threshold=hook
-    )
+    first = sqlite_engine(make_keystile, clock, db, monthly_page_limit=10, on_quota_threshold=hook)
     token = new_key(first)
     for _ in range(8):
         hit(first, token)
     assert [e.threshold for e in events] == [0.8]
     first.flush()
-    second = sqlite_engine(
-        make_keystile, clock, db, monthly_page_limit=10, on_quota_threshold=hook
-    )
+    second = sqlite_engine(make_keystile, clock, db, monthly_page_limit=10, on_quota_threshold=hook)
     hit(second, token)  # 9
     assert [e.threshold for e in events] == [0.8]
     hit(second, token)  # 10
