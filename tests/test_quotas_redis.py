@@ -333,13 +333,6 @@ def test_limit_change_reaches_every_engine_without_a_local_limit_cache(
     refused(a, token)
 
 
-@pytest.mark.xfail(
-    reason="BUG: admission.py Admission._limit serves the account's limit row from the "
-    "engine's LocalCache (local_cache_ttl), which set_limit only drops in the engine that made "
-    "the change; on 'need_limit' another engine re-seeds Redis with the OLD limit for cache_ttl "
-    "seconds, for every engine",
-    strict=True,
-)
 def test_limit_change_is_immediate_across_engines(engines: Engines) -> None:
     a, b = engines(2, monthly_page_limit=100)
     token = new_key(a)
@@ -790,12 +783,6 @@ def test_reconciliation_waits_while_redis_stays_down(
     assert stored_pages(ks) == 2
 
 
-@pytest.mark.xfail(
-    reason="BUG: engine.py Keystile._reconcile adds only pages (settle.lua has no request "
-    "delta), so requests admitted while degraded never reach the Redis counter, and "
-    "quotas.usage() (which prefers the live counter) under-reports them",
-    strict=True,
-)
 def test_degraded_requests_are_reconciled_too(engines: Engines, redis_client: redis.Redis) -> None:
     (ks,) = engines(1, monthly_page_limit=10, on_backend_error="degrade")
     token = new_key(ks)
@@ -809,12 +796,6 @@ def test_degraded_requests_are_reconciled_too(engines: Engines, redis_client: re
     assert ks.quotas.usage(ACCOUNT).requests == 3
 
 
-@pytest.mark.xfail(
-    reason="BUG: a counter rebuilt after an outage already includes the degraded charges "
-    "(Admission._store_usage adds the unflushed buffer, and flushed ones are in the store), "
-    "yet Keystile._reconcile adds Admission.backlog on top: they are counted twice",
-    strict=True,
-)
 def test_degraded_charges_are_not_counted_twice_after_redis_lost_its_data(
     engines: Engines, redis_client: redis.Redis, redis_flush: Callable[[], None]
 ) -> None:

@@ -194,6 +194,9 @@ class Admission:
                 seed = "none" if limit is None else str(limit)
             elif parsed == "need_usage":
                 rebuild = encode_rebuild((yield from self._store_usage(charge)))
+                # The rebuilt counter holds every charge this process recorded, including
+                # those admitted while Redis was down: they must not be added again.
+                self.backlog.discard(charge.account_id, charge.period.label, charge.environment)
             elif isinstance(parsed, Outcome):
                 self._record(charge, parsed)
                 return parsed
@@ -211,13 +214,18 @@ class Admission:
         return rebuild_fields(mine, pending)
 
     def _limit(self, account_id: str, environment: str) -> Steps:
-        row = self.limits.get(account_id)
+        # With Redis the limit is cached there and dropped on every change; a copy here would
+        # write a stale limit back. Without Redis this process's copy is the cache.
+        row = None if self.has_redis else self.limits.get(account_id)
         if row is None:
             try:
                 row = yield ("store_get_limit", (account_id,))
             except BackendError:
                 raise AuthError(BACKEND_UNAVAILABLE) from None
-            self.limits.put(account_id, account_id, row or _NO_ROW, self.settings.local_cache_ttl)
+            if not self.has_redis:
+                self.limits.put(
+                    account_id, account_id, row or _NO_ROW, self.settings.local_cache_ttl
+                )
         return resolve_limit(self.settings, None if row is _NO_ROW else row, environment)
 
     def _record(self, charge: Charge, outcome: Outcome) -> None:

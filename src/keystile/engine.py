@@ -224,7 +224,8 @@ class Keystile:
             charge_keys = [self.redis_keys.usage(delta.account_id, delta.period, delta.environment)]
             try:
                 self.redis.scripts["settle"](
-                    keys=[*charge_keys, charge_keys[0]], args=[delta.kid, delta.pages, "0"]
+                    keys=[*charge_keys, charge_keys[0]],
+                    args=[delta.kid, delta.pages, "0", delta.requests],
                 )
             except _REDIS_ERRORS:
                 self.admission.backlog.give_back(backlog[index:])
@@ -349,7 +350,7 @@ class Keystile:
         idem = usage
         if forget and charge.idempotency:
             idem = self.redis_keys.idempotency(charge.account_id, charge.idempotency)
-        return [usage, idem], [charge.kid, delta, "1" if forget else "0"]
+        return [usage, idem], [charge.kid, delta, "1" if forget else "0", 0]
 
     def _op_redis_meter(
         self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str

@@ -225,6 +225,8 @@ class LocalCounters:
                 key_requests = f"k:{charge.kid}:requests"
                 usage[key_requests] = usage.get(key_requests, 0) + 1
             if idem is not None:
+                if len(self._idempotency) >= 10_000:
+                    self._idempotency = {k: t for k, t in self._idempotency.items() if t > now}
                 self._idempotency[idem] = now + idem_ttl
             crossed = []
             for threshold in crossed_marks(after, limit, thresholds):
@@ -271,6 +273,11 @@ class UsageBuffer:
                 for (a, p, e, k), (pages, requests) in self._pending.items()
                 if (a, p, e) == (account_id, period, environment)
             ]
+
+    def discard(self, account_id: str, period: str, environment: str) -> None:
+        with self._lock:
+            for key in [k for k in self._pending if k[:3] == (account_id, period, environment)]:
+                del self._pending[key]
 
     def take(self) -> list[UsageDelta]:
         with self._lock:

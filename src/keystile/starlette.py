@@ -104,10 +104,10 @@ class KeystileMiddleware:
             await self.app(scope, receive, send_wrapper)
         except AuthError as error:
             # Raised by requires() or a FastAPI dependency: rendered here, from the one table.
+            # Refused by keystile itself: nothing was served, nothing is billed.
+            await engine.settle_async(principal, None)
             if status is not None:
-                await engine.settle_async(principal, None)
                 raise
-            await engine.settle_async(principal, error.status)
             await send_error(scope, send, error)
             return
         except BaseException:
