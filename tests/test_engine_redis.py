@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from keystile import AuthError, Keystile, tokens
+from keystile import AuthError, BackendError, Keystile, tokens
 from keystile.stores import KeyStore, open_store
 from keystile.verification import NEGATIVE, Snapshot
 from tests.services import REDIS_MISSING, private_redis, service_missing
@@ -467,13 +467,16 @@ def test_revoke_racing_a_verification_never_recaches_the_key(
     b = engines(store=StoreProxy(shared_store, revoke_once))
     auth(b, key.token)  # whatever it answers, it must not cache the active state
     assert revoked == [True]
-    assert auth(b, key.token) == "AUTH_003"
-    c = engines()
-    assert auth(c, key.token) == "AUTH_003"
+    # Read before any later request could repair it: the state B verified is not published.
     parsed = tokens.parse_token(key.token, "sk", ("live", "test"))
     assert parsed is not None
     raw = b.redis.client.get(b.redis_keys.snapshot(parsed.kid, b.digest(parsed)))
     assert raw is None or raw == NEGATIVE or Snapshot.loads(raw).revoked  # never the active one
+    cached = b.local.get(b.digest(parsed))
+    assert not isinstance(cached, Snapshot) or cached.revoked
+    assert auth(b, key.token) == "AUTH_003"
+    c = engines()
+    assert auth(c, key.token) == "AUTH_003"
 
 
 def test_revoke_between_adopt_and_snapshot_set_is_still_seen_next_request(
@@ -484,8 +487,8 @@ def test_revoke_between_adopt_and_snapshot_set_is_still_seen_next_request(
     key = a.keys.create("acct-1", "k")
     original = b._op_redis_adopt
 
-    def adopt_then_revoke(account_id: str, kid: str, version: str) -> str:
-        current = original(account_id, kid, version)
+    def adopt_then_revoke(account_id: str, kid: str, version: str, *rest: str) -> str:
+        current = original(account_id, kid, version, *rest)
         a.keys.revoke(key.key_id)
         return current
 
@@ -520,6 +523,70 @@ def test_redis_flushed_keys_still_work_and_revocation_stays_immediate(
     # A key warm before the flush and never re-verified is revoked just as fast.
     a.keys.revoke(other.key_id)
     assert auth(b, other.token) == "AUTH_003"
+
+
+# ------------------------------------------------------------- a publish Redis missed
+
+
+def _drop_snapshots(client: redis.Redis, ks: Keystile, token: str) -> None:
+    """What the snapshots' TTL (cache_ttl) does: the shared cache forgets the credential."""
+    kid = kid_of(token)
+    for name in client.scan_iter(match=f"{ks.settings.redis_prefix}:{{k:{kid}}}:t:*"):
+        client.delete(name)
+
+
+def _refuse_redis_set(monkeypatch: pytest.MonkeyPatch, ks: Keystile) -> None:
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("Redis blipped")
+
+    monkeypatch.setattr(ks.redis.client, "set", unavailable)
+
+
+def test_a_missed_publish_does_not_break_the_key_for_good(
+    engines: Callable[..., Keystile],
+    monkeypatch: pytest.MonkeyPatch,
+    redis_client: redis.Redis,
+) -> None:
+    a, b = engines(), engines()
+    key = a.keys.create("acct-1", "k", permissions=["read"])
+    assert auth(b, key.token).permissions == frozenset({"read"})
+    with monkeypatch.context() as patch:
+        _refuse_redis_set(patch, a)
+        with pytest.raises(BackendError, match="saved, but Redis could not be told"):
+            a.keys.update(key.key_id, permissions=["read", "write"])
+    # The old state may be served for up to cache_ttl (documented); once the caches have
+    # forgotten the credential, the store's state must be served.
+    _drop_snapshots(redis_client, a, key.token)
+    fresh = engines()
+    argon2 = count_argon2(monkeypatch, fresh)
+    result = auth(fresh, key.token)
+    assert not isinstance(result, str), result  # is 'SVC_001'
+    assert result.permissions == frozenset({"read", "write"})
+    assert len(argon2) == 1
+
+
+def test_a_roll_whose_publish_fails_leaves_the_caller_a_working_token(
+    engines: Callable[..., Keystile],
+    monkeypatch: pytest.MonkeyPatch,
+    redis_client: redis.Redis,
+) -> None:
+    a = engines()
+    key = a.keys.create("acct-1", "k")
+    held = [key.token]
+    with monkeypatch.context() as patch:
+        _refuse_redis_set(patch, a)
+        try:
+            held.append(a.keys.roll(key.key_id).token)
+        except BackendError as error:
+            created = getattr(error, "created", None) or getattr(error, "key", None)
+            if created is not None:
+                held.append(created.token)
+    # Take the stale-stamp problem (test above) out of the way: Redis forgets the key.
+    redis_client.delete(a.redis_keys.state("acct-1", kid_of(key.token)))
+    _drop_snapshots(redis_client, a, key.token)
+    fresh = engines()
+    results = [auth(fresh, token) for token in held]
+    assert any(not isinstance(r, str) for r in results), results
 
 
 # ------------------------------------------------------------------------ single flight
@@ -587,6 +654,34 @@ async def test_single_flight_tasks_one_argon2_run_per_engine(
         assert [len(r) for r in runs] == [1, 1]
     finally:
         await aclose(a, b)
+
+
+def test_single_flight_late_joiner_uses_the_finished_flight(
+    engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ks = engines()
+    key = ks.keys.create("acct-1", "k")
+    argon2 = count_argon2(monkeypatch, ks)
+    late_missed, first_done = threading.Event(), threading.Event()
+    original = ks._op_redis_fetch
+
+    def fetch(kid: str, digest: str) -> Any:
+        value = original(kid, digest)
+        if threading.current_thread().name == "late":
+            late_missed.set()  # a cache miss, like the first request's
+            first_done.wait(10)  # ... which completes before this one goes on
+        return value
+
+    monkeypatch.setattr(ks, "_op_redis_fetch", fetch)
+    results: list[Any] = []
+    late = threading.Thread(target=lambda: results.append(auth(ks, key.token)), name="late")
+    late.start()
+    assert late_missed.wait(10)
+    assert auth(ks, key.token).key_id == key.key_id
+    first_done.set()
+    late.join(10)
+    assert results and results[0].key_id == key.key_id
+    assert len(argon2) == 1
 
 
 # ---------------------------------------------------------------- nothing secret in Redis
@@ -795,6 +890,10 @@ async def test_async_revoke_racing_a_verification_never_recaches_the_key(
     try:
         await aauth(b, key.token)
         assert revoked == [True]
+        parsed = tokens.parse_token(key.token, "sk", ("live", "test"))
+        assert parsed is not None
+        raw = b.redis.client.get(b.redis_keys.snapshot(parsed.kid, b.digest(parsed)))
+        assert raw is None or raw == NEGATIVE or Snapshot.loads(raw).revoked
         assert await aauth(b, key.token) == "AUTH_003"
         assert await aauth(c, key.token) == "AUTH_003"
     finally:

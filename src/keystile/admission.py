@@ -115,12 +115,12 @@ class Admission:
                 # A refusal from a snapshot not yet compared may be out of date (expiry moved).
                 if checked or (yield from self.verifier.is_current(snapshot)):
                     raise
-                snapshot, checked = (yield from self.verifier.refresh(creds.token, digest)), True
+                snapshot, checked = (yield from self.verifier.refresh(creds.token, digest, snapshot)), True
                 continue
             if not checked and principal.account_id != snapshot.account_id:
                 # Acting for another account: its counters live in another Redis slot.
                 if not (yield from self.verifier.is_current(snapshot)):
-                    snapshot = yield from self.verifier.refresh(creds.token, digest)
+                    snapshot = yield from self.verifier.refresh(creds.token, digest, snapshot)
                     checked = True
                     continue
                 checked = True
@@ -137,7 +137,7 @@ class Admission:
             )
             outcome = yield from self.meter(charge, None if checked else snapshot)
             if outcome.result == "stale":
-                snapshot, checked = (yield from self.verifier.refresh(creds.token, digest)), True
+                snapshot, checked = (yield from self.verifier.refresh(creds.token, digest, snapshot)), True
                 continue
             meter = self._meter(charge, outcome, now)
             if outcome.result == "exceeded":

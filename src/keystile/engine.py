@@ -312,9 +312,9 @@ class Keystile:
         )
         return value
 
-    def _op_redis_adopt(self, account_id: str, kid: str, version: str) -> str:
+    def _op_redis_adopt(self, account_id: str, kid: str, version: str, stale: str) -> str:
         script = self.redis.scripts["adopt"]
-        return str(script(keys=[self.redis_keys.state(account_id, kid)], args=[version]))
+        return str(script(keys=[self.redis_keys.state(account_id, kid)], args=[version, stale]))
 
     def _op_redis_put(self, kid: str, digest: str, value: str, ttl: int) -> None:
         self.redis.client.set(self.redis_keys.snapshot(kid, digest), value, ex=ttl)
@@ -400,9 +400,10 @@ class Keystile:
         )
         return value
 
-    async def _aop_redis_adopt(self, account_id: str, kid: str, version: str) -> str:
+    async def _aop_redis_adopt(self, account_id: str, kid: str, version: str, stale: str) -> str:
         script = self.async_redis.scripts["adopt"]
-        return str(await script(keys=[self.redis_keys.state(account_id, kid)], args=[version]))
+        keys = [self.redis_keys.state(account_id, kid)]
+        return str(await script(keys=keys, args=[version, stale]))
 
     async def _aop_redis_put(self, kid: str, digest: str, value: str, ttl: int) -> None:
         await self.async_redis.client.set(self.redis_keys.snapshot(kid, digest), value, ex=ttl)

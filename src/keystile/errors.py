@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,9 @@ class InvalidInput(KeystileError, ValueError):
 
 class BackendError(KeystileError):
     """The store or Redis failed; the cause is chained, never a secret."""
+
+    #: Set when the store write succeeded and only telling Redis failed.
+    record: Any = None
 
 
 class AuthError(KeystileError):

@@ -7,6 +7,7 @@ so that every process sharing that Redis refuses the old state on its very next 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ _PERMISSION = re.compile(r"[A-Za-z0-9_.:*/-]{1,100}")
 MAX_META_BYTES = 4096
 MAX_LIST_LIMIT = 100
 _UNSET: Any = object()
+log = logging.getLogger("keystile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +272,14 @@ class KeyManager:
                 ),
             }
 
-        record = self._change(key_id, roll_changes)
+        try:
+            record = self._change(key_id, roll_changes)
+        except BackendError as exc:
+            if not fresh or exc.record is None:
+                raise
+            # The store already holds the new secret: losing its token would lock the key out.
+            log.warning("keystile: rolled %s, but %s", exc.record.key_id, exc)
+            record = exc.record
         return CreatedKey(fresh["token"], record.key_id, fresh["secret"], record.public())
 
     def delete(self, key_id: str) -> None:
@@ -303,7 +312,9 @@ class KeyManager:
                 engine.redis_keys.state(record.account_id, record.kid), record.version
             )
         except Exception as exc:
-            raise BackendError(
+            error = BackendError(
                 "saved, but Redis could not be told: other processes may use the old state "
                 f"for up to cache_ttl={engine.settings.cache_ttl}s ({type(exc).__name__})"
-            ) from exc
+            )
+            error.record = record
+            raise error from exc

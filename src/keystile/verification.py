@@ -166,9 +166,13 @@ class Verifier:
                 self.backend_down(exc)
         return (yield from self.refresh(cred, digest)), True
 
-    def refresh(self, cred: ParsedToken, digest: str) -> Steps:
-        """Verify against the store; concurrent callers with one credential share the run."""
-        self.local.drop(digest)
+    def refresh(self, cred: ParsedToken, digest: str, stale: Snapshot | None = None) -> Steps:
+        """Verify against the store; concurrent callers with one credential share the run.
+
+        ``stale`` is a snapshot found out of date: it leaves the cache (a newer one that
+        another request just cached stays, and is used)."""
+        if stale is not None and self.local.get(digest) is stale:
+            self.local.drop(digest)
         return (yield ("single_flight", (digest, cred)))
 
     def is_current(self, snapshot: Snapshot) -> Steps:
@@ -183,6 +187,15 @@ class Verifier:
 
     def slow(self, cred: ParsedToken, digest: str) -> Steps:
         """Store lookup and argon2: the only path that costs milliseconds."""
+        cached = self.local.get(digest)
+        # A flight for this credential may have ended just before this one began.
+        if isinstance(cached, Snapshot) and (
+            not self.has_redis or (yield from self.is_current(cached))
+        ):
+            return cached
+        stale_stamp = ""
+        seen_version = None
+        match: str | None = None
         for _ in range(_MAX_ADOPT_TRIES):
             try:
                 record: KeyRecord | None = yield ("store_get", (cred.kid,))
@@ -197,7 +210,10 @@ class Verifier:
                 # Not remembered: the digest leaves the environment out, so the right token
                 # shares it.
                 raise AuthError(INVALID_API_KEY)
-            match, new_hash = yield ("argon2_verify", (record, cred.secret))
+            if record.version == seen_version:
+                new_hash = None  # the same record verified a moment ago: argon2 once is enough
+            else:
+                match, new_hash = yield ("argon2_verify", (record, cred.secret))
             if match is None:
                 yield from self._remember_wrong(cred, digest)
                 raise AuthError(INVALID_API_KEY)
@@ -211,9 +227,17 @@ class Verifier:
                 self.local.put(digest, cred.kid, snapshot, self.local_ttl)
                 return snapshot
             try:
-                current = yield ("redis_adopt", (record.account_id, record.kid, record.version))
+                current = yield (
+                    "redis_adopt",
+                    (record.account_id, record.kid, record.version, stale_stamp),
+                )
                 if current != record.version:
-                    continue  # the key changed under us: read it again, never cache the old state
+                    # The key changed under us: read it again, never cache the old state.
+                    # If the store still says the same, the stamp is one a failed publish left.
+                    if seen_version == record.version:
+                        stale_stamp = current
+                    seen_version = record.version
+                    continue
                 yield ("redis_put", (cred.kid, digest, snapshot.dumps(), self.settings.cache_ttl))
             except BackendError as exc:
                 self.backend_down(exc)

@@ -1,0 +1,180 @@
+"""Flask: the :class:`Keystile` extension and the :func:`requires` / :func:`cost` decorators.
+
+::
+
+    app.config["KEYSTILE"] = {"exempt_paths": ["/health"]}
+    keystile = Keystile(app)            # or Keystile() + keystile.init_app(app)
+
+    @app.get("/jobs")
+    @requires("jobs:read")
+    def jobs(): return {"account": g.principal.account_id}
+
+The extension authenticates before any other ``before_request`` function, so a refusal is a
+normal Flask response (other extensions' ``after_request`` hooks, CORS say, still run). The
+principal is ``flask.g.principal`` and ``flask.request.state.principal``. The request is
+settled when the server closes the response (5xx, refusals and unhandled exceptions refunded,
+as the core decides). Headers are read from the WSGI environ exactly as
+:mod:`keystile.wsgi` reads them; see it for the underscore/duplicate header rules.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, g, request
+
+from .engine import Keystile as Engine
+from .errors import MISSING_API_KEY, AuthError, render
+from .principal import Principal
+from .starlette import check_permissions
+from .wsgi import environ_headers
+
+__all__ = ["Keystile", "cost", "current_principal", "requires"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXTENSION_KEY = "keystile"
+_PENDING = "_keystile_pending"
+
+
+def error_response(error: AuthError) -> Response:
+    """A Flask response for ``error``, from keystile's one table."""
+    rendered = render(error)
+    return Response(rendered.body, status=rendered.status, headers=rendered.headers)
+
+
+class Keystile:
+    """The Flask extension. ``settings`` (a dict) or ``keystile`` (an engine) are optional:
+    without them :meth:`init_app` reads ``app.config["KEYSTILE"]``, one engine per app."""
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        keystile: Engine | None = None,
+    ) -> None:
+        if settings is not None and keystile is not None:
+            raise TypeError("pass settings or keystile, not both")
+        self.settings = settings
+        self._engine = keystile
+        if app is not None:
+            self.init_app(app)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the current app (or of the only app, outside a request)."""
+        if self._engine is not None:
+            return self._engine
+        return engine_for(current_app)
+
+    def init_app(self, app: Flask) -> None:
+        engine = self._engine
+        if engine is None:
+            settings = self.settings if self.settings is not None else app.config.get("KEYSTILE")
+            engine = Engine(settings)
+            if self.settings is not None:
+                self._engine = engine  # one settings dict, one engine
+        app.extensions[EXTENSION_KEY] = engine
+        # First of all before_request functions: nothing runs for a refused request.
+        app.before_request_funcs.setdefault(None, []).insert(0, functools.partial(_before, engine))
+        app.after_request(functools.partial(_after, engine))
+        app.teardown_request(functools.partial(_teardown, engine))
+        app.register_error_handler(AuthError, error_response)
+
+
+def engine_for(app: Flask) -> Engine:
+    engine = app.extensions.get(EXTENSION_KEY)
+    if not isinstance(engine, Engine):
+        raise RuntimeError("keystile.flask.Keystile(app) was not set up on this app")
+    return engine
+
+
+def _before(engine: Engine) -> Response | None:
+    state = SimpleNamespace()
+    request.state = state  # type: ignore[attr-defined]
+    if engine.is_exempt(request.path):
+        return None
+    try:
+        principal = engine.authenticate(
+            environ_headers(request.environ), request.method, request.path
+        )
+    except AuthError as error:
+        return error_response(error)
+    state.principal = principal
+    state.keystile = engine
+    g.principal = principal
+    setattr(g, _PENDING, principal)
+    return None
+
+
+def _after(engine: Engine, response: Response) -> Response:
+    principal = g.pop(_PENDING, None)
+    if isinstance(principal, Principal):
+        response.headers.extend(engine.quota_headers(principal))
+        # After the body: a streamed response may report its real cost while streaming.
+        response.call_on_close(lambda: engine.settle(principal, response.status_code))
+    return response
+
+
+def _teardown(engine: Engine, exc: BaseException | None) -> None:
+    principal = g.pop(_PENDING, None)
+    if isinstance(principal, Principal):  # no response was made: an unhandled exception
+        engine.settle(principal, None)
+
+
+def current_principal() -> Principal:
+    """The principal of the current request (raises AUTH_001 when there is none)."""
+    principal = g.get("principal")
+    if not isinstance(principal, Principal):
+        raise AuthError(MISSING_API_KEY)
+    return principal
+
+
+def _wrap_view(check: Callable[[], None]) -> Callable[[F], F]:
+    # Flask runs an async view in an event loop of its own per request, so the check stays
+    # blocking (the engine's async Redis client belongs to one loop).
+    def decorate(view: F) -> F:
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_view(*args: Any, **kwargs: Any) -> Any:
+                check()
+                return await view(*args, **kwargs)
+
+            return async_view  # type: ignore[return-value]
+
+        @functools.wraps(view)
+        def sync_view(*args: Any, **kwargs: Any) -> Any:
+            check()
+            return view(*args, **kwargs)
+
+        return sync_view  # type: ignore[return-value]
+
+    return decorate
+
+
+def requires(*permissions: str) -> Callable[[F], F]:
+    """View decorator: every permission must be granted (``*`` wildcards in grants)."""
+
+    def check() -> None:
+        check_permissions(current_principal(), permissions)
+
+    return _wrap_view(check)
+
+
+def cost(pages: int) -> Callable[[F], F]:
+    """View decorator: the view costs ``pages`` (reserved before it runs; 429 if over).
+
+    The view may still report the real cost with ``g.principal.charge(n)``."""
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+        raise ValueError("cost(pages): expected a whole number >= 0")
+
+    def check() -> None:
+        principal = current_principal()
+        engine_for(current_app).reserve(principal, pages)
+
+    return _wrap_view(check)

@@ -1,0 +1,1 @@
+"""One behaviour suite run against every framework adapter (see harness.HARNESSES)."""

@@ -1,0 +1,490 @@
+"""What a client sees, identical on every framework adapter, with and without Redis.
+
+Every test takes ``client`` (one per entry of ``harness.HARNESSES``) and ``ks``, the engine
+behind it (``backend``: in-memory only, or with the test Redis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from keystile import Keystile, tokens
+from keystile.keys import CreatedKey
+
+from .harness import EXEMPT_PATHS, HARNESSES, Harness, Result, error_of
+
+CLOSED_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+#: code -> (status, type, WWW-Authenticate or None when there must be none)
+ERRORS: dict[str, tuple[int, str, str | None]] = {
+    "AUTH_001": (401, "missing_api_key", 'Bearer realm="api"'),
+    "AUTH_002": (401, "invalid_api_key", 'Bearer realm="api", error="invalid_token"'),
+    "AUTH_003": (401, "expired_api_key", 'Bearer realm="api", error="invalid_token"'),
+    "AUTH_004": (403, "insufficient_permissions", None),
+    "AUTH_005": (403, "account_forbidden", None),
+    "AUTH_006": (400, "malformed_credentials", 'Bearer realm="api", error="invalid_request"'),
+    "BILLING_001": (429, "quota_exceeded", None),
+    "SVC_001": (503, "backend_unavailable", None),
+}
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for the engine: nothing more (in-memory only), or the test Redis."""
+    if request.param == "redis":
+        settings: dict[str, Any] = request.getfixturevalue("redis_settings")
+        return settings
+    return {}
+
+
+@pytest.fixture
+def ks(make_keystile: Callable[..., Keystile], clock: Any, backend: dict[str, Any]) -> Keystile:
+    return make_keystile(clock=clock, exempt_paths=EXEMPT_PATHS, **backend)
+
+
+@pytest.fixture(params=sorted(HARNESSES))
+def framework(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def harness_for(framework: str) -> Iterator[Callable[[Keystile], Harness]]:
+    """``harness_for(engine)``: the current framework's app on that engine."""
+    made: list[Harness] = []
+
+    def make(engine: Keystile) -> Harness:
+        harness = HARNESSES[framework](engine)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+@pytest.fixture
+def client(harness_for: Callable[[Keystile], Harness], ks: Keystile) -> Harness:
+    return harness_for(ks)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def new_key(ks: Keystile, **options: Any) -> CreatedKey:
+    options.setdefault("permissions", ["read"])
+    return ks.keys.create(options.pop("account_id", "acct-1"), "test key", **options)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def assert_refused(result: Result, code: str) -> dict[str, Any]:
+    """A refusal rendered from keystile's one table: status, body, headers."""
+    status, kind, challenge = ERRORS[code]
+    error = error_of(result)
+    assert (result.status, error["code"], error["type"]) == (status, code, kind), result
+    assert result.headers["content-type"].split(";")[0].strip() == "application/json"
+    assert result.headers.get("cache-control") == "no-store"
+    assert result.headers.get("www-authenticate") == challenge
+    return error
+
+
+def assert_client_error(result: Result) -> dict[str, Any]:
+    """Any 4xx, with keystile's JSON body: never a 500, never a framework's own page."""
+    assert 400 <= result.status < 500, result
+    error = error_of(result)
+    assert error["code"] in ERRORS, error
+    assert_refused(result, error["code"])
+    return error
+
+
+def other_secret(token: str) -> str:
+    prefix, env, kid, _ = token.split("_")
+    return tokens.format_token(prefix, env, kid, tokens.new_secret(kid))
+
+
+# ------------------------------------------------------------------------ error table
+
+
+def _missing(ks: Keystile) -> tuple[str, Any]:
+    return "/whoami", None
+
+
+def _invalid(ks: Keystile) -> tuple[str, Any]:
+    return "/whoami", bearer(other_secret(new_key(ks).token))
+
+
+def _revoked(ks: Keystile) -> tuple[str, Any]:
+    key = new_key(ks)
+    ks.keys.revoke(key.key_id)
+    return "/whoami", bearer(key.token)
+
+
+def _no_permission(ks: Keystile) -> tuple[str, Any]:
+    return "/write", bearer(new_key(ks, permissions=["read"]).token)
+
+
+def _other_account(ks: Keystile) -> tuple[str, Any]:
+    return "/whoami", {**bearer(new_key(ks).token), "x-account-id": "acct-other"}
+
+
+def _malformed(ks: Keystile) -> tuple[str, Any]:
+    return "/whoami", {"authorization": "Basic dXNlcjpwYXNz"}
+
+
+@pytest.mark.parametrize(
+    ("code", "scenario"),
+    [
+        ("AUTH_001", _missing),
+        ("AUTH_002", _invalid),
+        ("AUTH_003", _revoked),
+        ("AUTH_004", _no_permission),
+        ("AUTH_005", _other_account),
+        ("AUTH_006", _malformed),
+    ],
+)
+def test_each_refusal_has_its_status_body_and_headers(
+    client: Harness, ks: Keystile, code: str, scenario: Callable[[Keystile], tuple[str, Any]]
+) -> None:
+    path, headers = scenario(ks)
+    error = assert_refused(client.request("GET", path, headers), code)
+    assert error["message"].endswith(".")
+
+
+def test_quota_exceeded_is_429_with_retry_after(client: Harness, ks: Keystile) -> None:
+    ks.quotas.set_limit("acct-quota", 1)
+    key = new_key(ks, account_id="acct-quota")
+    first = client.request("GET", "/whoami", bearer(key.token))
+    assert first.status == 200
+    assert first.headers.get("x-ratelimit-remaining") == "0"
+    refused = client.request("GET", "/whoami", bearer(key.token))
+    assert_refused(refused, "BILLING_001")
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_backend_unavailable_is_503_with_retry_after(
+    harness_for: Callable[[Keystile], Harness], make_keystile: Callable[..., Keystile]
+) -> None:
+    down = make_keystile(
+        redis_url=CLOSED_REDIS, secret="s" * 32, exempt_paths=EXEMPT_PATHS
+    )  # fail_closed is the default
+    key = new_key(down)
+    client = harness_for(down)
+    result = client.request("GET", "/whoami", bearer(key.token))
+    assert_refused(result, "SVC_001")
+    assert result.headers.get("retry-after") == "1"
+    # Exempt paths never need Redis.
+    assert client.request("GET", "/health").status == 200
+    # A request that fails before any I/O keeps its own answer.
+    assert_refused(client.request("GET", "/whoami"), "AUTH_001")
+
+
+def test_degrade_keeps_serving_when_redis_is_down(
+    harness_for: Callable[[Keystile], Harness], make_keystile: Callable[..., Keystile]
+) -> None:
+    down = make_keystile(
+        redis_url=CLOSED_REDIS,
+        secret="s" * 32,
+        exempt_paths=EXEMPT_PATHS,
+        on_backend_error="degrade",
+    )
+    key = new_key(down)
+    client = harness_for(down)
+    assert client.request("GET", "/read", bearer(key.token)).json["key_id"] == key.key_id
+    assert_refused(client.request("GET", "/write", bearer(key.token)), "AUTH_004")
+
+
+# ------------------------------------------------------------------- credential forms
+
+
+def test_the_three_credential_forms(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks, permissions=["write", "read"])
+    expected = {
+        "key_id": key.key_id,
+        "account_id": "acct-1",
+        "environment": "live",
+        "permissions": ["read", "write"],
+    }
+    forms = {
+        "bearer": bearer(key.token),
+        "api_key": {"x-api-key": key.token},
+        "key_secret": {"x-api-key": key.key_id, "x-api-secret": key.secret},
+    }
+    for method, headers in forms.items():
+        result = client.request("GET", "/whoami", headers)
+        assert result.status == 200, result
+        assert result.json == {**expected, "auth_method": method}
+    # The same token in both places is not a conflict.
+    both = {**bearer(key.token), "x-api-key": key.token}
+    assert client.request("GET", "/whoami", both).json["auth_method"] == "bearer"
+
+
+def test_test_environment_keys(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks, environment="test")
+    assert key.token.startswith("sk_test_")
+    assert client.request("GET", "/whoami", bearer(key.token)).json["environment"] == "test"
+    wrong_env = key.token.replace("sk_test_", "sk_live_", 1)
+    assert_refused(client.request("GET", "/whoami", bearer(wrong_env)), "AUTH_002")
+    assert client.request("GET", "/whoami", bearer(key.token)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"authorization": "Basic dXNlcjpwYXNz"}, "AUTH_006"),
+        ({"authorization": "Bearer"}, "AUTH_006"),
+        ({"authorization": "Bearer not-a-token"}, "AUTH_002"),
+        ({"x-api-key": "not-a-token"}, "AUTH_002"),
+        ({"x-api-secret": "orphan"}, "AUTH_006"),
+        ({"x-api-key": "key_0123456789abcdef"}, "AUTH_006"),
+        ({"x-api-key": "key_0123456789abcdef", "x-api-secret": "x" * 49}, "AUTH_002"),
+    ],
+    ids=["basic", "bearer-empty", "bearer-garbage", "api-key-garbage", "secret-alone",
+         "key-id-alone", "pair-garbage"],
+)  # fmt: skip
+def test_malformed_and_garbage_credentials(
+    client: Harness, headers: dict[str, str], code: str
+) -> None:
+    assert_refused(client.request("GET", "/whoami", headers), code)
+
+
+def test_conflicting_credentials_are_400(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks)
+    other = new_key(ks)
+    conflicts = [
+        {**bearer(key.token), "x-api-key": other.token},
+        {**bearer(key.token), "x-api-secret": key.secret},
+        {"x-api-key": key.token, "x-api-secret": key.secret},
+    ]
+    for headers in conflicts:
+        assert_refused(client.request("GET", "/whoami", headers), "AUTH_006")
+
+
+def test_wrong_secret_then_right_secret(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks)
+    wrong = {"x-api-key": key.key_id, "x-api-secret": other_secret(key.token).split("_")[3]}
+    for _ in range(2):
+        assert_refused(client.request("GET", "/whoami", wrong), "AUTH_002")
+    right = {"x-api-key": key.key_id, "x-api-secret": key.secret}
+    assert client.request("GET", "/whoami", right).status == 200  # no owner lockout
+
+
+# ---------------------------------------------------------------------------- accounts
+
+
+def test_account_header_own_extra_and_forbidden(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks, accounts=["acct-2"])
+    own = client.request("GET", "/whoami", {**bearer(key.token), "x-account-id": "acct-1"})
+    assert (own.status, own.json["account_id"]) == (200, "acct-1")
+    extra = client.request("GET", "/whoami", {**bearer(key.token), "x-account-id": "acct-2"})
+    assert (extra.status, extra.json["account_id"]) == (200, "acct-2")
+    assert extra.json["key_id"] == key.key_id
+    forbidden = client.request("GET", "/whoami", {**bearer(key.token), "x-account-id": "acct-3"})
+    assert_refused(forbidden, "AUTH_005")
+    plain = client.request("GET", "/whoami", bearer(key.token))
+    assert plain.json["account_id"] == "acct-1"
+
+
+def test_account_change_reaches_the_next_request(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks)
+    headers = {**bearer(key.token), "x-account-id": "acct-2"}
+    assert_refused(client.request("GET", "/whoami", headers), "AUTH_005")
+    ks.keys.revoke(key.key_id)
+    assert_refused(client.request("GET", "/whoami", headers), "AUTH_003")
+
+
+# ------------------------------------------------------------------------- permissions
+
+
+def test_permissions(client: Harness, ks: Keystile) -> None:
+    reader = new_key(ks, permissions=["read"])
+    assert client.request("GET", "/read", bearer(reader.token)).status == 200
+    error = assert_refused(client.request("GET", "/write", bearer(reader.token)), "AUTH_004")
+    assert "write" in error["message"]
+    everything = new_key(ks, permissions=["*"])
+    for path in ("/read", "/write", "/whoami"):
+        assert client.request("GET", path, bearer(everything.token)).status == 200
+    nothing = new_key(ks, permissions=[])
+    assert client.request("GET", "/whoami", bearer(nothing.token)).status == 200
+    for path in ("/read", "/write"):
+        assert_refused(client.request("GET", path, bearer(nothing.token)), "AUTH_004")
+
+
+def test_permission_change_reaches_the_next_request(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks, permissions=["read"])
+    assert_refused(client.request("GET", "/write", bearer(key.token)), "AUTH_004")
+    ks.keys.update(key.key_id, permissions=["read", "write"])
+    assert client.request("GET", "/write", bearer(key.token)).status == 200
+    ks.keys.update(key.key_id, permissions=[])
+    assert_refused(client.request("GET", "/read", bearer(key.token)), "AUTH_004")
+
+
+# ------------------------------------------------------------------- expiry, revocation
+
+
+def test_expiry_follows_the_clock(client: Harness, ks: Keystile, clock: Any) -> None:
+    from datetime import timedelta
+
+    key = new_key(ks, expires_at=ks.now() + timedelta(seconds=60))
+    assert client.request("GET", "/whoami", bearer(key.token)).status == 200
+    clock.advance(59)
+    assert client.request("GET", "/whoami", bearer(key.token)).status == 200
+    clock.advance(1)
+    error = assert_refused(client.request("GET", "/whoami", bearer(key.token)), "AUTH_003")
+    assert "expired" in error["message"]
+
+
+def test_revocation_and_disabling_take_effect_at_once(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks)
+    for _ in range(2):
+        assert client.request("GET", "/whoami", bearer(key.token)).status == 200
+    ks.keys.update(key.key_id, enabled=False)
+    assert_refused(client.request("GET", "/whoami", bearer(key.token)), "AUTH_003")
+    ks.keys.update(key.key_id, enabled=True)
+    assert client.request("GET", "/whoami", bearer(key.token)).status == 200
+    ks.keys.revoke(key.key_id)
+    error = assert_refused(client.request("GET", "/whoami", bearer(key.token)), "AUTH_003")
+    assert "revoked" in error["message"]
+    pair = {"x-api-key": key.key_id, "x-api-secret": key.secret}
+    assert_refused(client.request("GET", "/whoami", pair), "AUTH_003")
+
+
+def test_roll_and_delete(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks)
+    assert client.request("GET", "/whoami", bearer(key.token)).status == 200
+    rolled = ks.keys.roll(key.key_id)
+    assert_refused(client.request("GET", "/whoami", bearer(key.token)), "AUTH_002")
+    assert client.request("GET", "/whoami", bearer(rolled.token)).json["key_id"] == key.key_id
+    ks.keys.delete(key.key_id)
+    assert_refused(client.request("GET", "/whoami", bearer(rolled.token)), "AUTH_002")
+
+
+# ------------------------------------------------------------------------ exempt paths
+
+
+@pytest.mark.parametrize("path", ["/health", "/public/x"])
+def test_exempt_paths_pass_without_a_key_and_get_no_principal(
+    client: Harness, ks: Keystile, path: str
+) -> None:
+    key = new_key(ks)
+    for headers in (None, bearer(key.token), bearer("garbage"), {"authorization": "Basic x"}):
+        result = client.request("GET", path, headers)
+        assert (result.status, result.json) == (200, {"ok": True, "principal": False}), headers
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/health/x", "/public", "/publicx", "/HEALTH"])
+def test_paths_near_an_exempt_one_are_not_exempt(client: Harness, path: str) -> None:
+    assert_refused(client.request("GET", path), "AUTH_001")
+
+
+# --------------------------------------------------------------------- hostile headers
+
+BIG = "A" * 100_000
+
+
+def _hostile_cases(key: CreatedKey) -> dict[str, tuple[Any, str | None]]:
+    """id -> (headers, the expected code, or None for "any 4xx with keystile's body")."""
+    return {
+        "huge-x-api-key": ({"x-api-key": BIG}, "AUTH_002"),
+        "huge-bearer": ({"authorization": f"Bearer {BIG}"}, "AUTH_002"),
+        "huge-authorization-scheme": ({"authorization": BIG}, "AUTH_002"),
+        "huge-secret": ({"x-api-key": key.key_id, "x-api-secret": BIG}, "AUTH_002"),
+        "huge-account": ({**bearer(key.token), "x-account-id": BIG}, "AUTH_006"),
+        "huge-token-lookalike": ({"x-api-key": key.token + BIG}, "AUTH_002"),
+        "non-ascii-api-key": ({"x-api-key": b"sk_live_\xff\xfe\xfd"}, "AUTH_002"),
+        "non-ascii-bearer": ({"authorization": b"Bearer \xc3\xa9t\xc3\xa9"}, "AUTH_002"),
+        "non-ascii-token-tail": ({"x-api-key": key.token.encode() + b"\xe9"}, "AUTH_002"),
+        "non-ascii-secret": (
+            {"x-api-key": key.key_id, "x-api-secret": key.secret.encode()[:-1] + b"\x80"},
+            "AUTH_002",
+        ),
+        "non-ascii-account": ({**bearer(key.token), "x-account-id": b"acct-\xff"}, "AUTH_006"),
+        "tab-in-bearer": ({"authorization": f"Bearer\t{key.token}"}, "AUTH_002"),
+        "duplicate-x-api-key": ([("x-api-key", key.token), ("x-api-key", key.token)], "AUTH_006"),
+        "duplicate-authorization": (
+            [("authorization", f"Bearer {key.token}")] * 2,
+            "AUTH_006",
+        ),
+        "duplicate-account": (
+            [*bearer(key.token).items(), ("x-account-id", "acct-1"), ("x-account-id", "acct-1")],
+            "AUTH_006",
+        ),
+        "duplicate-secret": (
+            [("x-api-key", key.key_id), ("x-api-secret", key.secret), ("x-api-secret", "x")],
+            "AUTH_006",
+        ),
+        "empty-x-api-key": ({"x-api-key": ""}, "AUTH_001"),
+        "empty-authorization": ({"authorization": ""}, "AUTH_001"),
+        "blank-authorization": ({"authorization": "   "}, "AUTH_001"),
+        "bearer-with-spaces-only": ({"authorization": "Bearer    "}, "AUTH_006"),
+        "empty-secret-with-key-id": ({"x-api-key": key.key_id, "x-api-secret": ""}, "AUTH_006"),
+        "empty-account": ({"x-account-id": ""}, "AUTH_001"),
+        "bearer-three-words": ({"authorization": f"Bearer {key.token} extra"}, "AUTH_002"),
+        "token-in-wrong-prefix": ({"x-api-key": key.token.replace("sk_", "pk_", 1)}, "AUTH_002"),
+        "token-with-extra-underscore": ({"x-api-key": key.token + "_x"}, "AUTH_002"),
+        "key-id-lookalike": ({"x-api-key": b"key_\xc3\xa9\xc3\xa9"}, "AUTH_002"),
+        "nul-in-value": ({"x-api-key": b"sk_live_\x00"}, "AUTH_002"),
+    }
+
+
+HOSTILE_IDS = sorted(_hostile_cases(CreatedKey("t", "k", "s", None)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("case", HOSTILE_IDS)
+def test_hostile_headers_get_a_4xx_with_the_json_body(
+    client: Harness, ks: Keystile, case: str
+) -> None:
+    key = new_key(ks)
+    headers, code = _hostile_cases(key)[case]
+    result = client.request("GET", "/whoami", headers)
+    error = assert_client_error(result)
+    if code is not None:
+        assert error["code"] == code, result
+    # The key itself still works afterwards.
+    assert client.request("GET", "/whoami", bearer(key.token)).status == 200
+
+
+def test_a_huge_unrelated_header_does_not_matter(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks)
+    result = client.request("GET", "/whoami", {**bearer(key.token), "x-filler": BIG})
+    assert result.status == 200
+    assert_refused(client.request("GET", "/whoami", {"x-filler": BIG}), "AUTH_001")
+
+
+def test_header_names_are_case_insensitive(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks)
+    cases = {
+        "api_key": [("X-API-KEY", key.token)],
+        "bearer": [("AUTHORIZATION", f"bEaReR {key.token}")],
+        "key_secret": [("X-Api-Key", key.key_id), ("X-API-Secret", key.secret)],
+    }
+    for method, headers in cases.items():
+        result = client.request("GET", "/whoami", headers)
+        assert (result.status, result.json["auth_method"]) == (200, method), headers
+    with_account = [("Authorization", f"BEARER {key.token}"), ("X-Account-ID", "nope")]
+    assert_refused(client.request("GET", "/whoami", with_account), "AUTH_005")
+    # Two spellings of one name are still the same header twice.
+    twice = [("x-api-key", key.token), ("X-API-KEY", key.token)]
+    assert_refused(client.request("GET", "/whoami", twice), "AUTH_006")
+
+
+@pytest.mark.parametrize("name", ["x_api_key", "x-api_key", "X_API_KEY", "xapikey", "api-key"])
+def test_lookalike_header_names_are_not_credentials(
+    client: Harness, ks: Keystile, name: str
+) -> None:
+    key = new_key(ks)
+    assert_refused(client.request("GET", "/whoami", {name: key.token}), "AUTH_001")
+
+
+def test_underscore_secret_header_is_not_the_secret(client: Harness, ks: Keystile) -> None:
+    key = new_key(ks)
+    headers = {"x-api-key": key.key_id, "x_api_secret": key.secret}
+    assert_refused(client.request("GET", "/whoami", headers), "AUTH_006")
