@@ -115,7 +115,8 @@ class Admission:
                 # A refusal from a snapshot not yet compared may be out of date (expiry moved).
                 if checked or (yield from self.verifier.is_current(snapshot)):
                     raise
-                snapshot, checked = (yield from self.verifier.refresh(creds.token, digest, snapshot)), True
+                snapshot = yield from self.verifier.refresh(creds.token, digest, snapshot)
+                checked = True
                 continue
             if not checked and principal.account_id != snapshot.account_id:
                 # Acting for another account: its counters live in another Redis slot.
@@ -137,7 +138,8 @@ class Admission:
             )
             outcome = yield from self.meter(charge, None if checked else snapshot)
             if outcome.result == "stale":
-                snapshot, checked = (yield from self.verifier.refresh(creds.token, digest, snapshot)), True
+                snapshot = yield from self.verifier.refresh(creds.token, digest, snapshot)
+                checked = True
                 continue
             meter = self._meter(charge, outcome, now)
             if outcome.result == "exceeded":
