@@ -20,6 +20,7 @@ import redis
 
 from . import tokens
 from .admission import Admission, RequestInfo, usage_ttl
+from .audit import AuditLog
 from .credentials import read_credentials
 from .errors import AuthError, BackendError
 from .flusher import Flusher
@@ -76,6 +77,7 @@ class Keystile:
         self.admission = Admission(self.settings, self.verifier, self.periods, self.now)
         self.keys = KeyManager(self)
         self.quotas = QuotaManager(self)
+        self.audit = AuditLog(self)
         self._flights = SyncSingleFlight()
         self._async_flights = AsyncSingleFlight()
         self._last_used: dict[str, datetime] = {}

@@ -109,6 +109,14 @@ def check_page_limit(value: Any) -> int | None:
     return value
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
 class KeyManager:
     def __init__(self, engine: Keystile) -> None:
         self._engine = engine
@@ -145,6 +153,7 @@ class KeyManager:
         accounts: Iterable[str] = (),
         meta: Mapping[str, Any] | None = None,
         page_limit: int | None = None,
+        actor: str | None = None,
     ) -> CreatedKey:
         settings = self._engine.settings
         now = self._engine.now()
@@ -181,6 +190,17 @@ class KeyManager:
             page_limit=check_page_limit(page_limit),
         )
         self._store.insert(record)
+        self._audit(
+            "key.create",
+            record,
+            actor,
+            {
+                "name": record.name,
+                "permissions": list(record.permissions),
+                "environment": record.environment,
+                "expires_at": _iso(record.expires_at),
+            },
+        )
         return CreatedKey(token, record.key_id, secret, record.public())
 
     def get(self, key_id: str) -> ApiKey:
@@ -226,6 +246,7 @@ class KeyManager:
         meta: Mapping[str, Any] | None = _UNSET,
         enabled: bool = _UNSET,
         page_limit: int | None = _UNSET,
+        actor: str | None = None,
     ) -> ApiKey:
         changes: dict[str, Any] = {}
         if name is not _UNSET:
@@ -242,14 +263,21 @@ class KeyManager:
             changes["enabled"] = enabled
         if page_limit is not _UNSET:
             changes["page_limit"] = check_page_limit(page_limit)
-        return self._change(key_id, lambda record: changes).public()
+        record = self._change(key_id, lambda record: changes)
+        if changes:
+            shown = {k: _iso(v) if isinstance(v, datetime) else v for k, v in changes.items()}
+            self._audit("key.update", record, actor, {"changes": _jsonable(shown)})
+        return record.public()
 
-    def revoke(self, key_id: str) -> ApiKey:
+    def revoke(self, key_id: str, actor: str | None = None) -> ApiKey:
         """Refused from the next request on, everywhere; kept for audit; cannot be undone."""
         now = self._engine.now()
-        return self._change(key_id, lambda r: {} if r.revoked_at else {"revoked_at": now}).public()
+        record = self._change(key_id, lambda r: {} if r.revoked_at else {"revoked_at": now})
+        if record.revoked_at == now:
+            self._audit("key.revoke", record, actor, {})
+        return record.public()
 
-    def roll(self, key_id: str, grace_seconds: int = 0) -> CreatedKey:
+    def roll(self, key_id: str, grace_seconds: int = 0, actor: str | None = None) -> CreatedKey:
         """A new secret for the same key id; the old one keeps working for ``grace_seconds``."""
         if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int):
             raise InvalidInput("grace_seconds", "expected a whole number of seconds")
@@ -280,14 +308,21 @@ class KeyManager:
             # The store already holds the new secret: losing its token would lock the key out.
             log.warning("keystile: rolled %s, but %s", exc.record.key_id, exc)
             record = exc.record
+        self._audit("key.roll", record, actor, {"grace_seconds": grace_seconds})
         return CreatedKey(fresh["token"], record.key_id, fresh["secret"], record.public())
 
-    def delete(self, key_id: str) -> None:
+    def delete(self, key_id: str, actor: str | None = None) -> None:
         """Gone for good (prefer :meth:`revoke`, which keeps the record for audit)."""
         record = self._record(key_id)
         if not self._store.delete(record.kid):
             raise NotFound(f"no API key {key_id!r}")
+        self._audit("key.delete", record, actor, {"name": record.name})
         self._publish(record.changed())
+
+    def _audit(
+        self, action: str, record: KeyRecord, actor: str | None, details: dict[str, Any]
+    ) -> None:
+        self._engine.audit.record(action, record.account_id, actor, record.key_id, details)
 
     def _change(self, key_id: str, compute: Any) -> KeyRecord:
         for _ in range(5):

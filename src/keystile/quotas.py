@@ -77,32 +77,36 @@ class QuotaManager:
     def __init__(self, engine: Keystile) -> None:
         self._engine = engine
 
-    def set_limit(self, account_id: str, pages: int | None) -> None:
+    def set_limit(self, account_id: str, pages: int | None, actor: str | None = None) -> None:
         """The account's own monthly page limit (None: unlimited, still metered)."""
         check_account("account_id", account_id)
-        self._write(account_id, AccountLimit(_check_pages(pages)))
+        self._write(account_id, AccountLimit(_check_pages(pages)), actor)
 
-    def set_plan(self, account_id: str, plan: str) -> None:
+    def set_plan(self, account_id: str, plan: str, actor: str | None = None) -> None:
         """Put the account on a plan named in the ``plans`` setting."""
         check_account("account_id", account_id)
         if plan not in self._engine.settings.plans:
             known = ", ".join(sorted(self._engine.settings.plans)) or "none configured"
             raise InvalidInput("plan", f"unknown plan {plan!r} (plans: {known})")
-        self._write(account_id, AccountLimit(None, plan))
+        self._write(account_id, AccountLimit(None, plan), actor)
 
-    def clear_limit(self, account_id: str) -> None:
+    def clear_limit(self, account_id: str, actor: str | None = None) -> None:
         """Back to the default ``monthly_page_limit``."""
         check_account("account_id", account_id)
-        self._write(account_id, None)
+        self._write(account_id, None, actor)
 
     def limit(self, account_id: str, environment: str | None = None) -> int | None:
         env = environment or self._engine.settings.environments[0]
         row = self._engine.store.get_limit(account_id)
         return resolve_limit(self._engine.settings, row, env)
 
-    def _write(self, account_id: str, limit: AccountLimit | None) -> None:
+    def _write(self, account_id: str, limit: AccountLimit | None, actor: str | None) -> None:
         engine = self._engine
         engine.store.set_limit(account_id, limit)
+        details: dict[str, Any] = {"pages": None, "plan": None, "default": True}
+        if limit is not None:
+            details = {"pages": limit.pages, "plan": limit.plan, "default": False}
+        engine.audit.record("limit.change", account_id, actor, None, details)
         engine.admission.limits.drop(account_id)
         if not engine.has_redis:
             return

@@ -6,7 +6,7 @@ import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..models import KeyRecord
 
@@ -45,6 +45,35 @@ class AccountLimit:
 
     pages: int | None
     plan: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One management action: who did what to which key or account, never a secret."""
+
+    at: datetime
+    account_id: str
+    actor: str
+    action: str
+    target: str | None
+    details: Mapping[str, Any]
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A login session. Only a digest of its secret is kept."""
+
+    sid: str
+    kid: str
+    account_id: str
+    secret_digest: str
+    key_hash_fingerprint: str  # the key's secret hash at login: a roll ends the session
+    created_at: datetime
+    expires_at: datetime
+    idle_timeout: float
+    last_seen_at: datetime
+    ended_at: datetime | None = None
 
 
 class KeyStore(Protocol):
@@ -91,5 +120,21 @@ class KeyStore(Protocol):
     def set_limit(self, account_id: str, limit: AccountLimit | None) -> None:
         """Set the account's own limit; None goes back to the settings' default."""
         ...
+
+    def add_audit(self, entry: AuditEntry) -> None: ...
+
+    def list_audit(
+        self, account_id: str, *, action: str | None, limit: int, cursor: str | None
+    ) -> tuple[builtins.list[AuditEntry], str | None]:
+        """Newest first; the cursor is opaque."""
+        ...
+
+    def insert_session(self, session: SessionRecord) -> None: ...
+
+    def get_session(self, sid: str) -> SessionRecord | None: ...
+
+    def end_session(self, sid: str, at: datetime) -> bool: ...
+
+    def touch_sessions(self, last_seen: Mapping[str, datetime]) -> None: ...
 
     def close(self) -> None: ...

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import InvalidInput
 from ..models import KeyRecord
-from .base import AccountLimit, Page, UsageDelta, UsageRow
+from .base import AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keystile_keys (
@@ -50,6 +50,28 @@ CREATE TABLE IF NOT EXISTS keystile_usage (
     pages INTEGER NOT NULL DEFAULT 0,
     requests INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (account_id, period, environment, kid)
+);
+CREATE TABLE IF NOT EXISTS keystile_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    account_id TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    details TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keystile_audit_account ON keystile_audit (account_id, id DESC);
+CREATE TABLE IF NOT EXISTS keystile_sessions (
+    sid TEXT PRIMARY KEY,
+    kid TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    secret_digest TEXT NOT NULL,
+    key_hash_fingerprint TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    idle_timeout REAL NOT NULL,
+    last_seen_at REAL NOT NULL,
+    ended_at REAL
 );
 CREATE TABLE IF NOT EXISTS keystile_limits (
     account_id TEXT PRIMARY KEY,
@@ -302,6 +324,104 @@ class SQLiteStore:
                     "DO UPDATE SET pages=excluded.pages, plan=excluded.plan",
                     (account_id, limit.pages, limit.plan),
                 )
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO keystile_audit (at, account_id, actor, action, target, details) "
+                "VALUES (?,?,?,?,?,?)",
+                (
+                    entry.at.timestamp(),
+                    entry.account_id,
+                    entry.actor,
+                    entry.action,
+                    entry.target,
+                    json.dumps(dict(entry.details), default=str),
+                ),
+            )
+
+    def list_audit(
+        self, account_id: str, *, action: str | None, limit: int, cursor: str | None
+    ) -> tuple[builtins.list[AuditEntry], str | None]:
+        where, params = "account_id=?", [account_id]
+        if action:
+            where += " AND action=?"
+            params.append(action)
+        if cursor:
+            if not cursor.isdigit():
+                raise InvalidInput("cursor", "not a cursor returned by a previous page")
+            where += " AND id < ?"
+            params.append(cursor)
+        rows = self._query(
+            "SELECT id, at, account_id, actor, action, target, details FROM keystile_audit "
+            f"WHERE {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        entries = [
+            AuditEntry(
+                at=from_epoch(at) or datetime.now(timezone.utc),
+                account_id=account,
+                actor=actor,
+                action=action_,
+                target=target,
+                details=json.loads(details),
+                id=id_,
+            )
+            for id_, at, account, actor, action_, target, details in rows[:limit]
+        ]
+        next_cursor = str(entries[-1].id) if len(rows) > limit and entries else None
+        return entries, next_cursor
+
+    def insert_session(self, session: SessionRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO keystile_sessions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    session.sid,
+                    session.kid,
+                    session.account_id,
+                    session.secret_digest,
+                    session.key_hash_fingerprint,
+                    session.created_at.timestamp(),
+                    session.expires_at.timestamp(),
+                    session.idle_timeout,
+                    session.last_seen_at.timestamp(),
+                    to_epoch(session.ended_at),
+                ),
+            )
+
+    def get_session(self, sid: str) -> SessionRecord | None:
+        rows = self._query("SELECT * FROM keystile_sessions WHERE sid=?", (sid,))
+        if not rows:
+            return None
+        sid_, kid, account, digest, fingerprint, created, expires, idle, seen, ended = rows[0]
+        return SessionRecord(
+            sid=sid_,
+            kid=kid,
+            account_id=account,
+            secret_digest=digest,
+            key_hash_fingerprint=fingerprint,
+            created_at=from_epoch(created),  # type: ignore[arg-type]
+            expires_at=from_epoch(expires),  # type: ignore[arg-type]
+            idle_timeout=idle,
+            last_seen_at=from_epoch(seen),  # type: ignore[arg-type]
+            ended_at=from_epoch(ended),
+        )
+
+    def end_session(self, sid: str, at: datetime) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE keystile_sessions SET ended_at=? WHERE sid=? AND ended_at IS NULL",
+                (at.timestamp(), sid),
+            )
+            return cursor.rowcount == 1
+
+    def touch_sessions(self, last_seen: Mapping[str, datetime]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE keystile_sessions SET last_seen_at=? WHERE sid=? AND last_seen_at < ?",
+                [(at.timestamp(), sid, at.timestamp()) for sid, at in last_seen.items()],
+            )
 
     def close(self) -> None:
         with self._lock:
