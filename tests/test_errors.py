@@ -34,6 +34,7 @@ EXPECTED = {
     "AUTH_004": ("insufficient_permissions", 403),
     "AUTH_005": ("account_forbidden", 403),
     "AUTH_006": ("malformed_credentials", 400),
+    "AUTH_007": ("too_many_attempts", 429),
     "BILLING_001": ("quota_exceeded", 429),
     "SVC_001": ("backend_unavailable", 503),
 }

@@ -5,6 +5,7 @@ Adapters pass ``(lowercase name, value)`` pairs. Three forms are accepted:
 * ``Authorization: Bearer <token>``                      -> auth_method ``bearer``
 * ``x-api-key: <token>``                                 -> auth_method ``api_key``
 * ``x-api-key: <key id>`` + ``x-api-secret: <secret>``   -> auth_method ``key_secret``
+* a session token (``sk_sess_…``) from ``POST /auth/login``  -> auth_method ``session``
 
 Anything ambiguous (a header twice, two different credentials, a secret without an id) is a
 400, never a guess; garbage is a 401; nothing here can raise anything but :class:`AuthError`.
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import INVALID_API_KEY, MALFORMED_CREDENTIALS, MISSING_API_KEY, AuthError
-from .tokens import KEY_ID_PREFIX, ParsedToken, parse_pair, parse_token
+from .tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken, parse_pair, parse_token
 
 #: Longer values are refused before any parsing; real tokens are under 100 characters.
 MAX_VALUE_LENGTH = 512
@@ -110,7 +111,9 @@ def read_credentials(
     else:
         raise AuthError(MISSING_API_KEY)
 
-    parsed = parse_token(token, prefix, environments)
+    parsed = parse_token(token, prefix, (*environments, SESSION_ENVIRONMENT))
     if parsed is None:
         raise AuthError(INVALID_API_KEY)
+    if parsed.environment == SESSION_ENVIRONMENT:
+        method = "session"
     return Credentials(parsed, method, account)

@@ -21,7 +21,7 @@ import redis
 from . import tokens
 from .admission import Admission, RequestInfo, usage_ttl
 from .audit import AuditLog
-from .credentials import read_credentials
+from .credentials import Credentials, read_credentials
 from .errors import AuthError, BackendError
 from .flusher import Flusher
 from .hashing import SecretHasher
@@ -33,10 +33,11 @@ from .periods import PeriodPolicy
 from .principal import Principal
 from .quotas import QuotaManager
 from .redisio import AsyncRedis, RedisKeys, SyncRedis
+from .sessions import SessionManager
 from .settings import Settings, load_settings
 from .singleflight import AsyncSingleFlight, SyncSingleFlight
 from .stores import KeyStore, open_store
-from .stores.base import AccountLimit, UsageRow
+from .stores.base import AccountLimit, SessionRecord, UsageRow
 from .verification import Snapshot, Steps, Verifier
 
 log = logging.getLogger("keystile")
@@ -78,6 +79,7 @@ class Keystile:
         self.keys = KeyManager(self)
         self.quotas = QuotaManager(self)
         self.audit = AuditLog(self)
+        self.sessions = SessionManager(self)
         self._flights = SyncSingleFlight()
         self._async_flights = AsyncSingleFlight()
         self._last_used: dict[str, datetime] = {}
@@ -145,6 +147,11 @@ class Keystile:
         self._note_use(principal)
         return principal  # type: ignore[no-any-return]
 
+    def verify(self, creds: Credentials) -> Principal:
+        """Blocking: check a credential without metering it (used by login)."""
+        principal: Principal = self._drive(self.admission.verify(creds, self.digest(creds.token)))
+        return principal
+
     def settle(self, principal: Principal | None, status_code: int | None) -> None:
         """After the response: charge the real cost, or refund (status not counted, or None
         for an unhandled exception). Costs no I/O when the reservation was right."""
@@ -210,6 +217,7 @@ class Keystile:
                 self.store.touch(batch)
         except Exception as exc:  # a lost last_used_at is not worth failing a request for
             log.warning("keystile: could not record last use (%s)", type(exc).__name__)
+        self._flush_sessions()
         deltas = self.admission.buffer.take()
         if deltas:
             try:
@@ -219,6 +227,22 @@ class Keystile:
                 log.warning("keystile: could not write usage, will retry (%s)", type(exc).__name__)
         if self.has_redis:
             self._reconcile()
+
+    def _flush_sessions(self) -> None:
+        seen = self.verifier.session_seen
+        if not seen:
+            return
+        batch = {sid: datetime.fromtimestamp(at, timezone.utc) for sid, at in list(seen.items())}
+        try:
+            self.store.touch_sessions(batch)
+        except Exception as exc:
+            log.warning("keystile: could not record session use (%s)", type(exc).__name__)
+            return
+        # Forget sessions idle for longer than any session may live.
+        cutoff = self.clock() - self.settings.session_ttl
+        for sid, at in list(seen.items()):
+            if at < cutoff:
+                seen.pop(sid, None)
 
     def _reconcile(self) -> None:
         backlog = self.admission.backlog.take()
@@ -371,6 +395,9 @@ class Keystile:
     def _op_store_get_limit(self, account_id: str) -> AccountLimit | None:
         return self.store.get_limit(account_id)
 
+    def _op_store_get_session(self, sid: str) -> SessionRecord | None:
+        return self.store.get_session(sid)
+
     def _op_single_flight(self, digest: str, token: tokens.ParsedToken) -> Snapshot:
         snapshot: Snapshot = self._flights.run(
             digest, lambda: self._drive(self.verifier.slow(token, digest))
@@ -426,6 +453,9 @@ class Keystile:
 
     async def _aop_store_get_limit(self, account_id: str) -> AccountLimit | None:
         return await self._in_thread(self.store.blocking, self.store.get_limit, account_id)
+
+    async def _aop_store_get_session(self, sid: str) -> SessionRecord | None:
+        return await self._in_thread(self.store.blocking, self.store.get_session, sid)
 
     async def _aop_single_flight(self, digest: str, token: tokens.ParsedToken) -> Snapshot:
         return await self._async_flights.run(

@@ -33,6 +33,9 @@ ACCOUNT_FORBIDDEN: Final = ErrorSpec(
 MALFORMED_CREDENTIALS: Final = ErrorSpec(
     "AUTH_006", "malformed_credentials", 400, "Credentials are malformed or conflicting."
 )
+TOO_MANY_ATTEMPTS: Final = ErrorSpec(
+    "AUTH_007", "too_many_attempts", 429, "Too many failed attempts; retry later."
+)
 QUOTA_EXCEEDED: Final = ErrorSpec(
     "BILLING_001", "quota_exceeded", 429, "Monthly page limit exceeded."
 )
@@ -47,6 +50,7 @@ ERRORS: Final[tuple[ErrorSpec, ...]] = (
     INSUFFICIENT_PERMISSIONS,
     ACCOUNT_FORBIDDEN,
     MALFORMED_CREDENTIALS,
+    TOO_MANY_ATTEMPTS,
     QUOTA_EXCEEDED,
     BACKEND_UNAVAILABLE,
 )

@@ -319,6 +319,11 @@ class KeyManager:
         self._audit("key.delete", record, actor, {"name": record.name})
         self._publish(record.changed())
 
+    def touch(self, key_id: str) -> None:
+        """A new state stamp with no other change: caches of the key (and of its sessions)
+        go back to the store on their next use."""
+        self._change(key_id, lambda record: {"name": record.name})
+
     def _audit(
         self, action: str, record: KeyRecord, actor: str | None, details: dict[str, Any]
     ) -> None:

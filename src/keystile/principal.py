@@ -43,6 +43,8 @@ class Principal:
     key_account_id: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
     meter: Meter | None = field(default=None, compare=False)
+    #: Set when the request came with a session token (``auth_method == "session"``).
+    session_id: str | None = None
 
     def has_permission(self, permission: str) -> bool:
         return any(grants(held, permission) for held in self.permissions)

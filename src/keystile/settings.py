@@ -55,6 +55,11 @@ class Settings:
     on_quota_threshold: Callable[..., Any] | None = None
     usage_flush_interval: float = 5.0
     idempotency_ttl: int = 24 * 3600
+    # Sessions (POST /auth/login).
+    session_ttl: int = 3600
+    session_idle_ttl: int = 1800
+    login_max_failures: int = 10
+    login_failure_window: int = 900
 
     @property
     def exempt_exact(self) -> frozenset[str]:
@@ -242,6 +247,10 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "on_quota_threshold": _callable_or_none,
     "usage_flush_interval": lambda k, v: _number(k, v, 0.0),
     "idempotency_ttl": lambda k, v: _int(k, v, 1),
+    "session_ttl": lambda k, v: _int(k, v, 60),
+    "session_idle_ttl": lambda k, v: _int(k, v, 60),
+    "login_max_failures": lambda k, v: _int(k, v, 1),
+    "login_failure_window": lambda k, v: _int(k, v, 1),
 }
 assert set(_VALIDATORS) == {f.name for f in fields(Settings)}
 

@@ -30,6 +30,8 @@ RANDOM_LENGTH: Final = 43
 CHECKSUM_LENGTH: Final = 6
 SECRET_LENGTH: Final = RANDOM_LENGTH + CHECKSUM_LENGTH
 KEY_ID_PREFIX: Final = "key_"
+#: The token "environment" of login sessions: ``sk_sess_<session id>_<secret>``.
+SESSION_ENVIRONMENT: Final = "sess"
 _BASE62: Final = frozenset(ALPHABET)
 
 

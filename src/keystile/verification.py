@@ -11,10 +11,12 @@ Redis -> store -> argon2 -> state -> account -> permissions (left to the endpoin
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
@@ -31,7 +33,8 @@ from .localcache import LocalCache
 from .models import KeyRecord
 from .principal import Principal
 from .settings import Settings
-from .tokens import KEY_ID_PREFIX, ParsedToken
+from .stores.base import SessionRecord
+from .tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken
 
 log = logging.getLogger("keystile")
 
@@ -63,6 +66,11 @@ class Snapshot:
     valid_until: float | None
     version: str
     page_limit: int | None = None
+    # Set for a login session: which, until when, and how long it may sit unused.
+    session_id: str | None = None
+    session_expires_at: float | None = None
+    idle_timeout: float | None = None
+    session_last_seen: float | None = None
 
     @classmethod
     def of(cls, record: KeyRecord, via_previous: bool) -> Snapshot:
@@ -117,6 +125,15 @@ def thaw(value: Any) -> Any:
     return value
 
 
+def session_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def fingerprint(secret_hash: str) -> str:
+    """Names a key's current secret without holding its hash: a roll changes it."""
+    return hashlib.sha256(secret_hash.encode()).hexdigest()[:32]
+
+
 def _utc(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
 
@@ -133,6 +150,8 @@ class Verifier:
         self.has_redis = has_redis
         # With Redis every request checks the key's state, so a local entry may live longer.
         self.local_ttl = settings.cache_ttl if has_redis else settings.local_cache_ttl
+        #: Last use of each session in this process (idle expiry), written out in batches.
+        self.session_seen: dict[str, float] = {}
 
     def backend_down(self, exc: BackendError) -> None:
         """Redis failed: refuse (fail_closed) or go on without it (degrade)."""
@@ -160,7 +179,7 @@ class Verifier:
                     raise AuthError(INVALID_API_KEY)
                 if shared is not None:
                     snapshot = Snapshot.loads(shared)
-                    self.local.put(digest, cred.kid, snapshot, self.local_ttl)
+                    self.local.put(digest, snapshot.kid, snapshot, self.local_ttl)
                     return snapshot, False
             except BackendError as exc:
                 self.backend_down(exc)
@@ -197,34 +216,13 @@ class Verifier:
         seen_version = None
         match: str | None = None
         for _ in range(_MAX_ADOPT_TRIES):
-            try:
-                record: KeyRecord | None = yield ("store_get", (cred.kid,))
-            except BackendError:
-                raise AuthError(BACKEND_UNAVAILABLE) from None
-            if record is None:
-                # Unknown ids never reach argon2, and are remembered by digest only, so a
-                # stranger can't get a real key refused by guessing its id.
-                yield from self._remember_wrong(cred, digest)
-                raise AuthError(INVALID_API_KEY)
-            if cred.environment not in (None, record.environment):
-                # Not remembered: the digest leaves the environment out, so the right token
-                # shares it.
-                raise AuthError(INVALID_API_KEY)
-            if record.version == seen_version:
-                new_hash = None  # the same record verified a moment ago: argon2 once is enough
+            if cred.environment == SESSION_ENVIRONMENT:
+                record, snapshot = yield from self._session(cred, digest)
             else:
-                match, new_hash = yield ("argon2_verify", (record, cred.secret))
-            if match is None:
-                yield from self._remember_wrong(cred, digest)
-                raise AuthError(INVALID_API_KEY)
-            if new_hash is not None:
-                try:
-                    yield ("store_set_hash", (record.kid, match, new_hash))
-                except BackendError:
-                    log.warning("keystile: could not store a rehashed secret; will retry")
-            snapshot = Snapshot.of(record, via_previous=match != record.secret_hash)
+                record, match = yield from self._key(cred, digest, seen_version, match)
+                snapshot = Snapshot.of(record, via_previous=match != record.secret_hash)
             if not self.has_redis:
-                self.local.put(digest, cred.kid, snapshot, self.local_ttl)
+                self.local.put(digest, record.kid, snapshot, self.local_ttl)
                 return snapshot
             try:
                 current = yield (
@@ -242,9 +240,71 @@ class Verifier:
             except BackendError as exc:
                 self.backend_down(exc)
                 return snapshot  # degraded: correct now, but not cached anywhere
-            self.local.put(digest, cred.kid, snapshot, self.local_ttl)
+            self.local.put(digest, record.kid, snapshot, self.local_ttl)
             return snapshot
         raise AuthError(BACKEND_UNAVAILABLE, "API key is changing; retry shortly.")
+
+    def _store_get(self, kid: str) -> Steps:
+        try:
+            record: KeyRecord | None = yield ("store_get", (kid,))
+        except BackendError:
+            raise AuthError(BACKEND_UNAVAILABLE) from None
+        return record
+
+    def _key(
+        self, cred: ParsedToken, digest: str, seen_version: str | None, match: str | None
+    ) -> Steps:
+        """The key record a token's secret matches, and which of its hashes it matched."""
+        record = yield from self._store_get(cred.kid)
+        if record is None:
+            # Unknown ids never reach argon2, and are remembered by digest only, so a
+            # stranger can't get a real key refused by guessing its id.
+            yield from self._remember_wrong(cred, digest)
+            raise AuthError(INVALID_API_KEY)
+        if cred.environment not in (None, record.environment):
+            # Not remembered: the digest leaves the environment out, so the right token
+            # shares it.
+            raise AuthError(INVALID_API_KEY)
+        new_hash = None
+        if record.version != seen_version:  # the same record a moment ago: argon2 once is enough
+            match, new_hash = yield ("argon2_verify", (record, cred.secret))
+        if match is None:
+            yield from self._remember_wrong(cred, digest)
+            raise AuthError(INVALID_API_KEY)
+        if new_hash is not None:
+            try:
+                yield ("store_set_hash", (record.kid, match, new_hash))
+            except BackendError:
+                log.warning("keystile: could not store a rehashed secret; will retry")
+        return record, match
+
+    def _session(self, cred: ParsedToken, digest: str) -> Steps:
+        """A session token: its record (secrets compared by SHA-256: they are random and long,
+        so no argon2), and the state of the key it acts for, read now."""
+        try:
+            session: SessionRecord | None = yield ("store_get_session", (cred.kid,))
+        except BackendError:
+            raise AuthError(BACKEND_UNAVAILABLE) from None
+        if session is None or not hmac.compare_digest(
+            session.secret_digest, session_digest(cred.secret)
+        ):
+            yield from self._remember_wrong(cred, digest)
+            raise AuthError(INVALID_API_KEY)
+        if session.ended_at is not None:
+            raise AuthError(EXPIRED_API_KEY, "Session has ended.")
+        record = yield from self._store_get(session.kid)
+        if record is None:
+            raise AuthError(EXPIRED_API_KEY, "Session has ended: its key was deleted.")
+        if fingerprint(record.secret_hash) != session.key_hash_fingerprint:
+            raise AuthError(EXPIRED_API_KEY, "Session has ended: its key was rolled.")
+        snapshot = replace(
+            Snapshot.of(record, via_previous=False),
+            session_id=session.sid,
+            session_expires_at=session.expires_at.timestamp(),
+            idle_timeout=session.idle_timeout,
+            session_last_seen=session.last_seen_at.timestamp(),
+        )
+        return record, snapshot
 
     def _remember_wrong(self, cred: ParsedToken, digest: str) -> Steps:
         ttl = self.settings.negative_cache_ttl
@@ -255,6 +315,16 @@ class Verifier:
             except BackendError:
                 pass  # a missed negative entry only costs a later lookup
 
+    def _check_session(self, snapshot: Snapshot, now: float) -> None:
+        sid = snapshot.session_id
+        assert sid is not None and snapshot.session_expires_at is not None
+        if snapshot.session_expires_at <= now:
+            raise AuthError(EXPIRED_API_KEY, "Session has expired.")
+        last_seen = max(self.session_seen.get(sid, 0.0), snapshot.session_last_seen or 0.0)
+        if snapshot.idle_timeout is not None and now - last_seen > snapshot.idle_timeout:
+            raise AuthError(EXPIRED_API_KEY, "Session has expired after being idle.")
+        self.session_seen[sid] = now
+
     def authorize(
         self,
         snapshot: Snapshot,
@@ -263,7 +333,7 @@ class Verifier:
         now: float,
         token_environment: str | None = None,
     ) -> Principal:
-        if token_environment not in (None, snapshot.environment):
+        if token_environment not in (None, SESSION_ENVIRONMENT, snapshot.environment):
             raise AuthError(INVALID_API_KEY)  # sk_test_ text around a live key's secret
         if snapshot.valid_until is not None and snapshot.valid_until <= now:
             raise AuthError(INVALID_API_KEY)  # a rolled key's old secret, past its grace
@@ -273,6 +343,8 @@ class Verifier:
             raise AuthError(EXPIRED_API_KEY, "API key is disabled.")
         if snapshot.expires_at is not None and snapshot.expires_at <= now:
             raise AuthError(EXPIRED_API_KEY, "API key has expired.")
+        if snapshot.session_id is not None:
+            self._check_session(snapshot, now)
         account = snapshot.account_id
         if account_header is not None and account_header != account:
             if account_header not in snapshot.accounts:
@@ -289,4 +361,5 @@ class Verifier:
             expires_at=_utc(snapshot.expires_at),
             key_account_id=snapshot.account_id,
             meta=snapshot.meta,
+            session_id=snapshot.session_id,
         )

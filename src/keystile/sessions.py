@@ -1,0 +1,203 @@
+"""``ks.sessions``: log in with a key + secret for a session token, log out.
+
+A session acts with its key's account and permissions (``auth_method="session"``). It ends at
+``session_ttl`` after login, after ``session_idle_ttl`` unused, at logout, and when its key is
+revoked, rolled or deleted: every check of a session reads its key's state, and every one of
+those changes publishes a new state stamp, so the next request anywhere sees it.
+
+Login is the one place argon2 runs on purpose, so failed logins are limited per client and per
+key + client (``login_max_failures`` in ``login_failure_window`` seconds). Counting per key
+alone would let anyone lock an owner out; with 256-bit secrets, guessing is hopeless anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from . import tokens
+from .credentials import read_credentials
+from .errors import (
+    INVALID_API_KEY,
+    MALFORMED_CREDENTIALS,
+    TOO_MANY_ATTEMPTS,
+    AuthError,
+    BackendError,
+    NotFound,
+)
+from .principal import Principal
+from .stores.base import SessionRecord
+from .tokens import SESSION_ENVIRONMENT
+from .verification import fingerprint, session_digest
+
+if TYPE_CHECKING:
+    from .engine import Keystile
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What a login returns: the token once, and when it stops working."""
+
+    token: str
+    session_id: str
+    key_id: str
+    account_id: str
+    expires_at: datetime
+    idle_timeout: int
+
+    def __repr__(self) -> str:
+        return f"Session(session_id={self.session_id!r}, key_id={self.key_id!r})"
+
+
+class FailureCounter:
+    """Failed logins per subject in a fixed window: in Redis when there is one, else here."""
+
+    def __init__(self, engine: Keystile) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._local: dict[str, tuple[float, int]] = {}
+
+    def _key(self, subject: str) -> str:
+        digest = hashlib.sha256(subject.encode("utf-8", "replace")).hexdigest()[:32]
+        return f"{self._engine.settings.redis_prefix}:login:{digest}"
+
+    def count(self, subject: str) -> int:
+        engine = self._engine
+        if engine.has_redis:
+            try:
+                return int(engine.redis.client.get(self._key(subject)) or 0)
+            except Exception as exc:
+                raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
+        with self._lock:
+            start, failures = self._local.get(subject, (0.0, 0))
+            window = engine.settings.login_failure_window
+            return failures if time.monotonic() - start < window else 0
+
+    def add(self, subject: str) -> None:
+        engine = self._engine
+        window = engine.settings.login_failure_window
+        if engine.has_redis:
+            try:
+                pipe = engine.redis.client.pipeline()
+                pipe.incr(self._key(subject))
+                pipe.expire(self._key(subject), window, nx=True)
+                pipe.execute()
+            except Exception as exc:
+                raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
+            return
+        with self._lock:
+            now = time.monotonic()
+            start, failures = self._local.get(subject, (now, 0))
+            if now - start >= window:
+                start, failures = now, 0
+            self._local[subject] = (start, failures + 1)
+            if len(self._local) > 100_000:  # bounded: forget the oldest windows
+                cutoff = now - window
+                self._local = {k: v for k, v in self._local.items() if v[0] > cutoff}
+
+
+class SessionManager:
+    def __init__(self, engine: Keystile) -> None:
+        self._engine = engine
+        self.failures = FailureCounter(engine)
+
+    def _refuse_if_limited(self, subjects: Iterable[str]) -> None:
+        limit = self._engine.settings.login_max_failures
+        for subject in subjects:
+            if self.failures.count(subject) >= limit:
+                window = self._engine.settings.login_failure_window
+                raise AuthError(
+                    TOO_MANY_ATTEMPTS,
+                    "Too many failed logins; retry later.",
+                    {"retry-after": str(window)},
+                )
+
+    def login(self, headers: Iterable[tuple[str, str]], client: str | None = None) -> Session:
+        """Blocking. Verifies a key credential (either form) and opens a session for it."""
+        engine = self._engine
+        client_subject = f"client:{client or '-'}"
+        self._refuse_if_limited((client_subject,))
+        try:
+            creds = read_credentials(
+                list(headers), engine.settings.token_prefix, engine.settings.environments
+            )
+        except AuthError as error:
+            if error.spec is INVALID_API_KEY:
+                self.failures.add(client_subject)
+            raise
+        if creds.token.environment == SESSION_ENVIRONMENT:
+            raise AuthError(MALFORMED_CREDENTIALS, "Log in with an API key, not a session token.")
+        key_subject = f"key:{creds.token.kid}|{client_subject}"
+        self._refuse_if_limited((key_subject,))
+        try:
+            principal = engine.verify(creds)
+        except AuthError as error:
+            if error.spec is INVALID_API_KEY:
+                self.failures.add(client_subject)
+                self.failures.add(key_subject)
+            raise
+        return self._open(principal)
+
+    def _open(self, principal: Principal) -> Session:
+        engine = self._engine
+        settings = engine.settings
+        kid = principal.key_id.removeprefix(tokens.KEY_ID_PREFIX)
+        record = engine.store.get(kid)
+        if record is None:
+            raise AuthError(INVALID_API_KEY)
+        now = engine.now()
+        expires = now + timedelta(seconds=settings.session_ttl)
+        if record.expires_at is not None:
+            expires = min(expires, record.expires_at)  # never outlives its key
+        sid = tokens.new_kid()
+        secret = tokens.new_secret(sid)
+        token = tokens.format_token(settings.token_prefix, SESSION_ENVIRONMENT, sid, secret)
+        engine.store.insert_session(
+            SessionRecord(
+                sid=sid,
+                kid=kid,
+                account_id=principal.account_id,
+                secret_digest=session_digest(secret),
+                key_hash_fingerprint=fingerprint(record.secret_hash),
+                created_at=now,
+                expires_at=expires,
+                idle_timeout=float(settings.session_idle_ttl),
+                last_seen_at=now,
+            )
+        )
+        engine.audit.record(
+            "session.login",
+            principal.account_id,
+            principal.key_id,
+            principal.key_id,
+            {"session_id": sid, "expires_at": expires.isoformat()},
+        )
+        return Session(
+            token, sid, principal.key_id, principal.account_id, expires, settings.session_idle_ttl
+        )
+
+    def logout(self, principal: Principal) -> None:
+        """End the principal's session, in every process from the next request on."""
+        engine = self._engine
+        sid = principal.session_id
+        if sid is None:
+            raise AuthError(MALFORMED_CREDENTIALS, "Log out needs a session token.")
+        session = engine.store.get_session(sid)
+        if session is None:
+            raise NotFound("no such session")
+        engine.store.end_session(sid, engine.now())
+        # Cached session snapshots carry their key's state stamp: a new stamp sends every
+        # process back to the store, which now says the session has ended.
+        engine.keys.touch(principal.key_id)
+        engine.audit.record(
+            "session.logout",
+            principal.account_id,
+            principal.key_id,
+            principal.key_id,
+            {"session_id": sid},
+        )
