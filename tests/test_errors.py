@@ -35,6 +35,9 @@ EXPECTED = {
     "AUTH_005": ("account_forbidden", 403),
     "AUTH_006": ("malformed_credentials", 400),
     "AUTH_007": ("too_many_attempts", 429),
+    "REQ_001": ("invalid_request", 422),
+    "REQ_002": ("not_found", 404),
+    "REQ_003": ("method_not_allowed", 405),
     "BILLING_001": ("quota_exceeded", 429),
     "SVC_001": ("backend_unavailable", 503),
 }

@@ -81,6 +81,8 @@ class Admission:
         self.backlog = UsageBuffer()
         self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, time.monotonic)
         self._period: Period | None = None
+        #: Path prefixes whose requests cost no pages (the management API).
+        self.free_prefixes: tuple[str, ...] = ()
 
     def period_at(self, now: datetime) -> Period:
         # Computing a period costs tens of µs (zone maths); it changes once a month.
@@ -90,6 +92,8 @@ class Admission:
         return period
 
     def cost_of(self, request: RequestInfo) -> int:
+        if self.free_prefixes and request.path.startswith(self.free_prefixes):
+            return 0
         cost = self.settings.page_cost
         if callable(cost):
             value = cost(request)

@@ -87,6 +87,7 @@ class Keystile:
         interval = min(self.settings.last_used_interval, self.settings.usage_flush_interval)
         self._flusher = Flusher(self.flush, interval)
         self._background: set[asyncio.Task[Any]] = set()
+        self._exempt: set[str] = set()
 
     @property
     def has_redis(self) -> bool:
@@ -107,7 +108,21 @@ class Keystile:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
 
     def is_exempt(self, path: str) -> bool:
-        return self.settings.is_exempt(path)
+        return path in self._exempt or self.settings.is_exempt(path)
+
+    def exempt(self, path: str) -> None:
+        """Let one more exact path through unauthenticated (the management API's login)."""
+        self._exempt.add(path)
+
+    def mount_management(self, prefix: str) -> None:
+        """Where an adapter mounted the management API: its public paths skip
+        authentication, and its requests cost no pages (still counted as requests)."""
+        from .management import PUBLIC_PATHS
+
+        prefix = prefix.rstrip("/")
+        for path in PUBLIC_PATHS:
+            self.exempt(prefix + path)
+        self.admission.free_prefixes += (prefix + "/",)
 
     def digest(self, token: tokens.ParsedToken) -> str:
         return tokens.digest(self._digest_key, token)

@@ -36,6 +36,13 @@ MALFORMED_CREDENTIALS: Final = ErrorSpec(
 TOO_MANY_ATTEMPTS: Final = ErrorSpec(
     "AUTH_007", "too_many_attempts", 429, "Too many failed attempts; retry later."
 )
+INVALID_REQUEST: Final = ErrorSpec(
+    "REQ_001", "invalid_request", 422, "The request body or parameters are invalid."
+)
+NOT_FOUND: Final = ErrorSpec("REQ_002", "not_found", 404, "No such resource.")
+METHOD_NOT_ALLOWED: Final = ErrorSpec(
+    "REQ_003", "method_not_allowed", 405, "Method not allowed on this resource."
+)
 QUOTA_EXCEEDED: Final = ErrorSpec(
     "BILLING_001", "quota_exceeded", 429, "Monthly page limit exceeded."
 )
@@ -51,6 +58,9 @@ ERRORS: Final[tuple[ErrorSpec, ...]] = (
     ACCOUNT_FORBIDDEN,
     MALFORMED_CREDENTIALS,
     TOO_MANY_ATTEMPTS,
+    INVALID_REQUEST,
+    NOT_FOUND,
+    METHOD_NOT_ALLOWED,
     QUOTA_EXCEEDED,
     BACKEND_UNAVAILABLE,
 )
@@ -91,10 +101,13 @@ class AuthError(KeystileError):
         spec: ErrorSpec,
         message: str | None = None,
         headers: dict[str, str] | None = None,
+        field: str | None = None,
     ) -> None:
         self.spec = spec
         self.message = message or spec.message
         self.headers = headers or {}
+        #: The request field at fault (422s of the management API).
+        self.field = field
         super().__init__(f"{spec.code} {spec.type}: {self.message}")
 
     @property
@@ -123,10 +136,10 @@ def _www_authenticate(error: AuthError) -> str:
 
 def render(error: AuthError) -> Rendered:
     """Status, headers and JSON body for ``error``: the only place they are decided."""
-    body = json.dumps(
-        {"error": {"code": error.spec.code, "type": error.spec.type, "message": error.message}},
-        separators=(",", ":"),
-    ).encode()
+    detail = {"code": error.spec.code, "type": error.spec.type, "message": error.message}
+    if error.field is not None:
+        detail["field"] = error.field
+    body = json.dumps({"error": detail}, separators=(",", ":")).encode()
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
     if error.spec.status == 401 or error.spec is MALFORMED_CREDENTIALS:
         headers.append(("www-authenticate", _www_authenticate(error)))

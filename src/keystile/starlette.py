@@ -7,6 +7,7 @@ which Starlette shows as ``request.state.principal``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
@@ -201,3 +202,59 @@ def cost(pages: int) -> Callable[[F], F]:
         await engine_of(request).reserve_async(principal, pages)
 
     return _wrap_endpoint(check, check_async)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks) if size <= limit else b" " * (limit + 1)
+
+
+def management_app(keystile: Keystile) -> ASGIApp:
+    """The management HTTP API as an ASGI app; prefer :func:`management_mount`."""
+    from .management import MAX_BODY, ApiRequest, ManagementAPI
+
+    api = ManagementAPI(keystile)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        root, path = scope.get("root_path", ""), scope["path"]
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        request = ApiRequest(
+            method=scope["method"],
+            path=path or "/",
+            query_string=scope.get("query_string", b"").decode("latin-1"),
+            headers=scope_headers(scope),
+            body=await _read_body(receive, MAX_BODY),
+            principal=scope.get("state", {}).get("principal"),
+            client=(scope.get("client") or (None,))[0],
+        )
+        response = await asyncio.to_thread(api.handle, request)
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        headers.append((b"content-length", str(len(response.body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    return app
+
+
+def management_mount(path: str, keystile: Keystile) -> Any:
+    """``Mount(path, ...)`` serving the management API: ``routes=[management_mount("/v1", ks)]``.
+
+    Its login and OpenAPI document need no key; its requests cost no pages.
+    """
+    from starlette.routing import Mount
+
+    keystile.mount_management(path)
+    return Mount(path, app=management_app(keystile))  # type: ignore[arg-type]
