@@ -131,3 +131,29 @@ def test_usage_reports_the_month_per_key(env: dict[str, str]) -> None:
     assert len(report["history"]) == 12
     table = run(env, "usage", "--account", "acct_1")
     assert table.returncode == 0 and created["key"]["id"] in table.stdout
+
+
+def test_audit_lists_cli_actions_with_the_cli_user(env: dict[str, str]) -> None:
+    created = run_json(env, "keys", "create", "--account", "acct_1", "--name", "A")
+    run_json(env, "keys", "revoke", created["key"]["id"])
+    page = run_json(env, "audit", "--account", "acct_1")
+    assert [e["action"] for e in page["items"]] == ["key.revoke", "key.create"]
+    assert all(e["actor"].startswith("cli") for e in page["items"])
+    assert created["secret"] not in json.dumps(page)
+    only = run_json(env, "audit", "--account", "acct_1", "--action", "key.create")
+    assert [e["action"] for e in only["items"]] == ["key.create"]
+    bad = run(env, "audit", "--account", "acct_1", "--action", "nope")
+    assert bad.returncode == 2 and "action" in bad.stderr
+
+
+def test_settings_from_a_toml_file(tmp_path: Path) -> None:
+    config = tmp_path / "keystile.toml"
+    config.write_text(
+        f'[keystile]\nstore = "sqlite:///{tmp_path / "t.db"}"\n'
+        'argon2 = { time_cost = 1, memory_cost = 8 }\n'
+    )
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSTILE_")}
+    done = run(clean_env, "--config", str(config), "--json", "check-config")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+    assert (tmp_path / "t.db").exists()

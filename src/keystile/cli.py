@@ -7,6 +7,7 @@ A token is printed once, by ``keys create`` and ``keys roll``, and never again.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
+from .audit import entry_to_dict
 from .config import load_config
 from .engine import Keystile
 from .errors import BackendError, ConfigError, InvalidInput, NotFound
@@ -22,6 +24,17 @@ from .models import ApiKey
 from .settings import redact_url
 
 EXIT_OK, EXIT_BACKEND, EXIT_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 3
+
+
+def _cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in this environment (containers)
+        return "cli"
+
+
+#: Who the audit log says acted, for changes made from the command line.
+ACTOR = _cli_actor()
 
 
 class CliError(Exception):
@@ -135,6 +148,7 @@ def cmd_keys_create(engine: Keystile, args: argparse.Namespace, out: Output) -> 
         owner=args.owner,
         accounts=args.acts_for or (),
         meta=_parse_meta(args.meta),
+        actor=ACTOR,
     )
     _show_created(out, created, "Created")
 
@@ -198,11 +212,11 @@ def cmd_keys_update(engine: Keystile, args: argparse.Namespace, out: Output) -> 
         changes["enabled"] = bool(args.enable)
     if not changes:
         raise CliError("keys update: nothing to change (see keystile keys update --help)")
-    _show_key(out, engine.keys.update(args.key_id, **changes), engine.now())
+    _show_key(out, engine.keys.update(args.key_id, actor=ACTOR, **changes), engine.now())
 
 
 def cmd_keys_revoke(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
-    key = engine.keys.revoke(args.key_id)
+    key = engine.keys.revoke(args.key_id, actor=ACTOR)
     if out.as_json:
         out.json(key.to_dict())
     else:
@@ -210,7 +224,7 @@ def cmd_keys_revoke(engine: Keystile, args: argparse.Namespace, out: Output) -> 
 
 
 def cmd_keys_delete(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
-    engine.keys.delete(args.key_id)
+    engine.keys.delete(args.key_id, actor=ACTOR)
     if out.as_json:
         out.json({"deleted": args.key_id})
     else:
@@ -218,7 +232,7 @@ def cmd_keys_delete(engine: Keystile, args: argparse.Namespace, out: Output) -> 
 
 
 def cmd_keys_roll(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
-    created = engine.keys.roll(args.key_id, grace_seconds=args.grace)
+    created = engine.keys.roll(args.key_id, grace_seconds=args.grace, actor=ACTOR)
     _show_created(out, created, "Rolled")
     if args.grace and not out.as_json:
         out.line(f"The previous secret keeps working for {args.grace} seconds.")
@@ -245,6 +259,28 @@ def cmd_usage(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
         ["MONTH", "PAGES", "REQUESTS"],
         [[m.month, f"{m.pages:,}", f"{m.requests:,}"] for m in report.history],
     )
+
+
+def cmd_audit(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    page = engine.audit.list(args.account, action=args.action, limit=args.limit, cursor=args.cursor)
+    if out.as_json:
+        out.json({"items": [entry_to_dict(e) for e in page.items], "next_cursor": page.next_cursor})
+        return
+    out.table(
+        ["WHEN", "ACTION", "ACTOR", "TARGET", "DETAILS"],
+        [
+            [
+                f"{e.at:%Y-%m-%d %H:%M:%S}",
+                e.action,
+                e.actor,
+                e.target or "-",
+                json.dumps(dict(e.details), separators=(",", ":")) if e.details else "-",
+            ]
+            for e in page.items
+        ],
+    )
+    if page.next_cursor:
+        out.line(f"more: --cursor {page.next_cursor}")
 
 
 def cmd_check_config(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
@@ -285,6 +321,13 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--month", help="YYYY-MM (default: the current period)")
     usage.add_argument("--env", help="environment (default: the billed one)")
     usage.set_defaults(handler=cmd_usage)
+
+    audit = commands.add_parser("audit", help="an account's management actions, newest first")
+    audit.add_argument("--account", required=True)
+    audit.add_argument("--action", help="e.g. key.create, key.revoke, session.login")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--cursor")
+    audit.set_defaults(handler=cmd_audit)
 
     keys = commands.add_parser("keys", help="create and manage API keys")
     keys_cmds = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
