@@ -247,6 +247,8 @@ class SQLiteStore:
         limit: int,
         cursor: str | None,
     ) -> Page:
+        if search and "\0" in search:
+            return Page([], 0, None)  # LIKE would stop at the NUL; no name holds one
         where: builtins.list[str] = ["account_id=?"]
         params: builtins.list[Any] = [account_id]
         if search:
@@ -348,7 +350,7 @@ class SQLiteStore:
             where += " AND action=?"
             params.append(action)
         if cursor:
-            if not cursor.isdigit():
+            if not (cursor.isascii() and cursor.isdigit()):
                 raise InvalidInput("cursor", "not a cursor returned by a previous page")
             where += " AND id < ?"
             params.append(cursor)
