@@ -292,12 +292,8 @@ class Keystile:
             result, error = None, None
             try:
                 result = getattr(self, f"_op_{operation}")(*args)
-            except _REDIS_ERRORS as exc:
-                error = _backend_error(operation, exc)
             except Exception as exc:
-                if not operation.startswith("store_") or isinstance(exc, AuthError):
-                    raise
-                error = _backend_error(operation, exc)
+                error = _as_backend_error(operation, exc)
 
     async def _drive_async(self, steps: Steps) -> Any:
         result: Any = None
@@ -310,12 +306,8 @@ class Keystile:
             result, error = None, None
             try:
                 result = await getattr(self, f"_aop_{operation}")(*args)
-            except _REDIS_ERRORS as exc:
-                error = _backend_error(operation, exc)
             except Exception as exc:
-                if not operation.startswith("store_") or isinstance(exc, AuthError):
-                    raise
-                error = _backend_error(operation, exc)
+                error = _as_backend_error(operation, exc)
 
     async def _in_thread(self, blocking: bool, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args) if blocking else fn(*args)
@@ -494,6 +486,15 @@ class Keystile:
 
     def __repr__(self) -> str:
         return f"Keystile({self.settings!r})"
+
+
+def _as_backend_error(operation: str, exc: Exception) -> BackendError:
+    """A failed Redis or store call, to throw back into the steps; anything else is a bug
+    (or a refusal) and goes on up."""
+    is_store = operation.startswith("store_") and not isinstance(exc, AuthError)
+    if isinstance(exc, _REDIS_ERRORS) or is_store:
+        return _backend_error(operation, exc)
+    raise exc
 
 
 def _backend_error(operation: str, exc: BaseException) -> BackendError:

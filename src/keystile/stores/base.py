@@ -10,6 +10,30 @@ from typing import Any, Protocol
 
 from ..models import KeyRecord
 
+#: The columns of a stored key, in the order every SQL store uses.
+KEY_COLUMNS: tuple[str, ...] = (
+    "kid",
+    "token_prefix",
+    "last4",
+    "name",
+    "account_id",
+    "owner",
+    "permissions",
+    "environment",
+    "accounts",
+    "created_at",
+    "expires_at",
+    "last_used_at",
+    "revoked_at",
+    "enabled",
+    "meta",
+    "secret_hash",
+    "previous_hash",
+    "previous_expires_at",
+    "version",
+    "page_limit",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Page:

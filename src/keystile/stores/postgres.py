@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool, PoolClosed
 
 from ..errors import InvalidInput
 from ..models import KeyRecord
-from .base import AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
+from .base import KEY_COLUMNS, AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
 
 Connection = psycopg.Connection[TupleRow]
 
@@ -111,28 +111,7 @@ _TABLES = (
     "keystile_sessions",
     "keystile_limits",
 )
-_COLUMNS = [
-    "kid",
-    "token_prefix",
-    "last4",
-    "name",
-    "account_id",
-    "owner",
-    "permissions",
-    "environment",
-    "accounts",
-    "created_at",
-    "expires_at",
-    "last_used_at",
-    "revoked_at",
-    "enabled",
-    "meta",
-    "secret_hash",
-    "previous_hash",
-    "previous_expires_at",
-    "version",
-    "page_limit",
-]
+_COLUMNS = KEY_COLUMNS
 _SELECT_KEYS = f"SELECT {','.join(_COLUMNS)} FROM keystile_keys"
 _SESSION_COLUMNS = (
     "sid, kid, account_id, secret_digest, key_hash_fingerprint, created_at, expires_at, "

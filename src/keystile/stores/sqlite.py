@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import InvalidInput
 from ..models import KeyRecord
-from .base import AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
+from .base import KEY_COLUMNS, AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keystile_keys (
@@ -80,28 +80,7 @@ CREATE TABLE IF NOT EXISTS keystile_limits (
 );
 """
 
-_COLUMNS = [
-    "kid",
-    "token_prefix",
-    "last4",
-    "name",
-    "account_id",
-    "owner",
-    "permissions",
-    "environment",
-    "accounts",
-    "created_at",
-    "expires_at",
-    "last_used_at",
-    "revoked_at",
-    "enabled",
-    "meta",
-    "secret_hash",
-    "previous_hash",
-    "previous_expires_at",
-    "version",
-    "page_limit",
-]
+_COLUMNS = KEY_COLUMNS
 
 
 def to_epoch(value: datetime | None) -> float | None:
