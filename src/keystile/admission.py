@@ -34,7 +34,7 @@ from .metering import (
 from .periods import Period, PeriodPolicy
 from .settings import Settings
 from .stores.base import AccountLimit
-from .verification import Snapshot, Steps, Verifier
+from .verification import SessionIdle, Snapshot, Steps, Verifier
 
 log = logging.getLogger("keystile")
 _NO_ROW: Any = object()
@@ -105,6 +105,7 @@ class Admission:
     def admit(self, creds: Credentials, digest: str, request: RequestInfo) -> Steps:
         """``(principal, meter, crossed thresholds)`` or AuthError."""
         snapshot, checked = yield from self.verifier.lookup(creds.token, digest)
+        idle_rechecked = False
         for _ in range(3):
             now = self.now()
             try:
@@ -115,6 +116,13 @@ class Admission:
                     now.timestamp(),
                     creds.token.environment,
                 )
+            except SessionIdle:
+                if idle_rechecked:
+                    raise
+                # Other processes write their uses of the session to the store: read it.
+                snapshot = yield from self.verifier.refresh(creds.token, digest, snapshot)
+                checked = idle_rechecked = True
+                continue
             except AuthError:
                 # A refusal from a snapshot not yet compared may be out of date (expiry moved).
                 if checked or (yield from self.verifier.is_current(snapshot)):

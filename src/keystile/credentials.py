@@ -22,7 +22,8 @@ from .tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken, parse_pair,
 #: Longer values are refused before any parsing; real tokens are under 100 characters.
 MAX_VALUE_LENGTH = 512
 MAX_ACCOUNT_LENGTH = 128
-_WANTED = ("authorization", "x-api-key", "x-api-secret", "x-account-id")
+#: The headers a credential is read from (adapters may need to treat them specially).
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-api-secret", "x-account-id"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class Credentials:
 def _collect(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     found: dict[str, str] = {}
     for name, value in headers:
-        if name not in _WANTED:
+        if name not in CREDENTIAL_HEADERS:
             continue
         if name in found:
             raise AuthError(MALFORMED_CREDENTIALS, f"The {name} header was sent more than once.")
@@ -117,3 +118,9 @@ def read_credentials(
     if parsed.environment == SESSION_ENVIRONMENT:
         method = "session"
     return Credentials(parsed, method, account)
+
+
+def asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """ASGI's byte pairs as (lowercase name, value); latin-1 decodes every byte, so no header
+    value can fail here."""
+    return [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]

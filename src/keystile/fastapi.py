@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from .principal import Principal
-from .starlette import KeystileMiddleware, check_permissions, engine_of, principal_of
+from .principal import Principal, check_permissions
+from .starlette import KeystileMiddleware, engine_of, principal_of
 
 __all__ = ["KeystileMiddleware", "Principal", "cost", "get_principal", "require"]
 

@@ -25,12 +25,11 @@ from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, has_app_context, request
 
 from .engine import Keystile as Engine
 from .errors import MISSING_API_KEY, AuthError, render
-from .principal import Principal
-from .starlette import check_permissions
+from .principal import Principal, check_permissions
 from .wsgi import environ_headers
 
 __all__ = ["Keystile", "cost", "current_principal", "requires"]
@@ -61,15 +60,21 @@ class Keystile:
             raise TypeError("pass settings or keystile, not both")
         self.settings = settings
         self._engine = keystile
+        self._engines: list[Engine] = []
         if app is not None:
             self.init_app(app)
 
     @property
     def engine(self) -> Engine:
-        """The engine of the current app (or of the only app, outside a request)."""
+        """The engine (``engine.keys``, ``engine.quotas``): the current app's, or outside an
+        app context the only app's."""
         if self._engine is not None:
             return self._engine
-        return engine_for(current_app)
+        if has_app_context():
+            return engine_for(current_app)
+        if len(self._engines) == 1:
+            return self._engines[0]
+        raise RuntimeError("several apps use this extension: ask inside an app context")
 
     def init_app(self, app: Flask) -> None:
         engine = self._engine
@@ -79,11 +84,13 @@ class Keystile:
             if self.settings is not None:
                 self._engine = engine  # one settings dict, one engine
         app.extensions[EXTENSION_KEY] = engine
+        if engine not in self._engines:
+            self._engines.append(engine)
         # First of all before_request functions: nothing runs for a refused request.
         app.before_request_funcs.setdefault(None, []).insert(0, functools.partial(_before, engine))
         app.after_request(functools.partial(_after, engine))
         app.teardown_request(functools.partial(_teardown, engine))
-        app.register_error_handler(AuthError, error_response)
+        app.register_error_handler(AuthError, functools.partial(_refused, engine))
 
 
 def engine_for(app: Flask) -> Engine:
@@ -118,6 +125,15 @@ def _after(engine: Engine, response: Response) -> Response:
         # After the body: a streamed response may report its real cost while streaming.
         response.call_on_close(lambda: engine.settle(principal, response.status_code))
     return response
+
+
+def _refused(engine: Engine, error: AuthError) -> Response:
+    """An AuthError raised by a view (requires(), cost()): rendered from the one table.
+    Refused by keystile itself: nothing was served, nothing is billed."""
+    principal = g.pop(_PENDING, None)
+    if isinstance(principal, Principal):
+        engine.settle(principal, None)
+    return error_response(error)
 
 
 def _teardown(engine: Engine, exc: BaseException | None) -> None:

@@ -30,6 +30,18 @@ def missing_permissions(held: Iterable[str], wanted: Iterable[str]) -> list[str]
     return [w for w in wanted if not any(grants(h, w) for h in held)]
 
 
+def check_permissions(principal: Principal, permissions: Iterable[str]) -> None:
+    """Raise AUTH_004 naming what is missing; every adapter's ``requires`` calls this."""
+    from .errors import INSUFFICIENT_PERMISSIONS, AuthError
+
+    missing = missing_permissions(principal.permissions, permissions)
+    if missing:
+        raise AuthError(
+            INSUFFICIENT_PERMISSIONS,
+            f"API key lacks the permission(s): {', '.join(missing)}.",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     key_id: str

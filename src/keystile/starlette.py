@@ -13,9 +13,10 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from .credentials import asgi_headers
 from .engine import Keystile
-from .errors import INSUFFICIENT_PERMISSIONS, MISSING_API_KEY, AuthError, render
-from .principal import Principal, missing_permissions
+from .errors import MISSING_API_KEY, AuthError, render
+from .principal import Principal, check_permissions
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -35,11 +36,7 @@ def _engine(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Ke
 
 
 def scope_headers(scope: Scope) -> list[tuple[str, str]]:
-    # latin-1 maps every byte, so no header value can fail to decode here.
-    return [
-        (name.decode("latin-1").lower(), value.decode("latin-1"))
-        for name, value in scope["headers"]
-    ]
+    return asgi_headers(scope["headers"])
 
 
 async def send_error(scope: Scope, send: Send, error: AuthError) -> None:
@@ -123,15 +120,6 @@ def principal_of(request: Any) -> Principal:
     if not isinstance(principal, Principal):
         raise AuthError(MISSING_API_KEY)
     return principal
-
-
-def check_permissions(principal: Principal, permissions: tuple[str, ...]) -> None:
-    missing = missing_permissions(principal.permissions, permissions)
-    if missing:
-        raise AuthError(
-            INSUFFICIENT_PERMISSIONS,
-            f"API key lacks the permission(s): {', '.join(missing)}.",
-        )
 
 
 def _find_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

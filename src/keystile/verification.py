@@ -71,6 +71,7 @@ class Snapshot:
     session_expires_at: float | None = None
     idle_timeout: float | None = None
     session_last_seen: float | None = None
+    session_account_id: str | None = None  # the account the session acts for
 
     @classmethod
     def of(cls, record: KeyRecord, via_previous: bool) -> Snapshot:
@@ -123,6 +124,10 @@ def thaw(value: Any) -> Any:
     if isinstance(value, tuple):
         return [thaw(v) for v in value]
     return value
+
+
+class SessionIdle(AuthError):
+    """Idle as far as this process knows; another process may have used it since."""
 
 
 def session_digest(secret: str) -> str:
@@ -303,6 +308,7 @@ class Verifier:
             session_expires_at=session.expires_at.timestamp(),
             idle_timeout=session.idle_timeout,
             session_last_seen=session.last_seen_at.timestamp(),
+            session_account_id=session.account_id,
         )
         return record, snapshot
 
@@ -322,7 +328,7 @@ class Verifier:
             raise AuthError(EXPIRED_API_KEY, "Session has expired.")
         last_seen = max(self.session_seen.get(sid, 0.0), snapshot.session_last_seen or 0.0)
         if snapshot.idle_timeout is not None and now - last_seen > snapshot.idle_timeout:
-            raise AuthError(EXPIRED_API_KEY, "Session has expired after being idle.")
+            raise SessionIdle(EXPIRED_API_KEY, "Session has expired after being idle.")
         self.session_seen[sid] = now
 
     def authorize(
@@ -345,9 +351,9 @@ class Verifier:
             raise AuthError(EXPIRED_API_KEY, "API key has expired.")
         if snapshot.session_id is not None:
             self._check_session(snapshot, now)
-        account = snapshot.account_id
+        account = snapshot.session_account_id or snapshot.account_id
         if account_header is not None and account_header != account:
-            if account_header not in snapshot.accounts:
+            if account_header not in (snapshot.account_id, *snapshot.accounts):
                 raise AuthError(ACCOUNT_FORBIDDEN)
             account = account_header
         return Principal(

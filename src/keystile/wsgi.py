@@ -24,10 +24,10 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Protocol
 
+from .credentials import CREDENTIAL_HEADERS
 from .engine import Keystile
 from .errors import MISSING_API_KEY, AuthError, render
-from .principal import Principal
-from .starlette import check_permissions
+from .principal import Principal, check_permissions
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -54,7 +54,7 @@ class StartResponse(Protocol):
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 #: The headers keystile reads a credential from. None of their valid values holds a comma.
-CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-api-secret", "x-account-id"})
+
 PRINCIPAL_KEY = "keystile.principal"
 ENGINE_KEY = "keystile"
 
@@ -206,17 +206,14 @@ class KeystileMiddleware:
         try:
             body = self.app(environ, exchange.start_response)
         except AuthError as error:
-            # Raised by requires() or cost(): rendered here, from the one table.
-            try:
-                if exchange.status is None:
-                    response = error_response(start_response, error)
-                else:  # the app had started a response: replace it (PEP 3333 exc_info)
-                    response = error_response(start_response, error, _exc_info())
-            except BaseException:
-                exchange.settle(None)
-                raise
-            exchange.settle(error.status)
-            return response
+            # Raised by requires() or cost(): rendered here, from the one table. Refused by
+            # keystile itself: nothing was served, nothing is billed.
+            exchange.settle(None)
+            if exchange.status is None:
+                return error_response(start_response, error)
+            # The app had started a response: replace it (PEP 3333's exc_info; re-raises if
+            # the server already sent the headers).
+            return error_response(start_response, error, _exc_info())
         except BaseException:
             exchange.settle(None)  # unhandled: refunded
             raise

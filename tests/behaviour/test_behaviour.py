@@ -14,7 +14,12 @@ import pytest
 from keystile import Keystile, tokens
 from keystile.keys import CreatedKey
 
-from .harness import EXEMPT_PATHS, HARNESSES, Harness, Result, error_of
+from .harness import EXEMPT_PATHS, Harness, Result, error_of
+from .harness import HARNESSES as ASGI_HARNESSES
+from .harness_sync import SYNC_HARNESSES
+
+#: Every framework runs every case: a difference between them is a bug.
+HARNESSES = {**ASGI_HARNESSES, **SYNC_HARNESSES}
 
 CLOSED_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 

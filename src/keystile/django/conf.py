@@ -1,0 +1,55 @@
+"""The process's engine for Django: built from ``settings.KEYSTILE`` on first use, then shared.
+
+``KEYSTILE`` is a settings dict (see :mod:`keystile.settings`) or a ready
+:class:`keystile.Keystile` (for a custom clock or store). It is read lazily, on the first
+request or the first :func:`get_engine` call, so importing keystile never touches settings,
+and a change through ``override_settings`` builds a new engine on the next use.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..engine import Keystile
+
+_lock = threading.Lock()
+_engine: Keystile | None = None
+_owned = False
+
+
+def configured_settings() -> Any:
+    from django.conf import settings  # type: ignore[import-untyped,unused-ignore]
+
+    return getattr(settings, "KEYSTILE", None)
+
+
+def get_engine() -> Keystile:
+    """The shared engine (built on the first call)."""
+    global _engine, _owned
+    engine = _engine
+    if engine is not None:
+        return engine
+    with _lock:
+        if _engine is None:
+            raw = configured_settings()
+            if isinstance(raw, Keystile):
+                _engine, _owned = raw, False
+            else:
+                _engine, _owned = Keystile(raw), True
+        return _engine
+
+
+def reset_engine() -> None:
+    """Forget the engine (closing it if keystile built it); the next use builds a new one."""
+    global _engine, _owned
+    with _lock:
+        engine, owned = _engine, _owned
+        _engine, _owned = None, False
+    if engine is not None and owned:
+        engine.close()
+
+
+def on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "KEYSTILE":
+        reset_engine()

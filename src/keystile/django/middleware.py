@@ -1,0 +1,164 @@
+"""``MIDDLEWARE += ["keystile.django.KeystileMiddleware"]``: one class for WSGI and ASGI.
+
+Django picks the mode from the stack: in an async stack the middleware is a coroutine
+(``authenticate_async``, no thread of its own), in a sync stack it blocks. Exempt paths pass
+through; refusals are rendered from keystile's one table; metered responses get the quota
+headers; the request is settled when the response is closed (a streamed body may report its
+real cost while it streams), with 5xx, unhandled exceptions and keystile's own refusals from
+:func:`~keystile.django.requires` / :func:`~keystile.django.cost` refunded.
+
+Headers: under ASGI they are read from the raw ``scope`` (exact names, repeats kept, so
+``X_Api_Key`` is never ``X-Api-Key``); under WSGI from ``request.META``, with the
+:mod:`keystile.wsgi` rules (the server must drop names with an underscore, as runserver,
+gunicorn 22+ and waitress do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+from ..credentials import asgi_headers
+from ..engine import Keystile
+from ..errors import AuthError, render
+from ..principal import Principal
+from ..wsgi import environ_headers
+from .conf import get_engine
+
+#: Set on keystile's own refusals, which are settled (refunded) when they are made.
+REFUSAL_MARK = "_keystile_refusal"
+
+
+def request_headers(request: Any) -> list[tuple[str, str]]:
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict) and scope.get("type") == "http" and "headers" in scope:
+        return _scope_headers(scope)
+    return environ_headers(request.META)
+
+
+def refusal(error: AuthError) -> Any:
+    """An ``HttpResponse`` for ``error``, from keystile's one table."""
+    from django.http import HttpResponse  # type: ignore[import-untyped,unused-ignore]
+
+    rendered = render(error)
+    response = HttpResponse(rendered.body, status=rendered.status)
+    for name, value in rendered.headers:
+        response.headers[name] = value
+    setattr(response, REFUSAL_MARK, True)
+    return response
+
+
+def refuse(request: Any, error: AuthError) -> Any:
+    """Keystile refused this request after admitting it: nothing is billed."""
+    state = getattr(request, "state", None)
+    principal = getattr(state, "principal", None)
+    engine = getattr(state, "keystile", None)
+    if isinstance(principal, Principal) and isinstance(engine, Keystile):
+        engine.settle(principal, None)
+    return refusal(error)
+
+
+async def refuse_async(request: Any, error: AuthError) -> Any:
+    state = getattr(request, "state", None)
+    principal = getattr(state, "principal", None)
+    engine = getattr(state, "keystile", None)
+    if isinstance(principal, Principal) and isinstance(engine, Keystile):
+        await engine.settle_async(principal, None)
+    return refusal(error)
+
+
+def _admit(request: Any, engine: Keystile, principal: Principal | None) -> None:
+    state = SimpleNamespace()
+    if principal is not None:
+        state.principal = principal
+        state.keystile = engine
+    request.state = state
+    request.principal = principal
+
+
+def _add_quota_headers(engine: Keystile, principal: Principal, response: Any) -> bool:
+    """Quota headers; True when the response still has to be settled by the caller."""
+    if getattr(response, REFUSAL_MARK, False):
+        return False
+    for name, value in engine.quota_headers(principal):
+        response.headers[name] = value
+    return True
+
+
+class KeystileMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: Any) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        engine = get_engine()
+        path = request.path_info
+        if engine.is_exempt(path):
+            _admit(request, engine, None)
+            return self.get_response(request)
+        try:
+            principal = engine.authenticate(request_headers(request), request.method or "GET", path)
+        except AuthError as error:
+            return refusal(error)
+        _admit(request, engine, principal)
+        try:
+            response = self.get_response(request)
+        except BaseException:
+            engine.settle(principal, None)  # unhandled: refunded
+            raise
+        if _add_quota_headers(engine, principal, response):
+            # After the body: Django closes the response once the server has sent it.
+            response._resource_closers.append(
+                lambda: engine.settle(principal, response.status_code)
+            )
+        return response
+
+    async def __acall__(self, request: Any) -> Any:
+        engine = get_engine()
+        path = request.path_info
+        if engine.is_exempt(path):
+            _admit(request, engine, None)
+            return await self.get_response(request)
+        try:
+            principal = await engine.authenticate_async(
+                request_headers(request), request.method or "GET", path
+            )
+        except AuthError as error:
+            return refusal(error)
+        _admit(request, engine, principal)
+        try:
+            response = await self.get_response(request)
+        except BaseException:
+            await engine.settle_async(principal, None)
+            raise
+        if _add_quota_headers(engine, principal, response):
+            if response.streaming:  # settled once the stream is closed
+                response._resource_closers.append(
+                    lambda: engine.settle(principal, response.status_code)
+                )
+            else:  # the body is complete: settle here, without leaving the event loop
+                await engine.settle_async(principal, response.status_code)
+        return response
+
+    def process_exception(self, request: Any, exception: Exception) -> Any:
+        """An :class:`AuthError` raised by a view is rendered from the one table."""
+        if isinstance(exception, AuthError):
+            return refuse(request, exception)
+        return None
+
+
+__all__ = ["KeystileMiddleware", "refusal", "refuse", "refuse_async", "request_headers"]
+
+
+def _scope_headers(scope: dict[str, Any]) -> list[tuple[str, str]]:
+    return asgi_headers(scope["headers"])

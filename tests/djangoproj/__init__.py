@@ -1,0 +1,1 @@
+"""A Django project for the tests: settings configured once per process, in-memory database."""
