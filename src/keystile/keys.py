@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import tokens
@@ -81,9 +81,14 @@ def check_expiry(value: Any, now: datetime, *, future: bool) -> datetime | None:
         return None
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise InvalidInput("expires_at", "expected a timezone-aware datetime or None")
-    if future and value <= now:
+    try:
+        utc: datetime = value.astimezone(timezone.utc)  # 9999-12-31T23:59-23:59 is not a date
+        utc.timestamp()
+    except (OverflowError, ValueError):
+        raise InvalidInput("expires_at", "out of range") from None
+    if future and utc <= now:
         raise InvalidInput("expires_at", "must be in the future")
-    return value
+    return utc
 
 
 def check_meta(value: Any) -> dict[str, Any]:

@@ -24,17 +24,19 @@ from urllib.parse import parse_qs
 
 from .audit import entry_to_dict
 from .errors import (
+    BACKEND_UNAVAILABLE,
     INSUFFICIENT_PERMISSIONS,
     INVALID_REQUEST,
     METHOD_NOT_ALLOWED,
     MISSING_API_KEY,
     NOT_FOUND,
     AuthError,
+    BackendError,
     InvalidInput,
     NotFound,
     render,
 )
-from .keys import CreatedKey
+from .keys import CreatedKey, check_permissions
 from .models import ApiKey
 from .principal import Principal, missing_permissions
 
@@ -89,8 +91,8 @@ def _body(request: ApiRequest, allowed: Mapping[str, type | tuple[type, ...]]) -
     else:
         try:
             data = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise _invalid("body", "not valid JSON") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise _invalid("body", "not valid JSON (or nested too deeply)") from None
     if not isinstance(data, dict):
         raise _invalid("body", "expected a JSON object")
     for name, value in data.items():
@@ -136,7 +138,7 @@ def _query(request: ApiRequest, allowed: Sequence[str]) -> dict[str, str]:
 def _int_param(name: str, raw: str | None, default: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
         raise _invalid(name, "expected a whole number")
     return int(raw)
 
@@ -197,6 +199,9 @@ class ManagementAPI:
         except NotFound:
             rendered = render(AuthError(NOT_FOUND))
             return ApiResponse(rendered.status, rendered.headers, rendered.body)
+        except BackendError:
+            rendered = render(AuthError(BACKEND_UNAVAILABLE))
+            return ApiResponse(rendered.status, rendered.headers, rendered.body)
 
     # -- guards -----------------------------------------------------------------------------
 
@@ -230,6 +235,7 @@ class ManagementAPI:
         expires_given: bool,
     ) -> None:
         if permissions is not None:
+            permissions = check_permissions(permissions)  # 422 before any comparison
             beyond = missing_permissions(caller.permissions, permissions)
             if beyond:
                 raise AuthError(
@@ -247,10 +253,23 @@ class ManagementAPI:
                 f"({caller.expires_at.isoformat()}).",
             )
 
-    def _not_stronger(self, caller: Principal, key: ApiKey) -> None:
+    def _not_stronger(self, caller: Principal, key: ApiKey, *, rolling: bool = False) -> None:
+        """A caller changes only keys no more powerful than itself; a roll hands over the key,
+        so it must not outlive the caller either."""
+        if key.environment != caller.environment:
+            raise AuthError(
+                INSUFFICIENT_PERMISSIONS,
+                f"A {caller.environment} key cannot change {key.environment} keys.",
+            )
         if missing_permissions(caller.permissions, key.permissions):
             raise AuthError(
                 INSUFFICIENT_PERMISSIONS, "Cannot change a key that holds permissions you lack."
+            )
+        if rolling and caller.expires_at is not None and (
+            key.expires_at is None or key.expires_at > caller.expires_at
+        ):
+            raise AuthError(
+                INSUFFICIENT_PERMISSIONS, "Cannot roll a key that outlives the calling key."
             )
 
     # -- sessions ---------------------------------------------------------------------------
@@ -371,7 +390,7 @@ class ManagementAPI:
         caller = self._caller(request, "writeApiKeys")
         data = _body(request, {"grace_seconds": int})
         key = self._own_key(caller, key_id)
-        self._not_stronger(caller, key)
+        self._not_stronger(caller, key, rolling=True)
         created = self.engine.keys.roll(
             key.id, grace_seconds=data.get("grace_seconds", 0), actor=caller.key_id
         )

@@ -139,7 +139,10 @@ class QuotaManager:
                 period = policy.period_for_label(month)
             except ValueError:
                 raise InvalidInput("month", "expected YYYY-MM, e.g. 2026-11") from None
-        periods = [period] + [policy.previous(period, n) for n in range(1, 12)]
+        try:
+            periods = [period] + [policy.previous(period, n) for n in range(1, 12)]
+        except ValueError:  # history before year 1
+            raise InvalidInput("month", "too early for 12 months of history") from None
         labels = [p.label for p in periods]
         rows = [r for r in engine.store.usage(account_id, labels) if r.environment == env]
         for label in labels:
