@@ -38,7 +38,7 @@ from .conftest import FAST_ARGON2, Clock
 UTC = timezone.utc
 T0 = datetime(2026, 9, 10, 12, 0, 0, 123456, tzinfo=UTC)
 ACCT = "acct-1"
-STORES = ["memory", "sqlite", "postgres"]
+STORES = ["memory", "sqlite", "postgres", "django"]
 
 
 def search_path_url(url: str, schema: str) -> str:
@@ -56,6 +56,26 @@ def postgres_store(request: pytest.FixtureRequest, **options: Any) -> Any:
     return PostgresStore(url, schema=schema, **options)
 
 
+def django_store(request: pytest.FixtureRequest) -> Any:
+    """A DjangoStore on the test project's SQLite file (the "concurrent" alias: the threaded
+    tests need real concurrent writers), its tables emptied before and after the test."""
+    pytest.importorskip("django")
+    from .djangoproj import settings as project
+
+    project.setup_database()
+    from keystile.django.models import AuditEntry as AuditRow
+    from keystile.django.models import Key, Limit, Session, Usage
+    from keystile.django.store import DjangoStore
+
+    def clear() -> None:
+        for model in (Key, Usage, Limit, AuditRow, Session):
+            model.objects.using("concurrent").all().delete()
+
+    clear()
+    request.addfinalizer(clear)
+    return DjangoStore(using="concurrent")
+
+
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
     made: KeyStore
@@ -63,6 +83,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
         made = open_store("memory://")
     elif request.param == "sqlite":
         made = open_store(f"sqlite:///{tmp_path / 'keys.db'}")
+    elif request.param == "django":
+        made = django_store(request)
     else:
         made = postgres_store(request)
     try:

@@ -122,7 +122,8 @@ class Keystile:
         prefix = prefix.rstrip("/")
         for path in PUBLIC_PATHS:
             self.exempt(prefix + path)
-        self.admission.free_prefixes += (prefix + "/",)
+        if prefix + "/" not in self.admission.free_prefixes:
+            self.admission.free_prefixes += (prefix + "/",)
 
     def digest(self, token: tokens.ParsedToken) -> str:
         return tokens.digest(self._digest_key, token)

@@ -230,7 +230,8 @@ def management_app(keystile: Keystile) -> ASGIApp:
         )
         response = await asyncio.to_thread(api.handle, request)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        headers.append((b"content-length", str(len(response.body)).encode()))
+        if not any(name == b"content-length" for name, _ in headers):
+            headers.append((b"content-length", str(len(response.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
 

@@ -37,6 +37,13 @@ def get_engine() -> Keystile:
                 _engine, _owned = raw, False
             else:
                 _engine, _owned = Keystile(raw), True
+            from django.conf import settings
+
+            prefix = getattr(settings, "KEYSTILE_MANAGEMENT_PREFIX", None)
+            if prefix is not None:
+                from .views import mount
+
+                mount(prefix, _engine)  # its login needs no key; its requests cost no pages
         return _engine
 
 

@@ -1,0 +1,157 @@
+"""The key management HTTP API as a Django view (see :mod:`keystile.management`).
+
+urls.py::
+
+    path("v1/", include("keystile.django.urls"))
+
+settings.py::
+
+    KEYSTILE_MANAGEMENT_PREFIX = "/v1"     # where it is included
+
+The engine has to know the prefix before the first request reaches the middleware, so that
+``<prefix>/auth/login`` and ``<prefix>/openapi.json`` need no key and management requests
+cost no pages; only the URLconf knows it, and it is read after the middleware has run, hence
+the setting. (Call :func:`mount` yourself when ``KEYSTILE`` is a ready engine.) A request that
+arrives under a prefix the engine was not told about mounts it then, with a warning.
+
+The view is sync (Django runs it in a thread under ASGI: the API blocks anyway) and
+CSRF-exempt: its callers authenticate with a key, not a cookie.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped,unused-ignore]
+from django.views.decorators.csrf import (  # type: ignore[import-untyped,unused-ignore]
+    csrf_exempt,
+)
+
+from ..engine import Keystile
+from ..management import MAX_BODY, ApiRequest, ApiResponse, ManagementAPI
+from ..principal import Principal
+from .conf import get_engine
+from .middleware import request_headers
+
+__all__ = ["api", "management_view", "mount", "mounted"]
+
+log = logging.getLogger("keystile")
+PREFIX_SETTING = "KEYSTILE_MANAGEMENT_PREFIX"
+#: What the API is handed for a body over the limit: it answers 422 ``body``.
+_OVERSIZED = b" " * (MAX_BODY + 1)
+_apis: weakref.WeakKeyDictionary[Keystile, ManagementAPI] = weakref.WeakKeyDictionary()
+
+
+def _clean(prefix: str) -> str:
+    prefix = prefix.rstrip("/")
+    return prefix if not prefix or prefix.startswith("/") else "/" + prefix
+
+
+def mounted(prefix: str, engine: Keystile | None = None) -> bool:
+    """Whether the engine knows the management API is under ``prefix``."""
+    engine = engine if engine is not None else get_engine()
+    return _clean(prefix) + "/" in engine.admission.free_prefixes
+
+
+def mount(prefix: str | None = None, engine: Keystile | None = None) -> None:
+    """Tell the engine (the shared one by default) where the management urls are included:
+    ``prefix`` is the path before them ("/v1"), by default ``KEYSTILE_MANAGEMENT_PREFIX``.
+    Mounting a prefix twice is harmless."""
+    if prefix is None:
+        from django.conf import settings  # type: ignore[import-untyped,unused-ignore]
+
+        prefix = getattr(settings, PREFIX_SETTING, None)
+        if prefix is None:
+            raise ValueError(f"mount(): no prefix given and no {PREFIX_SETTING} setting")
+    engine = engine if engine is not None else get_engine()
+    if not mounted(prefix, engine):
+        engine.mount_management(_clean(prefix))
+
+
+def _api(engine: Keystile) -> ManagementAPI:
+    api = _apis.get(engine)
+    if api is None:
+        api = _apis[engine] = ManagementAPI(engine)
+    return api
+
+
+def _content_length(request: HttpRequest) -> int | None:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+
+
+def read_body(request: HttpRequest, limit: int = MAX_BODY) -> bytes:
+    """At most ``limit`` bytes of the body; more reads as oversized without reading the rest
+    (a declared length over the limit is not read at all). Not ``request.body``: that reads
+    everything up to DATA_UPLOAD_MAX_MEMORY_SIZE first."""
+    length = _content_length(request)
+    if length is not None and length > limit:
+        return _OVERSIZED
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = request.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks) if size <= limit else _OVERSIZED
+
+
+def _query_string(request: HttpRequest) -> str:
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict) and isinstance(scope.get("query_string"), bytes):
+        return str(scope["query_string"].decode("latin-1"))  # the raw bytes, as on Starlette
+    return str(request.META.get("QUERY_STRING", ""))
+
+
+def api_request(request: HttpRequest, path: str) -> ApiRequest:
+    """The Django request as the API sees it; ``path`` is below the mount."""
+    principal = getattr(request, "principal", None)
+    return ApiRequest(
+        method=request.method or "GET",
+        path=path,
+        query_string=_query_string(request),
+        headers=request_headers(request),
+        body=read_body(request),
+        principal=principal if isinstance(principal, Principal) else None,
+        client=request.META.get("REMOTE_ADDR") or None,
+    )
+
+
+def django_response(response: ApiResponse) -> Any:
+    out = HttpResponse(response.body, status=response.status)
+    if not any(name.lower() == "content-type" for name, _ in response.headers):
+        del out.headers["Content-Type"]  # no Django default (text/html) on a bodiless 204
+    for name, value in response.headers:
+        out.headers[name] = value
+    out.headers["Content-Length"] = str(len(response.body))
+    return out
+
+
+def management_view(request: HttpRequest, rest: str = "") -> Any:
+    """Every management route: ``rest`` is the path below the include."""
+    engine = get_engine()
+    path_info = request.path_info
+    prefix = path_info[: len(path_info) - len(rest)]
+    if not mounted(prefix, engine):
+        log.warning(
+            "keystile: the management API is included at %r but the engine was not told: set "
+            "%s = %r (or call keystile.django.views.mount(%r)); mounting it now, but until "
+            "then its login needed a key and its requests cost pages",
+            _clean(prefix) + "/",
+            PREFIX_SETTING,
+            _clean(prefix),
+            _clean(prefix),
+        )
+        mount(prefix, engine)
+    return django_response(_api(engine).handle(api_request(request, "/" + rest)))
+
+
+#: The view the urls use: CSRF-exempt (its callers send a key, not a session cookie).
+api: Callable[..., Any] = csrf_exempt(management_view)
