@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -246,4 +247,8 @@ def management_mount(path: str, keystile: Keystile) -> Any:
     from starlette.routing import Mount
 
     keystile.mount_management(path)
-    return Mount(path, app=management_app(keystile))  # type: ignore[arg-type]
+    mount = Mount(path, app=management_app(keystile))  # type: ignore[arg-type]
+    # Starlette's "{path:path}" is ".*" without DOTALL: a %0A in an id would miss the mount
+    # and get a text 404 instead of the API's JSON one.
+    mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
+    return mount
