@@ -277,8 +277,14 @@ class KeyManager:
     def revoke(self, key_id: str, actor: str | None = None) -> ApiKey:
         """Refused from the next request on, everywhere; kept for audit; cannot be undone."""
         now = self._engine.now()
-        record = self._change(key_id, lambda r: {} if r.revoked_at else {"revoked_at": now})
-        if record.revoked_at == now:
+        revoked_here: list[bool] = []
+
+        def revoke_changes(record: KeyRecord) -> dict[str, Any]:
+            revoked_here[:] = [record.revoked_at is None]
+            return {"revoked_at": now} if record.revoked_at is None else {}
+
+        record = self._change(key_id, revoke_changes)
+        if revoked_here == [True]:  # a second revoke, however close, is not a new action
             self._audit("key.revoke", record, actor, {})
         return record.public()
 

@@ -265,8 +265,10 @@ class ManagementAPI:
             raise AuthError(
                 INSUFFICIENT_PERMISSIONS, "Cannot change a key that holds permissions you lack."
             )
-        if rolling and caller.expires_at is not None and (
-            key.expires_at is None or key.expires_at > caller.expires_at
+        if (
+            rolling
+            and caller.expires_at is not None
+            and (key.expires_at is None or key.expires_at > caller.expires_at)
         ):
             raise AuthError(
                 INSUFFICIENT_PERMISSIONS, "Cannot roll a key that outlives the calling key."
