@@ -74,6 +74,17 @@ def test_demo_prints_a_key_that_works(tmp_path: Path) -> None:
         assert status == 401 and "AUTH_002" in body
         status, body = get(f"{base}/v1/admin", {"x-api-key": token})
         assert status == 403 and "AUTH_004" in body
+        status, body = get(f"{base}/manage/usage", {"x-api-key": token})
+        assert status == 200 and '"account_id":"acct_demo"' in body
+        key_id = re.search(r"x-api-key: (key_\w+)", text).group(1)  # type: ignore[union-attr]
+        secret = re.search(r"x-api-secret: (\w+)", text).group(1)  # type: ignore[union-attr]
+        login = urllib.request.Request(
+            f"{base}/manage/auth/login",
+            method="POST",
+            headers={"x-api-key": key_id, "x-api-secret": secret},
+        )
+        with urllib.request.urlopen(login, timeout=10) as response:
+            assert response.status == 200 and b'"token":"sk_sess_' in response.read()
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -17,7 +17,7 @@ def build_demo_app(keystile: Keystile) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from .starlette import KeystileMiddleware, requires
+    from .starlette import KeystileMiddleware, management_mount, requires
 
     async def index(request: Request) -> JSONResponse:
         return JSONResponse({"service": "keystile demo", "try": "/v1/whoami"})
@@ -48,6 +48,7 @@ def build_demo_app(keystile: Keystile) -> Any:
             Route("/v1/whoami", whoami),
             Route("/v1/extract", extract, methods=["POST"]),
             Route("/v1/admin", admin),
+            management_mount("/manage", keystile),
         ]
     )
     app.add_middleware(KeystileMiddleware, keystile=keystile)
@@ -63,7 +64,7 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, store: str | None = None
         ) from None
     if store is None:
         store = "sqlite:///" + str(Path(tempfile.mkdtemp(prefix="keystile-demo-")) / "keys.db")
-    keystile = Keystile({"store": store, "exempt_paths": ["/"]})
+    keystile = Keystile({"store": store, "exempt_paths": ["/"], "monthly_page_limit": 1000})
     created = keystile.keys.create(
         DEMO_ACCOUNT, "Demo key", permissions=["extract", "read*"], owner="demo@example.com"
     )
@@ -81,6 +82,11 @@ Key id + secret form:         x-api-key: {created.key_id}
   curl -s {base}/v1/whoami                       # 401 AUTH_001 missing_api_key
   curl -s {base}/v1/whoami -H "x-api-key: sk_live_not_a_real_key"   # 401 AUTH_002
   curl -s {base}/v1/admin -H "x-api-key: {created.token}"            # 403 AUTH_004
+  curl -si -X POST {base}/v1/extract -H "x-api-key: {created.token}" | grep -i ratelimit
+  curl -s {base}/manage/apikeys -H "x-api-key: {created.token}"      # the key management API
+  curl -s {base}/manage/usage -H "x-api-key: {created.token}"        # pages this month, per key
+  curl -s -X POST {base}/manage/auth/login \\
+       -H "x-api-key: {created.key_id}" -H "x-api-secret: {created.secret}"   # a session token
 
 Press Ctrl+C to stop.
 """,
