@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from .metering import check_route_cost
 from .principal import Principal, check_permissions
 from .starlette import KeystileMiddleware, engine_of, principal_of
 
@@ -67,8 +68,7 @@ def require(*permissions: str) -> Callable[..., Principal]:
 
 def cost(pages: int) -> Callable[[Request], Awaitable[None]]:
     """Dependency: this route costs ``pages`` (reserved before the handler; 429 if over)."""
-    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
-        raise ValueError("cost(pages): expected a whole number >= 0")
+    check_route_cost(pages)
 
     async def dependency(request: Request) -> None:
         await engine_of(request).reserve_async(principal_of(request), pages)

@@ -29,6 +29,7 @@ from flask import Flask, Response, current_app, g, has_app_context, request
 
 from .engine import Keystile as Engine
 from .errors import MISSING_API_KEY, AuthError, render
+from .metering import check_route_cost
 from .principal import Principal, check_permissions
 from .wsgi import environ_headers
 
@@ -186,8 +187,7 @@ def cost(pages: int) -> Callable[[F], F]:
     """View decorator: the view costs ``pages`` (reserved before it runs; 429 if over).
 
     The view may still report the real cost with ``g.principal.charge(n)``."""
-    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
-        raise ValueError("cost(pages): expected a whole number >= 0")
+    check_route_cost(pages)
 
     def check() -> None:
         principal = current_principal()

@@ -113,6 +113,13 @@ class Meter:
         return (self.final if self.final is not None else self.reserved) - self.reserved
 
 
+def check_route_cost(pages: object) -> int:
+    """A route's declared cost, checked when the decorator is applied (at import)."""
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+        raise ValueError("cost(pages): expected a whole number >= 0")
+    return pages
+
+
 def basis_points(threshold: float) -> int:
     """Thresholds are compared in integers: 0.55 of 100 pages is 55, not 55.000000000000007."""
     return round(threshold * 10_000)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from .credentials import asgi_headers
 from .engine import Keystile
 from .errors import MISSING_API_KEY, AuthError, render
+from .metering import check_route_cost
 from .principal import Principal, check_permissions
 
 Scope = dict[str, Any]
@@ -179,8 +180,7 @@ def cost(pages: int) -> Callable[[F], F]:
 
     The handler may still report the real cost with ``request.state.principal.charge(n)``.
     """
-    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
-        raise ValueError("cost(pages): expected a whole number >= 0")
+    check_route_cost(pages)
 
     def check(request: Any) -> None:
         principal = principal_of(request)

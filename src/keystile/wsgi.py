@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from .credentials import CREDENTIAL_HEADERS
 from .engine import Keystile
 from .errors import MISSING_API_KEY, AuthError, render
+from .metering import check_route_cost
 from .principal import Principal, check_permissions
 
 __all__ = [
@@ -265,8 +266,7 @@ def requires(*permissions: str) -> Callable[[WSGIApp], WSGIApp]:
 
 def cost(pages: int) -> Callable[[WSGIApp], WSGIApp]:
     """Wrap a WSGI app: it costs ``pages`` (reserved before it runs; BILLING_001 if over)."""
-    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
-        raise ValueError("cost(pages): expected a whole number >= 0")
+    check_route_cost(pages)
 
     def check(environ: Environ) -> None:
         engine_of(environ).reserve(principal_of(environ), pages)

@@ -15,6 +15,7 @@ from asgiref.sync import iscoroutinefunction
 
 from ..engine import Keystile
 from ..errors import MISSING_API_KEY, AuthError
+from ..metering import check_route_cost
 from ..principal import Principal, check_permissions
 from .conf import get_engine
 from .middleware import refuse, refuse_async
@@ -141,8 +142,7 @@ def cost(pages: int) -> Callable[[T], T]:
     """The view costs ``pages``: reserved before it runs (429 BILLING_001 if over).
 
     The view may still report the real cost with ``request.principal.charge(n)``."""
-    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
-        raise ValueError("cost(pages): expected a whole number >= 0")
+    check_route_cost(pages)
 
     def check(request: Any) -> None:
         principal = principal_of(request)
