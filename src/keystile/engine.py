@@ -489,6 +489,13 @@ class Keystile:
         return f"Keystile({self.settings!r})"
 
 
+def engine_from(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Keystile:
+    """What a middleware's ``settings=`` / ``keystile=`` arguments mean."""
+    if settings is not None and keystile is not None:
+        raise TypeError("pass settings or keystile, not both")
+    return keystile if keystile is not None else Keystile(settings)
+
+
 def _as_backend_error(operation: str, exc: Exception) -> BackendError:
     """A failed Redis or store call, to throw back into the steps; anything else is a bug
     (or a refusal) and goes on up."""

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from .credentials import asgi_headers
-from .engine import Keystile
+from .engine import Keystile, engine_from
 from .errors import MISSING_API_KEY, AuthError, render
 from .metering import check_route_cost
 from .principal import Principal, check_permissions
@@ -29,12 +29,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: WebSocket close code for a refused handshake (RFC 6455: policy violation).
 WS_POLICY_VIOLATION = 1008
-
-
-def _engine(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Keystile:
-    if settings is not None and keystile is not None:
-        raise TypeError("pass settings or keystile, not both")
-    return keystile if keystile is not None else Keystile(settings)
 
 
 def scope_headers(scope: Scope) -> list[tuple[str, str]]:
@@ -67,7 +61,7 @@ class KeystileMiddleware:
         keystile: Keystile | None = None,
     ) -> None:
         self.app = app
-        self.keystile = _engine(settings, keystile)
+        self.keystile = engine_from(settings, keystile)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self.keystile.is_exempt(scope["path"]):

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .credentials import CREDENTIAL_HEADERS
-from .engine import Keystile
+from .engine import Keystile, engine_from
 from .errors import MISSING_API_KEY, AuthError, render
 from .metering import check_route_cost
 from .principal import Principal, check_permissions
@@ -53,8 +53,6 @@ class StartResponse(Protocol):
 
 
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-#: The headers keystile reads a credential from. None of their valid values holds a comma.
 
 PRINCIPAL_KEY = "keystile.principal"
 ENGINE_KEY = "keystile"
@@ -109,12 +107,6 @@ def error_response(
     else:
         start_response(status_line(rendered.status), list(rendered.headers), exc_info)
     return [rendered.body]
-
-
-def _engine(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Keystile:
-    if settings is not None and keystile is not None:
-        raise TypeError("pass settings or keystile, not both")
-    return keystile if keystile is not None else Keystile(settings)
 
 
 class _Exchange:
@@ -188,7 +180,7 @@ class KeystileMiddleware:
         keystile: Keystile | None = None,
     ) -> None:
         self.app = app
-        self.keystile = _engine(settings, keystile)
+        self.keystile = engine_from(settings, keystile)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         engine = self.keystile
