@@ -150,7 +150,7 @@ def test_settings_from_a_toml_file(tmp_path: Path) -> None:
     config = tmp_path / "keystile.toml"
     config.write_text(
         f'[keystile]\nstore = "sqlite:///{tmp_path / "t.db"}"\n'
-        'argon2 = { time_cost = 1, memory_cost = 8 }\n'
+        "argon2 = { time_cost = 1, memory_cost = 8 }\n"
     )
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSTILE_")}
     done = run(clean_env, "--config", str(config), "--json", "check-config")

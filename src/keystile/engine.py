@@ -22,16 +22,16 @@ from . import tokens
 from .admission import Admission, RequestInfo, usage_ttl
 from .audit import AuditLog
 from .credentials import Credentials, read_credentials
-from .errors import AuthError, BackendError
+from .errors import TOO_MANY_ATTEMPTS, AuthError, BackendError
 from .flusher import Flusher
-from .hashing import SecretHasher
+from .hashing import HasherBusy, SecretHasher
 from .keys import KeyManager
 from .localcache import LocalCache
 from .metering import Charge, Meter, ThresholdEvent, basis_points
 from .models import KeyRecord
 from .periods import PeriodPolicy
 from .principal import Principal
-from .quotas import QuotaManager
+from .quotas import QuotaManager, UsageReport
 from .redisio import AsyncRedis, RedisKeys, SyncRedis
 from .sessions import SessionManager
 from .settings import Settings, load_settings
@@ -61,7 +61,11 @@ class Keystile:
         self.settings = load_settings(settings)
         self.clock = clock or time.time
         self.store: KeyStore = store if store is not None else open_store(self.settings.store)
-        self.hasher = SecretHasher(self.settings.argon2, self.settings.argon2_max_concurrency)
+        self.hasher = SecretHasher(
+            self.settings.argon2,
+            self.settings.argon2_max_concurrency,
+            self.settings.argon2_queue_timeout,
+        )
         secret = self.settings.secret
         # Without Redis nothing leaves the process, so a per-process digest key will do.
         self._digest_key = secret.encode() if secret else secrets.token_bytes(32)
@@ -190,6 +194,13 @@ class Keystile:
             crossed = await self._drive_async(self.admission.reserve(principal.meter, pages))
             if crossed:
                 self._spawn(asyncio.to_thread(self._fire_thresholds, principal.meter, crossed))
+
+    def usage(
+        self, account_id: str, month: str | None = None, environment: str | None = None
+    ) -> UsageReport:
+        """An account's usage for ``month`` ("YYYY-MM"; default: this period), per key, with
+        the 12 months up to it. Same as ``ks.quotas.usage``."""
+        return self.quotas.usage(account_id, month, environment)
 
     def quota_headers(self, principal: Principal | None) -> list[tuple[str, str]]:
         """RateLimit headers for a metered response (empty when unlimited)."""
@@ -322,7 +333,20 @@ class Keystile:
         self.store.set_hash(kid, old_hash, new_hash)
 
     def _op_argon2_verify(self, record: KeyRecord, secret: str) -> tuple[str | None, str | None]:
-        """Which stored hash the secret matches (current, or previous within grace)."""
+        """Which stored hash the secret matches (current, or previous within grace).
+
+        Refuses with a fast 429 when every argon2 slot stays busy (a flood of cold or wrong
+        keys, or of logins) rather than letting requests queue without end."""
+        try:
+            return self._argon2_match(record, secret)
+        except HasherBusy:
+            raise AuthError(
+                TOO_MANY_ATTEMPTS,
+                "Too many key checks in progress; retry shortly.",
+                {"retry-after": "1"},
+            ) from None
+
+    def _argon2_match(self, record: KeyRecord, secret: str) -> tuple[str | None, str | None]:
         if self.hasher.verify(record.secret_hash, secret):
             new_hash = None
             if self.hasher.needs_rehash(record.secret_hash):

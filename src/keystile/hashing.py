@@ -10,8 +10,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from .settings import Argon2Params
 
 
+class HasherBusy(Exception):
+    """Every argon2 slot stayed taken for ``argon2_queue_timeout``: answer fast, don't pile up."""
+
+
 class SecretHasher:
-    def __init__(self, params: Argon2Params, max_concurrency: int) -> None:
+    def __init__(
+        self, params: Argon2Params, max_concurrency: int, queue_timeout: float | None = None
+    ) -> None:
         self._hasher = PasswordHasher(
             time_cost=params.time_cost,
             memory_cost=params.memory_cost,
@@ -20,17 +26,21 @@ class SecretHasher:
         # Bounds CPU and memory under a flood of cold or wrong keys; excess callers wait here,
         # in a worker thread, never on the event loop.
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._queue_timeout = queue_timeout
 
     def hash(self, secret: str) -> str:
         with self._slots:
             return self._hasher.hash(secret)
 
     def verify(self, hashed: str, secret: str) -> bool:
-        with self._slots:
-            try:
-                return self._hasher.verify(hashed, secret)
-            except (VerificationError, InvalidHashError):
-                return False
+        if not self._slots.acquire(timeout=self._queue_timeout):
+            raise HasherBusy
+        try:
+            return self._hasher.verify(hashed, secret)
+        except (VerificationError, InvalidHashError):
+            return False
+        finally:
+            self._slots.release()
 
     def needs_rehash(self, hashed: str) -> bool:
         """True only when the settings are at least as strong in every parameter: an old

@@ -36,6 +36,7 @@ class Settings:
     exempt_paths: tuple[str, ...] = ()
     argon2: Argon2Params = field(default_factory=Argon2Params)
     argon2_max_concurrency: int = 2
+    argon2_queue_timeout: float = 1.0
     local_cache_ttl: float = 10.0
     local_cache_size: int = 10_000
     cache_ttl: int = 300
@@ -229,6 +230,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "exempt_paths": _paths,
     "argon2": _argon2,
     "argon2_max_concurrency": lambda k, v: _int(k, v, 1, 256),
+    "argon2_queue_timeout": lambda k, v: _number(k, v, 0.0),
     "local_cache_ttl": lambda k, v: _number(k, v, 0.0),
     "local_cache_size": lambda k, v: _int(k, v, 0),
     "cache_ttl": lambda k, v: _int(k, v, 1),
