@@ -9,7 +9,7 @@
 from fastapi import Depends, FastAPI, Request
 
 from keystile import Principal
-from keystile.fastapi import KeystileMiddleware, cost, get_principal, require
+from keystile.fastapi import KeystileMiddleware, cost, document_key_pair, get_principal, require
 
 app = FastAPI(title="Jobs API")
 app.add_middleware(
@@ -43,6 +43,11 @@ def list_jobs(principal: Principal = Depends(require("jobs:read"))) -> dict[str,
 
 
 @app.post("/extract", dependencies=[Depends(cost(5))])
-def extract(request: Request, principal: Principal = Depends(require("jobs:write"))) -> dict[str, int]:
+def extract(
+    request: Request, principal: Principal = Depends(require("jobs:write"))
+) -> dict[str, int]:
     principal.charge(3)  # the real cost, settled after the response
     return {"pages": 3}
+
+
+document_key_pair(app)  # /docs also offers x-api-key (key id) + x-api-secret

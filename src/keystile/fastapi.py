@@ -7,20 +7,30 @@ its result, so a request costs the same whether or not a route asks for the prin
 
     @app.get("/jobs")
     def jobs(principal: Principal = Depends(require("readJobs"))): ...
+
+    document_key_pair(app)  # optional: also offer x-api-key (key id) + x-api-secret in the docs
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import Request, Security
+from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from .metering import check_route_cost
 from .principal import Principal, check_permissions
 from .starlette import KeystileMiddleware, engine_of, principal_of
 
-__all__ = ["KeystileMiddleware", "Principal", "cost", "get_principal", "require"]
+__all__ = [
+    "KeystileMiddleware",
+    "Principal",
+    "cost",
+    "document_key_pair",
+    "get_principal",
+    "require",
+]
 
 # auto_error=False: they exist for the OpenAPI document; the middleware has already decided.
 bearer_scheme = HTTPBearer(
@@ -32,19 +42,21 @@ api_key_scheme = APIKeyHeader(
     description="The full token, or the key id together with x-api-secret.",
     auto_error=False,
 )
-api_secret_scheme = APIKeyHeader(
-    name="x-api-secret",
-    scheme_name="ApiSecret",
-    description="The key's secret, when x-api-key holds the key id.",
-    auto_error=False,
-)
+# Not a dependency: FastAPI lists each security dependency as an alternative of its own, so
+# a third one would tell clients that x-api-secret alone will do. document_key_pair adds it.
+API_SECRET_SCHEME = {
+    "type": "apiKey",
+    "in": "header",
+    "name": "x-api-secret",
+    "description": "The key's secret, sent with the key id in x-api-key.",
+}
+_HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
 def get_principal(
     request: Request,
     _bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
     _api_key: str | None = Security(api_key_scheme),
-    _api_secret: str | None = Security(api_secret_scheme),
 ) -> Principal:
     """Dependency returning the authenticated principal."""
     return principal_of(request)
@@ -57,7 +69,6 @@ def require(*permissions: str) -> Callable[..., Principal]:
         request: Request,
         _bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
         _api_key: str | None = Security(api_key_scheme),
-        _api_secret: str | None = Security(api_secret_scheme),
     ) -> Principal:
         principal = principal_of(request)
         check_permissions(principal, permissions)
@@ -74,3 +85,26 @@ def cost(pages: int) -> Callable[[Request], Awaitable[None]]:
         await engine_of(request).reserve_async(principal_of(request), pages)
 
     return dependency
+
+
+def document_key_pair(app: FastAPI) -> None:
+    """Complete ``app``'s OpenAPI document with the third way in: ``x-api-key`` holding the key
+    id *and* ``x-api-secret``, as one requirement next to ``BearerToken`` and ``ApiKey``.
+
+    FastAPI cannot say "these two together" from dependencies, so this wraps ``app.openapi``
+    and edits the document once, when FastAPI first builds (and caches) it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = build()
+        schemes = document.get("components", {}).get("securitySchemes", {})
+        if "ApiKey" in schemes and "ApiSecret" not in schemes:
+            schemes["ApiSecret"] = dict(API_SECRET_SCHEME)
+            for item in document.get("paths", {}).values():
+                for method, operation in item.items():
+                    security = operation.get("security", []) if method in _HTTP_METHODS else []
+                    if {"ApiKey": []} in security:
+                        security.append({"ApiKey": [], "ApiSecret": []})
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
