@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -555,18 +556,92 @@ def test_the_failure_window_passes(limited: Keystile, monkeypatch: pytest.Monkey
     key = limited.keys.create(ACCT, "owner", permissions=PERMS)
     now = [1000.0]
 
-    class FakeTime:  # only keystile.sessions sees it
+    class FakeTime:  # only keystile.loginlimits sees it
         @staticmethod
         def monotonic() -> float:
             return now[0]
 
-    monkeypatch.setattr("keystile.sessions.time", FakeTime)
+    monkeypatch.setattr("keystile.loginlimits.time", FakeTime)
     with TestClient(build_app(limited), client=("10.0.0.4", 1)) as client:
         for _ in range(3):
             client.post("/v1/auth/login", headers={"x-api-key": wrong_token(key)})
         assert client.post("/v1/auth/login", headers={"x-api-key": key.token}).status_code == 429
         now[0] += 61
         assert client.post("/v1/auth/login", headers={"x-api-key": key.token}).status_code == 200
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def key_limited(request: pytest.FixtureRequest, make_keystile: Make, clock: Clock) -> Keystile:
+    """Per client 3 failures, per key id 5, from anywhere."""
+    extra = request.getfixturevalue("redis_settings") if request.param == "redis" else {}
+    limits = {"login_max_failures": 3, "login_max_failures_per_key": 5, **extra}
+    return make_keystile(clock=clock, **session_settings(**limits))
+
+
+def attack_from_many_clients(app: Starlette, key: CreatedKey, clients: int) -> None:
+    for n in range(clients):
+        with TestClient(app, client=(f"10.9.0.{n}", 1)) as attacker:
+            response = attacker.post("/v1/auth/login", headers={"x-api-key": wrong_token(key)})
+            assert response.status_code == 401 and code_of(response) == "AUTH_002"
+
+
+def test_failures_spread_over_many_clients_limit_the_key_id(
+    key_limited: Keystile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = key_limited.keys.create(ACCT, "owner", permissions=PERMS)
+    other = key_limited.keys.create(ACCT, "other", permissions=PERMS)
+    app = build_app(key_limited)
+    attack_from_many_clients(app, key, 5)  # no client reaches its own limit of 3
+    calls = count_argon2(key_limited, monkeypatch)
+    with TestClient(app, client=("10.9.1.1", 1)) as newcomer:
+        for headers in (
+            {"x-api-key": wrong_token(key)},
+            {"x-api-key": key.token},  # never logged in before: not known, so refused too
+            {"x-api-key": key.key_id, "x-api-secret": key.secret},
+        ):
+            refused = newcomer.post("/v1/auth/login", headers=headers)
+            assert refused.status_code == 429 and code_of(refused) == "AUTH_007"
+            assert refused.headers["retry-after"] == "900"
+        assert calls[0] == 0  # refused before any argon2
+        # Only logging in to that key id is limited: the key works, other keys log in.
+        assert newcomer.get("/whoami", headers={"x-api-key": key.token}).status_code == 200
+        assert login(newcomer, {"x-api-key": other.token})
+
+
+def test_the_owners_known_secret_passes_the_key_ids_limit(
+    key_limited: Keystile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = key_limited.keys.create(ACCT, "owner", permissions=PERMS)
+    app = build_app(key_limited)
+    with TestClient(app, client=("10.8.0.1", 1)) as owner:
+        login(owner, {"x-api-key": key.token})  # remembered as this key's known secret
+    attack_from_many_clients(app, key, 5)
+    calls = count_argon2(key_limited, monkeypatch)
+    # From a new address too, and in the other credential form: same key, same digest.
+    with TestClient(app, client=("10.8.0.2", 1)) as owner:
+        session = login(owner, {"x-api-key": key.key_id, "x-api-secret": key.secret})
+        assert owner.get("/whoami", headers=bearer(session)).status_code == 200
+        refused = owner.post("/v1/auth/login", headers={"x-api-key": wrong_token(key)})
+        assert refused.status_code == 429 and code_of(refused) == "AUTH_007"
+    assert calls[0] <= 1  # the owner's login may check its secret once; the guess never
+
+
+@pytest.mark.redis
+def test_the_known_secret_is_a_digest_and_not_the_secret(
+    make_keystile: Make, clock: Clock, redis_settings: dict[str, Any], redis_url: str
+) -> None:
+    ks = make_keystile(clock=clock, **session_settings(**redis_settings))
+    key = ks.keys.create(ACCT, "owner", permissions=PERMS)
+    with TestClient(build_app(ks)) as client:
+        login(client, {"x-api-key": key.token})
+    server = redis.Redis.from_url(redis_url)
+    prefix = redis_settings["redis_prefix"]
+    name = f"{prefix}:login-known:{key.key_id.removeprefix('key_')}"
+    stored = server.get(name)
+    assert stored is not None and 0 < server.ttl(name) <= 30 * 24 * 3600
+    parsed = tokens.parse_token(key.token, "sk", ("live", "test"))
+    assert parsed is not None and stored.decode() == ks.digest(parsed)
+    assert key.secret.encode() not in stored and key.token.encode() not in stored
 
 
 def test_a_failed_login_of_an_unknown_key_id_runs_no_argon2(

@@ -6,15 +6,11 @@ revoked, rolled or deleted: every check of a session reads its key's state, and 
 those changes publishes a new state stamp, so the next request anywhere sees it.
 
 Login is the one place argon2 runs on purpose, so failed logins are limited per client and per
-key + client (``login_max_failures`` in ``login_failure_window`` seconds). Counting per key
-alone would let anyone lock an owner out; with 256-bit secrets, guessing is hopeless anyway.
+key id, without locking out the owner's known secret (:mod:`keystile.loginlimits`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,9 +23,9 @@ from .errors import (
     MALFORMED_CREDENTIALS,
     TOO_MANY_ATTEMPTS,
     AuthError,
-    BackendError,
     NotFound,
 )
+from .loginlimits import FailureCounter, KnownSecrets
 from .principal import Principal
 from .stores.base import SessionRecord
 from .tokens import SESSION_ENVIRONMENT
@@ -54,74 +50,27 @@ class Session:
         return f"Session(session_id={self.session_id!r}, key_id={self.key_id!r})"
 
 
-class FailureCounter:
-    """Failed logins per subject in a fixed window: in Redis when there is one, else here."""
-
-    def __init__(self, engine: Keystile) -> None:
-        self._engine = engine
-        self._lock = threading.Lock()
-        self._local: dict[str, tuple[float, int]] = {}
-
-    def _key(self, subject: str) -> str:
-        digest = hashlib.sha256(subject.encode("utf-8", "replace")).hexdigest()[:32]
-        return f"{self._engine.settings.redis_prefix}:login:{digest}"
-
-    def count(self, subject: str) -> int:
-        engine = self._engine
-        if engine.has_redis:
-            try:
-                return int(engine.redis.client.get(self._key(subject)) or 0)
-            except Exception as exc:
-                raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
-        with self._lock:
-            start, failures = self._local.get(subject, (0.0, 0))
-            window = engine.settings.login_failure_window
-            return failures if time.monotonic() - start < window else 0
-
-    def add(self, subject: str) -> None:
-        engine = self._engine
-        window = engine.settings.login_failure_window
-        if engine.has_redis:
-            try:
-                pipe = engine.redis.client.pipeline()
-                pipe.incr(self._key(subject))
-                pipe.expire(self._key(subject), window, nx=True)
-                pipe.execute()
-            except Exception as exc:
-                raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
-            return
-        with self._lock:
-            now = time.monotonic()
-            start, failures = self._local.get(subject, (now, 0))
-            if now - start >= window:
-                start, failures = now, 0
-            self._local[subject] = (start, failures + 1)
-            if len(self._local) > 100_000:  # bounded: forget the oldest windows
-                cutoff = now - window
-                self._local = {k: v for k, v in self._local.items() if v[0] > cutoff}
-
-
 class SessionManager:
     def __init__(self, engine: Keystile) -> None:
         self._engine = engine
         self.failures = FailureCounter(engine)
+        self.known = KnownSecrets(engine)
 
-    def _refuse_if_limited(self, subjects: Iterable[str]) -> None:
-        limit = self._engine.settings.login_max_failures
-        for subject in subjects:
-            if self.failures.count(subject) >= limit:
-                window = self._engine.settings.login_failure_window
-                raise AuthError(
-                    TOO_MANY_ATTEMPTS,
-                    "Too many failed logins; retry later.",
-                    {"retry-after": str(window)},
-                )
+    def _limited(self, subject: str, limit: int) -> AuthError | None:
+        if self.failures.count(subject) < limit:
+            return None
+        window = self._engine.settings.login_failure_window
+        return AuthError(
+            TOO_MANY_ATTEMPTS, "Too many failed logins; retry later.", {"retry-after": str(window)}
+        )
 
     def login(self, headers: Iterable[tuple[str, str]], client: str | None = None) -> Session:
         """Blocking. Verifies a key credential (either form) and opens a session for it."""
         engine = self._engine
+        settings = engine.settings
         client_subject = f"client:{client or '-'}"
-        self._refuse_if_limited((client_subject,))
+        if refused := self._limited(client_subject, settings.login_max_failures):
+            raise refused
         try:
             creds = read_credentials(
                 list(headers), engine.settings.token_prefix, engine.settings.environments
@@ -132,15 +81,18 @@ class SessionManager:
             raise
         if creds.token.environment == SESSION_ENVIRONMENT:
             raise AuthError(MALFORMED_CREDENTIALS, "Log in with an API key, not a session token.")
-        key_subject = f"key:{creds.token.kid}|{client_subject}"
-        self._refuse_if_limited((key_subject,))
+        kid = creds.token.kid
+        digest = engine.digest(creds.token)
+        refused = self._limited(f"key:{kid}", settings.login_max_failures_per_key)
+        if refused and not self.known.matches(kid, digest):
+            raise refused
         try:
             principal = engine.verify(creds)
         except AuthError as error:
             if error.spec is INVALID_API_KEY:
-                self.failures.add(client_subject)
-                self.failures.add(key_subject)
+                self.failures.add(client_subject, f"key:{kid}")
             raise
+        self.known.remember(kid, digest)
         return self._open(principal)
 
     def _open(self, principal: Principal) -> Session:

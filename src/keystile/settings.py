@@ -60,6 +60,7 @@ class Settings:
     session_ttl: int = 3600
     session_idle_ttl: int = 1800
     login_max_failures: int = 10
+    login_max_failures_per_key: int = 100
     login_failure_window: int = 900
 
     @property
@@ -252,6 +253,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "session_ttl": lambda k, v: _int(k, v, 60),
     "session_idle_ttl": lambda k, v: _int(k, v, 60),
     "login_max_failures": lambda k, v: _int(k, v, 1),
+    "login_max_failures_per_key": lambda k, v: _int(k, v, 1),
     "login_failure_window": lambda k, v: _int(k, v, 1),
 }
 assert set(_VALIDATORS) == {f.name for f in fields(Settings)}
