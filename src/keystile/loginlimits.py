@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .errors import BackendError
@@ -24,6 +26,14 @@ if TYPE_CHECKING:
 
 KNOWN_SECRET_TTL = 30 * 24 * 3600
 _LOCAL_LIMIT = 100_000  # entries kept without Redis; the oldest go first
+
+
+@contextmanager
+def _redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
 
 
 class FailureCounter:
@@ -41,10 +51,8 @@ class FailureCounter:
     def count(self, subject: str) -> int:
         engine = self._engine
         if engine.has_redis:
-            try:
+            with _redis_errors():
                 return int(engine.redis.client.get(self._key(subject)) or 0)
-            except Exception as exc:
-                raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
         with self._lock:
             start, failures = self._local.get(subject, (0.0, 0))
             window = engine.settings.login_failure_window
@@ -54,14 +62,12 @@ class FailureCounter:
         engine = self._engine
         window = engine.settings.login_failure_window
         if engine.has_redis:
-            try:
+            with _redis_errors():
                 pipe = engine.redis.client.pipeline()
                 for subject in subjects:
                     pipe.incr(self._key(subject))
                     pipe.expire(self._key(subject), window, nx=True)
                 pipe.execute()
-            except Exception as exc:
-                raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
             return
         with self._lock:
             now = time.monotonic()
@@ -89,10 +95,8 @@ class KnownSecrets:
     def remember(self, kid: str, digest: str) -> None:
         engine = self._engine
         if engine.has_redis:
-            try:
+            with _redis_errors():
                 engine.redis.client.set(self._key(kid), digest, ex=KNOWN_SECRET_TTL)
-            except Exception as exc:
-                raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
             return
         with self._lock:
             self._local.pop(kid, None)  # re-insert: dict order is the age order
@@ -103,10 +107,8 @@ class KnownSecrets:
     def matches(self, kid: str, digest: str) -> bool:
         engine = self._engine
         if engine.has_redis:
-            try:
+            with _redis_errors():
                 known = engine.redis.client.get(self._key(kid))
-            except Exception as exc:
-                raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
             known_digest = known.decode() if isinstance(known, bytes) else known
         else:
             with self._lock:
