@@ -21,12 +21,6 @@ from keystile import Keystile
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def get(url: str, headers: dict[str, str]) -> tuple[int, str]:
     request = urllib.request.Request(url, headers=headers)
     try:
@@ -37,9 +31,8 @@ def get(url: str, headers: dict[str, str]) -> tuple[int, str]:
 
 
 def test_demo_prints_a_key_that_works(tmp_path: Path) -> None:
-    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "keystile", "demo", "--port", str(port)],
+        [sys.executable, "-m", "keystile", "demo", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -57,6 +50,7 @@ def test_demo_prints_a_key_that_works(tmp_path: Path) -> None:
         match = re.search(r"Your demo key \(shown once\):\s+(sk_live_\S+)", text)
         assert match, text
         token = match.group(1)
+        port = re.search(r"http://127\.0\.0\.1:(\d+)/", text).group(1)  # type: ignore[union-attr]
         assert (
             f'curl -s http://127.0.0.1:{port}/v1/whoami -H "Authorization: Bearer {token}"' in text
         )
@@ -91,6 +85,24 @@ def test_demo_prints_a_key_that_works(tmp_path: Path) -> None:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def test_the_demo_refuses_a_busy_port_before_making_a_key(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "keystile", "demo", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "sk_live_" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
 
 
 @pytest.mark.parametrize("module", ["starlette_app", "fastapi_app"])

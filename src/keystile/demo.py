@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,26 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, store: str | None = None
         raise SystemExit(
             "keystile demo needs the demo extra: pip install 'keystile[demo]'"
         ) from None
+    # Bound before the key is made: a busy port must not print curl lines for someone else's
+    # server. Port 0 lets the system pick one.
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise SystemExit(
+            f"keystile demo: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            "is another demo running? Pick another port with --port (0: any free one)."
+        ) from None
+    port = listener.getsockname()[1]
     if store is None:
         store = "sqlite:///" + str(Path(tempfile.mkdtemp(prefix="keystile-demo-")) / "keys.db")
     keystile = Keystile({"store": store, "exempt_paths": ["/"], "monthly_page_limit": 1000})
     created = keystile.keys.create(
         DEMO_ACCOUNT, "Demo key", permissions=["extract", "read*"], owner="demo@example.com"
     )
-    base = f"http://{host}:{port}"
+    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     print(
         f"""
 keystile demo: an API protected by keystile (store {store}, in-process cache)
@@ -92,4 +106,5 @@ Press Ctrl+C to stop.
 """,
         flush=True,
     )
-    uvicorn.run(build_demo_app(keystile), host=host, port=port, log_level="warning")
+    config = uvicorn.Config(build_demo_app(keystile), log_level="warning")
+    uvicorn.Server(config).run(sockets=[listener])
