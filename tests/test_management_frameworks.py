@@ -79,6 +79,7 @@ def django_jobs(request: HttpRequest) -> JsonResponse:
 
 urlpatterns = [
     path("jobs", django_jobs),
+    path("v1/jobs", django_jobs),  # the app's own route under the management prefix
     path("v1/", include("keystile.django.urls")),
     path("api/v2/", include("keystile.django.urls")),
 ]
@@ -154,7 +155,9 @@ def starlette_app(ks: Keystile) -> Starlette:
     async def jobs(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
-    app = Starlette(routes=[Route("/jobs", jobs), management_mount("/v1", ks)])
+    app = Starlette(
+        routes=[Route("/jobs", jobs), Route("/v1/jobs", jobs), management_mount("/v1", ks)]
+    )
     app.add_middleware(KeystileMiddleware, keystile=ks)
     return app
 
@@ -208,6 +211,7 @@ def flask_app(ks: Keystile) -> Flask:
     app.register_blueprint(management_blueprint("/v1"))  # the app's engine, found at register
 
     @app.get("/jobs")
+    @app.get("/v1/jobs")
     def jobs() -> dict[str, Any]:
         return {"ok": True}
 
@@ -582,6 +586,10 @@ def test_management_requests_cost_no_pages_but_are_counted(
     assert counted(ks) == (0, 5)
     assert api.request("GET", "/jobs", auth).status == 200
     assert counted(ks) == (1, 6)
+    # The app's own routes under the same prefix are not management routes: they pay.
+    assert api.request("GET", "/v1/jobs", auth).status == 200
+    assert api.request("GET", "/v1/jobs/", auth).status in (200, 301, 307, 308, 404)
+    assert counted(ks)[0] == 3
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -816,10 +824,10 @@ def test_django_mount_reads_the_setting_and_is_idempotent(ks: Keystile) -> None:
         assert django_views.mounted("/v1")  # building the engine mounted it from the setting
         django_views.mount()
         assert django_views.mounted("/v1/") and django_views.mounted("v1")
-        before = ks.admission.free_prefixes
+        before = ks.admission.management_prefixes
         django_views.mount()
         django_views.mount("/v1/", ks)
-        assert ks.admission.free_prefixes == before
+        assert ks.admission.management_prefixes == before
         assert ks.is_exempt("/v1/auth/login") and ks.is_exempt("/v1/openapi.json")
     with django_settings(ks), pytest.raises(ValueError, match="KEYSTILE_MANAGEMENT_PREFIX"):
         django_views.mount()

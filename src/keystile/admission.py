@@ -8,6 +8,7 @@ the key's state stamp and charges the quota at once.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +39,13 @@ from .verification import SessionIdle, Snapshot, Steps, Verifier
 
 log = logging.getLogger("keystile")
 _NO_ROW: Any = object()
+
+
+# The management API's routes (ManagementAPI._routes): only these cost nothing, never an app's
+# own routes that happen to share the mount prefix.
+MANAGEMENT_ROUTE = re.compile(
+    r"/(?:auth/login|auth/logout|apikeys(?:/[^/]+(?:/roll)?)?|usage|audit|openapi\.json)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +90,7 @@ class Admission:
         self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, time.monotonic)
         self._period: Period | None = None
         #: Path prefixes whose requests cost no pages (the management API).
-        self.free_prefixes: tuple[str, ...] = ()
+        self.management_prefixes: tuple[str, ...] = ()
 
     def period_at(self, now: datetime) -> Period:
         # Computing a period costs tens of µs (zone maths); it changes once a month.
@@ -91,8 +99,16 @@ class Admission:
             period = self._period = self.periods.period_at(now)
         return period
 
+    def is_management(self, path: str) -> bool:
+        """A route of the management API under one of its mount prefixes: free of pages."""
+        for prefix in self.management_prefixes:
+            rest = path[len(prefix) :].rstrip("/")
+            if path.startswith(prefix + "/") and MANAGEMENT_ROUTE.fullmatch(rest):
+                return True
+        return False
+
     def cost_of(self, request: RequestInfo) -> int:
-        if self.free_prefixes and request.path.startswith(self.free_prefixes):
+        if self.management_prefixes and self.is_management(request.path):
             return 0
         cost = self.settings.page_cost
         if callable(cost):

@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -92,6 +94,7 @@ class Keystile:
         self._flusher = Flusher(self.flush, interval)
         self._background: set[asyncio.Task[Any]] = set()
         self._exempt: set[str] = set()
+        _UNCLOSED.add(self)
 
     @property
     def has_redis(self) -> bool:
@@ -126,8 +129,8 @@ class Keystile:
         prefix = prefix.rstrip("/")
         for path in PUBLIC_PATHS:
             self.exempt(prefix + path)
-        if prefix + "/" not in self.admission.free_prefixes:
-            self.admission.free_prefixes += (prefix + "/",)
+        if prefix not in self.admission.management_prefixes:
+            self.admission.management_prefixes += (prefix,)
 
     def digest(self, token: tokens.ParsedToken) -> str:
         return tokens.digest(self._digest_key, token)
@@ -496,7 +499,15 @@ class Keystile:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    async def shutdown_async(self) -> None:
+        """The ASGI app is stopping (lifespan shutdown): write what is batched and let go of
+        this event loop's Redis connections. The engine stays usable."""
+        await asyncio.to_thread(self.flush)
+        if self._async_redis is not None:
+            await self._async_redis.aclose()
+
     def close(self) -> None:
+        _UNCLOSED.discard(self)
         self._flusher.stop()
         self.flush()
         if self._sync_redis is not None:
@@ -504,6 +515,7 @@ class Keystile:
         self.store.close()
 
     async def aclose(self) -> None:
+        _UNCLOSED.discard(self)
         self._flusher.stop()
         await asyncio.to_thread(self.flush)
         if self._async_redis is not None:
@@ -511,6 +523,20 @@ class Keystile:
 
     def __repr__(self) -> str:
         return f"Keystile({self.settings!r})"
+
+
+# Engines nobody closed (a WSGI or Django process just exits): their batched usage and last
+# use times are written when the interpreter ends, not lost with the daemon flusher thread.
+_UNCLOSED: weakref.WeakSet[Keystile] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for engine in list(_UNCLOSED):
+        try:
+            engine.flush()
+        except Exception as exc:  # exiting anyway; flush() already logs what it can't write
+            log.warning("keystile: could not flush at exit (%s)", type(exc).__name__)
 
 
 def engine_from(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Keystile:

@@ -64,6 +64,9 @@ class KeystileMiddleware:
         self.keystile = engine_from(settings, keystile)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(send))
+            return
         if scope["type"] not in ("http", "websocket") or self.keystile.is_exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
@@ -108,6 +111,14 @@ class KeystileMiddleware:
             await engine.settle_async(principal, None)  # unhandled: refunded
             raise
         await engine.settle_async(principal, status)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.keystile.shutdown_async()  # before the server is told it may exit
+            await send(message)
+
+        return lifespan_send
 
 
 def principal_of(request: Any) -> Principal:

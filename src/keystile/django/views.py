@@ -53,7 +53,7 @@ def _clean(prefix: str) -> str:
 def mounted(prefix: str, engine: Keystile | None = None) -> bool:
     """Whether the engine knows the management API is under ``prefix``."""
     engine = engine if engine is not None else get_engine()
-    return _clean(prefix) + "/" in engine.admission.free_prefixes
+    return _clean(prefix) in engine.admission.management_prefixes
 
 
 def mount(prefix: str | None = None, engine: Keystile | None = None) -> None:
