@@ -19,6 +19,7 @@ from .credentials import Credentials
 from .errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
 from .localcache import LocalCache
 from .metering import (
+    IDEMPOTENCY_HEADER,
     USAGE_GRACE_SECONDS,
     Charge,
     LocalCounters,
@@ -55,6 +56,10 @@ class RequestInfo:
     method: str
     path: str
     headers: Sequence[tuple[str, str]]
+    query: str = ""
+    #: SHA-256 of the body, read by the adapter only for an Idempotency-Key; None when it was
+    #: too large to compare.
+    body_digest: str | None = None
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k == name), None)
@@ -161,7 +166,13 @@ class Admission:
                 period=self.period_at(now),
                 cost=self.cost_of(request),
                 idempotency=idempotency_digest(
-                    principal.account_id, request.header("idempotency-key")
+                    principal.account_id,
+                    principal.environment,
+                    request.method,
+                    request.path,
+                    request.query,
+                    request.body_digest,
+                    request.header(IDEMPOTENCY_HEADER),
                 ),
             )
             outcome = yield from self.meter(charge, None if checked else snapshot)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import hashlib
 import logging
 import secrets
 import threading
@@ -138,21 +139,36 @@ class Keystile:
     # -- requests ---------------------------------------------------------------------------
 
     def _prepare(
-        self, headers: Iterable[tuple[str, str]], method: str, path: str
+        self,
+        headers: Iterable[tuple[str, str]],
+        method: str,
+        path: str,
+        query: str,
+        body: bytes | None,
     ) -> tuple[Steps, RequestInfo]:
         headers = list(headers)
         creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
-        request = RequestInfo(method, path, headers)
+        body_digest = hashlib.sha256(body).hexdigest() if body is not None else None
+        request = RequestInfo(method, path, headers, query, body_digest)
         return self.admission.admit(creds, self.digest(creds.token), request), request
 
     def authenticate(
-        self, headers: Iterable[tuple[str, str]], method: str = "GET", path: str = "/"
+        self,
+        headers: Iterable[tuple[str, str]],
+        method: str = "GET",
+        path: str = "/",
+        *,
+        query: str = "",
+        body: bytes | None = b"",
     ) -> Principal:
         """Blocking: the metered principal for these headers, or :class:`AuthError`.
 
-        Adapters call :meth:`settle` once the response status is known.
+        ``query`` and ``body`` matter only with an ``Idempotency-Key`` header (see
+        :func:`keystile.metering.wants_body`); ``body=None``: too large to compare, so the
+        request is charged even when its key was seen. Adapters call :meth:`settle` once the
+        response status is known.
         """
-        steps, _ = self._prepare(headers, method, path)
+        steps, _ = self._prepare(headers, method, path, query, body)
         principal, meter, crossed = self._drive(steps)
         if crossed:
             self._fire_thresholds(meter, crossed)
@@ -160,10 +176,16 @@ class Keystile:
         return principal  # type: ignore[no-any-return]
 
     async def authenticate_async(
-        self, headers: Iterable[tuple[str, str]], method: str = "GET", path: str = "/"
+        self,
+        headers: Iterable[tuple[str, str]],
+        method: str = "GET",
+        path: str = "/",
+        *,
+        query: str = "",
+        body: bytes | None = b"",
     ) -> Principal:
         """Async: never blocks the event loop."""
-        steps, _ = self._prepare(headers, method, path)
+        steps, _ = self._prepare(headers, method, path, query, body)
         principal, meter, crossed = await self._drive_async(steps)
         if crossed:
             self._spawn(asyncio.to_thread(self._fire_thresholds, meter, crossed))

@@ -29,7 +29,7 @@ from flask import Flask, Response, current_app, g, has_app_context, request
 
 from .engine import Keystile as Engine
 from .errors import MISSING_API_KEY, AuthError, render
-from .metering import check_route_cost
+from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost, wants_body
 from .principal import Principal, check_permissions
 from .wsgi import environ_headers
 
@@ -94,6 +94,17 @@ class Keystile:
         app.register_error_handler(AuthError, functools.partial(_refused, engine))
 
 
+def _body() -> bytes | None:
+    """The body, for an Idempotency-Key; cached by werkzeug, so the view still reads it."""
+    length = request.content_length
+    if length is None:
+        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        return None if chunked else b""
+    if length > IDEMPOTENT_BODY_LIMIT:
+        return None
+    return request.get_data(cache=True)
+
+
 def engine_for(app: Flask) -> Engine:
     engine = app.extensions.get(EXTENSION_KEY)
     if not isinstance(engine, Engine):
@@ -107,8 +118,13 @@ def _before(engine: Engine) -> Response | None:
     if engine.is_exempt(request.path):
         return None
     try:
+        headers = environ_headers(request.environ)
         principal = engine.authenticate(
-            environ_headers(request.environ), request.method, request.path
+            headers,
+            request.method,
+            request.path,
+            query=request.environ.get("QUERY_STRING", ""),
+            body=_body() if wants_body(headers) else b"",
         )
     except AuthError as error:
         return error_response(error)

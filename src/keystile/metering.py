@@ -131,10 +131,33 @@ def crossed_marks(pages: int, limit: int | None, thresholds: Sequence[float]) ->
     return [t for t in thresholds if pages * 10_000 >= basis_points(t) * limit]
 
 
-def idempotency_digest(account_id: str, header: str | None) -> str | None:
-    if not header:
+IDEMPOTENCY_HEADER = "idempotency-key"
+# Adapters read (and hand back to the app) a body up to this size to tell a retry from a new
+# request under the same key; a larger one is charged every time.
+IDEMPOTENT_BODY_LIMIT = 16 * 1024 * 1024
+
+
+def wants_body(headers: Iterable[tuple[str, str]]) -> bool:
+    """Whether an adapter must read the body before admission (lowercased header names)."""
+    return any(name == IDEMPOTENCY_HEADER for name, _ in headers)
+
+
+def idempotency_digest(
+    account_id: str,
+    environment: str,
+    method: str,
+    path: str,
+    query: str,
+    body_digest: str | None,
+    header: str | None,
+) -> str | None:
+    """What one Idempotency-Key names: this account's, this environment's request with this
+    method, path, query and body. The same key on any other request is a new request, like
+    Stripe's rule; None (no replay) when the body could not be compared."""
+    if not header or body_digest is None:
         return None
-    return hashlib.sha256(f"{account_id}\0{header}".encode("utf-8", "replace")).hexdigest()[:32]
+    parts = (account_id, environment, method.upper(), path, query, body_digest, header)
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "replace")).hexdigest()[:32]
 
 
 def exceeded_error(

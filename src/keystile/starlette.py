@@ -8,6 +8,7 @@ which Starlette shows as ``request.state.principal``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import inspect
 import re
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 from .credentials import asgi_headers
 from .engine import Keystile, engine_from
 from .errors import MISSING_API_KEY, AuthError, render
-from .metering import check_route_cost
+from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost, wants_body
 from .principal import Principal, check_permissions
 
 Scope = dict[str, Any]
@@ -71,9 +72,17 @@ class KeystileMiddleware:
             await self.app(scope, receive, send)
             return
         engine = self.keystile
+        headers = scope_headers(scope)
+        body: bytes | None = b""
+        if scope["type"] == "http" and wants_body(headers):
+            body, receive = await _buffer_body(receive)
         try:
             principal = await engine.authenticate_async(
-                scope_headers(scope), scope.get("method", "GET"), scope["path"]
+                headers,
+                scope.get("method", "GET"),
+                scope["path"],
+                query=scope.get("query_string", b"").decode("latin-1"),
+                body=body,
             )
         except AuthError as error:
             await send_error(scope, send, error)
@@ -119,6 +128,29 @@ class KeystileMiddleware:
             await send(message)
 
         return lifespan_send
+
+
+async def _buffer_body(receive: Receive) -> tuple[bytes | None, Receive]:
+    """Read the body (up to the limit) so an Idempotency-Key can be told from a reuse, and
+    return a ``receive`` that hands the app the very same messages, then the live ones."""
+    buffered: collections.deque[Message] = collections.deque()
+    size = 0
+    complete = False
+    while size <= IDEMPOTENT_BODY_LIMIT:
+        message = await receive()
+        buffered.append(message)
+        if message["type"] != "http.request":
+            break  # a disconnect: the app sees it too
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            complete = size <= IDEMPOTENT_BODY_LIMIT
+            break
+    body = b"".join(m.get("body", b"") for m in buffered) if complete else None
+
+    async def replay() -> Message:
+        return buffered.popleft() if buffered else await receive()
+
+    return body, replay
 
 
 def principal_of(request: Any) -> Principal:

@@ -18,6 +18,7 @@ refuses with AUTH_006 as it does on every other adapter.
 from __future__ import annotations
 
 import functools
+import io
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 from .credentials import CREDENTIAL_HEADERS
 from .engine import Keystile, engine_from
 from .errors import MISSING_API_KEY, AuthError, render
-from .metering import check_route_cost
+from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost, wants_body
 from .principal import Principal, check_permissions
 
 __all__ = [
@@ -88,6 +89,25 @@ def request_path(environ: Mapping[str, Any]) -> str:
     except (UnicodeEncodeError, UnicodeDecodeError):
         path = raw
     return path
+
+
+def read_body(environ: Environ) -> bytes | None:
+    """The body, for an Idempotency-Key, put back for the app to read; None when it is too
+    large or of unknown length (chunked) to compare."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return None
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    if length > IDEMPOTENT_BODY_LIMIT or length < 0:
+        return None
+    if length == 0:
+        return b""
+    body: bytes = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
 
 
 def status_line(status: int) -> str:
@@ -187,9 +207,14 @@ class KeystileMiddleware:
         path = request_path(environ)
         if engine.is_exempt(path):
             return self.app(environ, start_response)
+        headers = environ_headers(environ)
         try:
             principal = engine.authenticate(
-                environ_headers(environ), environ.get("REQUEST_METHOD", "GET"), path
+                headers,
+                environ.get("REQUEST_METHOD", "GET"),
+                path,
+                query=environ.get("QUERY_STRING", ""),
+                body=read_body(environ) if wants_body(headers) else b"",
             )
         except AuthError as error:
             return error_response(start_response, error)

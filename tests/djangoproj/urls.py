@@ -6,6 +6,8 @@ from django.urls import path
 from . import views
 
 urlpatterns = [
+    path("echo", views.echo),
+    path("echo2", views.echo),
     path("whoami", views.whoami),
     path("read", views.read),
     path("write", views.WriteView.as_view()),

@@ -5,6 +5,8 @@ from django.urls import path
 from . import views
 
 urlpatterns = [
+    path("echo", views.echo_async),
+    path("echo2", views.echo_async),
     path("whoami", views.whoami_async),
     path("read", views.read_async),
     path("write", views.WriteAsyncView.as_view()),

@@ -9,6 +9,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.csrf import csrf_exempt
 
 from keystile.django import cost, requires
 
@@ -199,3 +200,22 @@ class AdminDispatchAsyncView(View):
 class ExpensiveAsyncView(View):
     async def get(self, request: HttpRequest) -> HttpResponse:
         return HttpResponse("ok")
+
+
+# -- idempotency (tests/test_idempotency.py): the view must still get the whole body ----------
+
+
+def _echo_body(request: HttpRequest) -> dict[str, Any]:
+    import hashlib
+
+    return {"sha256": hashlib.sha256(request.body).hexdigest(), "size": len(request.body)}
+
+
+@csrf_exempt
+def echo(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(_echo_body(request))
+
+
+@csrf_exempt
+async def echo_async(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(_echo_body(request))

@@ -24,6 +24,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from ..credentials import asgi_headers
 from ..engine import Keystile
 from ..errors import AuthError, render
+from ..metering import IDEMPOTENT_BODY_LIMIT, wants_body
 from ..principal import Principal
 from ..wsgi import environ_headers
 from .conf import get_engine
@@ -70,6 +71,26 @@ async def refuse_async(request: Any, error: AuthError) -> Any:
     return refusal(error)
 
 
+def _idempotency_parts(request: Any, headers: list[tuple[str, str]]) -> dict[str, Any]:
+    """Query and body, which tell an Idempotency-Key's retry from a reuse of the key."""
+    if not wants_body(headers):
+        return {}
+    query = request.META.get("QUERY_STRING", "")
+    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return {"query": query, "body": None}
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return {"query": query, "body": None}
+    if length > IDEMPOTENT_BODY_LIMIT:
+        return {"query": query, "body": None}
+    try:
+        body: bytes = request.body  # kept by Django: the view reads it (and POST) as usual
+    except Exception:  # RequestDataTooBig and the like: Django answers those itself later
+        return {"query": query, "body": None}
+    return {"query": query, "body": body}
+
+
 def _admit(request: Any, engine: Keystile, principal: Principal | None) -> None:
     state = SimpleNamespace()
     if principal is not None:
@@ -106,8 +127,11 @@ class KeystileMiddleware:
         if engine.is_exempt(path):
             _admit(request, engine, None)
             return self.get_response(request)
+        headers = request_headers(request)
         try:
-            principal = engine.authenticate(request_headers(request), request.method or "GET", path)
+            principal = engine.authenticate(
+                headers, request.method or "GET", path, **_idempotency_parts(request, headers)
+            )
         except AuthError as error:
             return refusal(error)
         _admit(request, engine, principal)
@@ -129,9 +153,11 @@ class KeystileMiddleware:
         if engine.is_exempt(path):
             _admit(request, engine, None)
             return await self.get_response(request)
+        headers = request_headers(request)
         try:
+            # ASGIHandler has already spooled the body: reading it here does not wait on I/O.
             principal = await engine.authenticate_async(
-                request_headers(request), request.method or "GET", path
+                headers, request.method or "GET", path, **_idempotency_parts(request, headers)
             )
         except AuthError as error:
             return refusal(error)
