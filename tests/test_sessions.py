@@ -548,8 +548,58 @@ def test_garbage_credentials_count_as_failures_but_missing_ones_do_not(
         for _ in range(3):
             response = client.post("/v1/auth/login", headers={"x-api-key": "sk_live_garbage"})
             assert response.status_code == 401 and code_of(response) == "AUTH_002"
-        response = client.post("/v1/auth/login", headers={"x-api-key": key.token})
+        other = limited.keys.create(ACCT, "other", permissions=PERMS)
+        response = client.post("/v1/auth/login", headers={"x-api-key": other.token})
         assert response.status_code == 429 and code_of(response) == "AUTH_007"
+
+
+def test_a_client_over_its_limit_still_logs_in_with_the_known_secret(
+    limited: Keystile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared address (NAT, a proxy without forwarded-for) must not lock the owner out."""
+    key = limited.keys.create(ACCT, "owner", permissions=PERMS)
+    with TestClient(build_app(limited), client=("10.0.0.5", 1)) as client:
+        assert login(client, {"x-api-key": key.token})
+        for _ in range(3):
+            response = client.post("/v1/auth/login", headers={"x-api-key": "sk_live_junk"})
+            assert response.status_code == 401
+        calls = count_argon2(limited, monkeypatch)
+        for junk in ("sk_live_junk", wrong_token(key)):
+            response = client.post("/v1/auth/login", headers={"x-api-key": junk})
+            assert response.status_code == 429 and code_of(response) == "AUTH_007"
+        assert calls[0] == 0
+        assert login(client, {"x-api-key": key.key_id, "x-api-secret": key.secret})
+
+
+def test_a_session_opened_with_a_rolled_keys_old_secret_ends_with_the_grace(
+    ks: Keystile, client: TestClient, key: CreatedKey, clock: Clock
+) -> None:
+    ks.keys.roll(key.key_id, grace_seconds=60)
+    session = login(client, {"x-api-key": key.token})  # the old secret, within its grace
+    assert client.get("/whoami", headers=bearer(session)).status_code == 200
+    expires = datetime.fromisoformat(session["expires_at"].replace("Z", "+00:00"))
+    assert expires <= datetime.fromtimestamp(clock(), timezone.utc) + timedelta(seconds=60)
+    clock.advance(61)
+    assert client.get("/whoami", headers=bearer(session)).status_code == 401
+    assert client.get("/whoami", headers={"x-api-key": key.token}).status_code == 401
+
+
+def test_a_roll_racing_a_login_leaves_no_session_of_the_old_secret(
+    ks: Keystile, client: TestClient, key: CreatedKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verify = ks.verify_with_snapshot
+    rolled: list[Any] = []
+
+    def verify_then_roll(creds: Any) -> Any:
+        verified = verify(creds)
+        if not rolled:  # the roll lands between the check of the secret and the session
+            rolled.append(ks.keys.roll(key.key_id))
+        return verified
+
+    monkeypatch.setattr(ks, "verify_with_snapshot", verify_then_roll)
+    response = client.post("/v1/auth/login", headers={"x-api-key": key.token})
+    assert response.status_code == 401 and code_of(response) == "AUTH_002"
+    assert rolled and login(client, {"x-api-key": rolled[0].token})
 
 
 def test_the_failure_window_passes(limited: Keystile, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -187,18 +187,19 @@ class Admission:
         raise AuthError(BACKEND_UNAVAILABLE, "API key is changing; retry shortly.")
 
     def verify(self, creds: Credentials, digest: str) -> Steps:
-        """The principal for a credential, state and account checked, without metering
-        (a login costs no pages)."""
+        """The principal for a credential, state and account checked, and the snapshot it
+        came from, without metering (a login costs no pages)."""
         snapshot, checked = yield from self.verifier.lookup(creds.token, digest)
         if not checked and not (yield from self.verifier.is_current(snapshot)):
             snapshot = yield from self.verifier.refresh(creds.token, digest, snapshot)
-        return self.verifier.authorize(
+        principal = self.verifier.authorize(
             snapshot,
             creds.auth_method,
             creds.account_id,
             self.now().timestamp(),
             creds.token.environment,
         )
+        return principal, snapshot
 
     def _meter(self, charge: Charge, outcome: Outcome, now: datetime) -> Meter:
         remaining = None if outcome.limit is None else max(0, outcome.limit - outcome.used)

@@ -193,9 +193,15 @@ class Keystile:
         return principal  # type: ignore[no-any-return]
 
     def verify(self, creds: Credentials) -> Principal:
-        """Blocking: check a credential without metering it (used by login)."""
-        principal: Principal = self._drive(self.admission.verify(creds, self.digest(creds.token)))
-        return principal
+        """Blocking: check a credential without metering it."""
+        return self.verify_with_snapshot(creds)[0]
+
+    def verify_with_snapshot(self, creds: Credentials) -> tuple[Principal, Snapshot]:
+        """:meth:`verify`, with what it read of the key (its version; a grace secret's end)."""
+        verified: tuple[Principal, Snapshot] = self._drive(
+            self.admission.verify(creds, self.digest(creds.token))
+        )
+        return verified
 
     def settle(self, principal: Principal | None, status_code: int | None) -> None:
         """After the response: charge the real cost, or refund (status not counted, or None

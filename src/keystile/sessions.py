@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from . import tokens
@@ -29,7 +29,7 @@ from .loginlimits import FailureCounter, KnownSecrets
 from .principal import Principal
 from .stores.base import SessionRecord
 from .tokens import SESSION_ENVIRONMENT
-from .verification import fingerprint, session_digest
+from .verification import Snapshot, fingerprint, session_digest
 
 if TYPE_CHECKING:
     from .engine import Keystile
@@ -69,13 +69,14 @@ class SessionManager:
         engine = self._engine
         settings = engine.settings
         client_subject = f"client:{client or '-'}"
-        if refused := self._limited(client_subject, settings.login_max_failures):
-            raise refused
+        client_refused = self._limited(client_subject, settings.login_max_failures)
         try:
             creds = read_credentials(
                 list(headers), engine.settings.token_prefix, engine.settings.environments
             )
         except AuthError as error:
+            if client_refused:
+                raise client_refused from None
             if error.spec is INVALID_API_KEY:
                 self.failures.add(client_subject)
             raise
@@ -83,29 +84,42 @@ class SessionManager:
             raise AuthError(MALFORMED_CREDENTIALS, "Log in with an API key, not a session token.")
         kid = creds.token.kid
         digest = engine.digest(creds.token)
-        refused = self._limited(f"key:{kid}", settings.login_max_failures_per_key)
+        # A limit, per client (a shared NAT address too) or per key, never stops the secret
+        # that last logged in to this key: it is the owner's.
+        refused = client_refused or self._limited(f"key:{kid}", settings.login_max_failures_per_key)
         if refused and not self.known.matches(kid, digest):
             raise refused
-        try:
-            principal = engine.verify(creds)
-        except AuthError as error:
-            if error.spec is INVALID_API_KEY:
-                self.failures.add(client_subject, f"key:{kid}")
-            raise
-        self.known.remember(kid, digest)
-        return self._open(principal)
+        for _attempt in (1, 2):  # a change in between: verify once more
+            try:
+                principal, snapshot = engine.verify_with_snapshot(creds)
+            except AuthError as error:
+                if error.spec is INVALID_API_KEY:
+                    self.failures.add(client_subject, f"key:{kid}")
+                raise
+            session = self._open(principal, snapshot)
+            if session is not None:
+                self.known.remember(kid, digest)
+                return session
+        # Changed twice while logging in (revoked, rolled, updated): no session on a stale read.
+        raise AuthError(INVALID_API_KEY)
 
-    def _open(self, principal: Principal) -> Session:
+    def _open(self, principal: Principal, verified: Snapshot) -> Session | None:
+        """The session, or None when the key changed since it was verified (a roll or revoke
+        racing this login): its hash would not be the one the secret matched."""
         engine = self._engine
         settings = engine.settings
         kid = principal.key_id.removeprefix(tokens.KEY_ID_PREFIX)
         record = engine.store.get(kid)
         if record is None:
             raise AuthError(INVALID_API_KEY)
+        if record.version != verified.version:
+            return None
         now = engine.now()
         expires = now + timedelta(seconds=settings.session_ttl)
         if record.expires_at is not None:
             expires = min(expires, record.expires_at)  # never outlives its key
+        if verified.valid_until is not None:  # a rolled key's old secret: not past its grace
+            expires = min(expires, datetime.fromtimestamp(verified.valid_until, timezone.utc))
         sid = tokens.new_kid()
         secret = tokens.new_secret(sid)
         token = tokens.format_token(settings.token_prefix, SESSION_ENVIRONMENT, sid, secret)
