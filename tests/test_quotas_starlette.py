@@ -284,6 +284,32 @@ def test_cost_with_a_reported_real_cost(client: TestClient, ks: Keystile, token:
     assert used(ks) == 7
 
 
+@pytest.mark.parametrize("declared", [0, 1])
+def test_a_route_cheaper_than_page_cost_pays_its_own_cost(
+    make_keystile: Make, clock: Clock, declared: int
+) -> None:
+    ks = make_keystile(clock=clock, monthly_page_limit=10, page_cost=2)
+
+    @cost(declared)
+    async def cheap(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def reported(request: Request) -> Response:
+        request.state.principal.charge(5)  # the handler's word wins over the declared cost
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[Route("/cheap", cheap), Route("/reported", cost(declared)(reported))],
+        middleware=[Middleware(KeystileMiddleware, keystile=ks)],
+    )
+    token = ks.keys.create(ACCOUNT, "app").token
+    with TestClient(app) as client:
+        assert client.get("/cheap", headers=auth(token)).status_code == 200
+        assert used(ks) == declared
+        assert client.get("/reported", headers=auth(token)).status_code == 200
+        assert used(ks) == declared + 5
+
+
 def test_cost_rejects_bad_pages() -> None:
     for bad in (-1, True, 1.5, "3"):
         with pytest.raises(ValueError):

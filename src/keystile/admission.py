@@ -319,7 +319,13 @@ class Admission:
     def reserve(self, meter: Meter, pages: int) -> Steps:
         """Raise this request's reservation to ``pages`` (a route that costs more).
 
+        A cheaper route (``cost(0)`` under a ``page_cost`` of 1) makes its cost the real one,
+        so settling refunds the difference; ``principal.charge()`` still has the last word.
         Returns the thresholds this crossed."""
+        if meter.route_cost is None:
+            meter.route_cost = pages
+            if pages < meter.reserved and meter.final is None:
+                meter.final = pages
         extra = pages - meter.reserved
         if extra <= 0 or meter.replay:
             return ()

@@ -97,6 +97,7 @@ class Meter:
     replay: bool
     final: int | None = None
     settled: bool = False
+    route_cost: int | None = None  # the first cost() a route declared
 
     def charge(self, pages: int) -> None:
         """The real cost, known after the work: replaces the estimate when settling."""
