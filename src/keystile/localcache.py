@@ -11,61 +11,90 @@ T = TypeVar("T")
 
 
 class LocalCache(Generic[T]):
-    """Thread-safe TTL + LRU map. ``by_group`` lets a key's entries be dropped at once."""
+    """Thread-safe TTL + LRU map. ``by_group`` lets a key's entries be dropped at once.
+
+    Negative entries (wrong or unknown credentials) have their own LRU of the same size: a
+    flood of junk tokens, which costs no argon2, must not push out the verified keys, whose
+    eviction would."""
 
     def __init__(self, size: int, clock: Callable[[], float]) -> None:
         self._size = size
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, str, T]] = OrderedDict()
+        self._negatives: OrderedDict[str, tuple[float, str, T]] = OrderedDict()
         self._groups: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        """Changes at every :meth:`drop_group`: read it before a store read, hand it to
+        :meth:`put`, and a value read before a key changed is not cached after the change."""
+        return self._epoch
 
     def get(self, key: str) -> T | None:
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            expires, group, value = entry
-            if expires <= self._clock():
-                self._remove(key, group)
-                return None
-            self._entries.move_to_end(key)
-            return value
+            for entries in (self._entries, self._negatives):
+                entry = entries.get(key)
+                if entry is None:
+                    continue
+                expires, group, value = entry
+                if expires <= self._clock():
+                    self._remove(key, group)
+                    return None
+                entries.move_to_end(key)
+                return value
+            return None
 
-    def put(self, key: str, group: str, value: T, ttl: float) -> None:
+    def put(
+        self,
+        key: str,
+        group: str,
+        value: T,
+        ttl: float,
+        *,
+        negative: bool = False,
+        epoch: int | None = None,
+    ) -> None:
         if self._size == 0 or ttl <= 0:
             return
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._groups.get(old[1], set()).discard(key)
-            self._entries[key] = (self._clock() + ttl, group, value)
+            if epoch is not None and epoch != self._epoch:
+                return  # a key changed since the value was read: it may be this one
+            self._remove(key, None)
+            entries = self._negatives if negative else self._entries
+            entries[key] = (self._clock() + ttl, group, value)
             self._groups.setdefault(group, set()).add(key)
-            while len(self._entries) > self._size:
-                oldest, (_, oldest_group, _) = next(iter(self._entries.items()))
+            while len(entries) > self._size:
+                oldest, (_, oldest_group, _) = next(iter(entries.items()))
                 self._remove(oldest, oldest_group)
 
     def drop(self, key: str) -> None:
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._remove(key, entry[1])
+            self._remove(key, None)
 
     def drop_group(self, group: str) -> None:
         with self._lock:
+            self._epoch += 1
             for key in self._groups.pop(group, set()):
                 self._entries.pop(key, None)
+                self._negatives.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._negatives.clear()
             self._groups.clear()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._negatives)
 
-    def _remove(self, key: str, group: str) -> None:
-        self._entries.pop(key, None)
+    def _remove(self, key: str, group: str | None) -> None:
+        entry = self._entries.pop(key, None) or self._negatives.pop(key, None)
+        if group is None:
+            if entry is None:
+                return
+            group = entry[1]
         members = self._groups.get(group)
         if members is not None:
             members.discard(key)

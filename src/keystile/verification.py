@@ -180,7 +180,8 @@ class Verifier:
             try:
                 shared = yield ("redis_fetch", (cred.kid, digest))
                 if shared == NEGATIVE:
-                    self.local.put(digest, cred.kid, NEGATIVE, self.settings.negative_cache_ttl)
+                    ttl = self.settings.negative_cache_ttl
+                    self.local.put(digest, cred.kid, NEGATIVE, ttl, negative=True)
                     raise AuthError(INVALID_API_KEY)
                 if shared is not None:
                     snapshot = Snapshot.loads(shared)
@@ -221,13 +222,15 @@ class Verifier:
         seen_version = None
         match: str | None = None
         for _ in range(_MAX_ADOPT_TRIES):
+            # A revoke or update between the store read and the put below must win.
+            epoch = self.local.epoch
             if cred.environment == SESSION_ENVIRONMENT:
                 record, snapshot = yield from self._session(cred, digest)
             else:
                 record, match = yield from self._key(cred, digest, seen_version, match)
                 snapshot = Snapshot.of(record, via_previous=match != record.secret_hash)
             if not self.has_redis:
-                self.local.put(digest, record.kid, snapshot, self.local_ttl)
+                self.local.put(digest, record.kid, snapshot, self.local_ttl, epoch=epoch)
                 return snapshot
             try:
                 current = yield (
@@ -244,8 +247,12 @@ class Verifier:
                 yield ("redis_put", (cred.kid, digest, snapshot.dumps(), self.settings.cache_ttl))
             except BackendError as exc:
                 self.backend_down(exc)
-                return snapshot  # degraded: correct now, but not cached anywhere
-            self.local.put(digest, record.kid, snapshot, self.local_ttl)
+                # Degraded: kept as briefly as without Redis, so that an outage does not
+                # turn every request into an argon2 run.
+                ttl = self.settings.local_cache_ttl
+                self.local.put(digest, record.kid, snapshot, ttl, epoch=epoch)
+                return snapshot
+            self.local.put(digest, record.kid, snapshot, self.local_ttl, epoch=epoch)
             return snapshot
         raise AuthError(BACKEND_UNAVAILABLE, "API key is changing; retry shortly.")
 
@@ -314,7 +321,7 @@ class Verifier:
 
     def _remember_wrong(self, cred: ParsedToken, digest: str) -> Steps:
         ttl = self.settings.negative_cache_ttl
-        self.local.put(digest, cred.kid, NEGATIVE, ttl)
+        self.local.put(digest, cred.kid, NEGATIVE, ttl, negative=True)
         if self.has_redis:
             try:
                 yield ("redis_put", (cred.kid, digest, NEGATIVE, ttl))
