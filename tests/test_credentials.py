@@ -222,6 +222,26 @@ def test_duplicated_headers(name: str, values: list[str]) -> None:
     assert name in error.message
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("authorization", f"Bearer {TOKEN},Bearer {TOKEN}"),
+        ("x-api-key", f"{TOKEN},x"),
+        ("x-api-secret", f"{SECRET},{SECRET}"),
+        ("x-account-id", "acct_b,x"),
+    ],
+)
+def test_a_comma_is_a_repeat_on_every_adapter(name: str, value: str) -> None:
+    """A WSGI server joins a repeated header with ","; the core reads it so for all."""
+    headers = [(name, value)]
+    if name == "x-api-secret":
+        headers.append(("x-api-key", KEY_ID))
+    elif name == "x-account-id":
+        headers.append(("authorization", f"Bearer {TOKEN}"))
+    error = refused(MALFORMED_CREDENTIALS, *headers)
+    assert error.status == 400 and name in error.message
+
+
 def test_bearer_and_different_api_key_conflict() -> None:
     refused(MALFORMED_CREDENTIALS, ("authorization", f"Bearer {TOKEN}"), ("x-api-key", OTHER_TOKEN))
     refused(MALFORMED_CREDENTIALS, ("authorization", f"Bearer {TOKEN}"), ("x-api-key", KEY_ID))

@@ -338,7 +338,7 @@ def test_revoke_roll_delete_or_disable_end_every_session_of_the_key(
 def test_revoking_through_the_api_ends_the_sessions(
     client: TestClient, ks: Keystile, key: CreatedKey
 ) -> None:
-    admin = ks.keys.create(ACCT, "admin", permissions=[*PERMS, "readAudit"])
+    admin = ks.keys.create(ACCT, "admin", permissions=[*PERMS, "readAudit"], accounts=[OTHER])
     session = login(client, {"x-api-key": key.token})
     assert client.get("/whoami", headers=bearer(session)).status_code == 200
     rolled = client.post(f"/v1/apikeys/{key.key_id}/roll", headers={"x-api-key": admin.token})

@@ -41,7 +41,9 @@ def _collect(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     for name, value in headers:
         if name not in CREDENTIAL_HEADERS:
             continue
-        if name in found:
+        # No token, key id, secret or account id holds a ",": a WSGI server joins a header
+        # sent twice with one, so it means a repeat there, and the same on every adapter.
+        if name in found or "," in value:
             raise AuthError(MALFORMED_CREDENTIALS, f"The {name} header was sent more than once.")
         found[name] = value.strip(" \t")
     return {name: value for name, value in found.items() if value}

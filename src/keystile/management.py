@@ -9,6 +9,14 @@ No privilege escalation: a caller acts only on its (acting) account's keys, neve
 permission it does not hold, never touches a key more powerful than itself, never makes a key
 that outlives its own expiry, and only in its own environment. Another account's key answers
 404, like a key that does not exist, so ids don't leak.
+
+"More powerful" (:meth:`ManagementAPI._not_stronger`) is any of: another environment, a
+permission the caller lacks, an extra account (``x-account-id``) outside the caller key's own
+account and extra accounts, or a looser per-key ``page_limit`` (none is the loosest). It bars
+PATCH (any field, disabling included), revoke and roll. Roll, and a PATCH that sets
+``enabled: true``, also need the key not to outlive the caller: the first hands over a token,
+the second brings a key back to life. A new key gets no extra accounts and the caller's
+``page_limit``, as it gets the caller's expiry.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from .audit import entry_to_dict
 from .errors import (
     BACKEND_UNAVAILABLE,
     INSUFFICIENT_PERMISSIONS,
+    INVALID_API_KEY,
     INVALID_REQUEST,
     METHOD_NOT_ALLOWED,
     MISSING_API_KEY,
@@ -253,6 +262,15 @@ class ManagementAPI:
                 f"({caller.expires_at.isoformat()}).",
             )
 
+    def _caller_key(self, caller: Principal) -> ApiKey:
+        """The calling key as stored: its extra accounts and page limit are not on the
+        principal. Gone since the middleware checked it (deleted just now): 401, as it would
+        be on the next request."""
+        try:
+            return self.engine.keys.get(caller.key_id)
+        except NotFound:
+            raise AuthError(INVALID_API_KEY) from None
+
     def _not_stronger(self, caller: Principal, key: ApiKey, *, rolling: bool = False) -> None:
         """A caller changes only keys no more powerful than itself; a roll hands over the key,
         so it must not outlive the caller either."""
@@ -265,14 +283,27 @@ class ManagementAPI:
             raise AuthError(
                 INSUFFICIENT_PERMISSIONS, "Cannot change a key that holds permissions you lack."
             )
-        if (
-            rolling
-            and caller.expires_at is not None
-            and (key.expires_at is None or key.expires_at > caller.expires_at)
+        own = self._caller_key(caller)
+        if not set(key.accounts) <= {own.account_id, *own.accounts}:
+            raise AuthError(
+                INSUFFICIENT_PERMISSIONS,
+                "Cannot change a key that may act for an account the calling key may not.",
+            )
+        if own.page_limit is not None and (
+            key.page_limit is None or key.page_limit > own.page_limit
         ):
             raise AuthError(
-                INSUFFICIENT_PERMISSIONS, "Cannot roll a key that outlives the calling key."
+                INSUFFICIENT_PERMISSIONS,
+                "Cannot change a key whose page limit is higher than the calling key's "
+                "(or unlimited).",
             )
+        if rolling:
+            self._not_outliving(caller, key.expires_at, "Cannot roll a key")
+
+    @staticmethod
+    def _not_outliving(caller: Principal, expires_at: datetime | None, action: str) -> None:
+        if caller.expires_at is not None and (expires_at is None or expires_at > caller.expires_at):
+            raise AuthError(INSUFFICIENT_PERMISSIONS, f"{action} that outlives the calling key.")
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -331,6 +362,9 @@ class ManagementAPI:
             expires_at=expires_at,
             owner=caller.owner,
             meta=data.get("meta"),
+            # No extra accounts (this API cannot give any), and the caller's own monthly cap:
+            # a capped key must not make an uncapped one.
+            page_limit=self._caller_key(caller).page_limit,
             actor=caller.key_id,
         )
         return _json(201, _created(created))
@@ -379,6 +413,10 @@ class ManagementAPI:
         if expires_given:
             changes["expires_at"] = expires_at
         self._no_escalation(caller, data.get("permissions"), expires_at, expires_given)
+        if data.get("enabled") is True:  # a disabled key back to life must not outlive us
+            self._not_outliving(
+                caller, expires_at if expires_given else key.expires_at, "Cannot enable a key"
+            )
         updated = self.engine.keys.update(key.id, actor=caller.key_id, **changes)
         return _json(200, updated.to_dict())
 
