@@ -683,9 +683,10 @@ def test_fail_closed_refuses_a_warm_key_when_redis_goes_down(
     with Outage(ks):
         refused(ks, token, BACKEND_UNAVAILABLE)
     hit(ks, token)
-    ks.flush()
-    assert counter(redis_client, ks)["pages"] == 2
+    ks.flush()  # the refused request's counter is rebuilt from the store: it never counted
     assert stored_pages(ks) == 2
+    assert hit(ks, token).quota.used == 3  # type: ignore[union-attr]
+    assert counter(redis_client, ks)["pages"] == 3
 
 
 def test_a_refund_while_redis_is_down_reaches_redis_later(
@@ -697,11 +698,12 @@ def test_a_refund_while_redis_is_down_reaches_redis_later(
     principal = ks.authenticate(bearer(token))
     assert counter(redis_client, ks)["pages"] == 2
     with Outage(ks):
-        ks.settle(principal, 500)  # never raises; kept for later
+        ks.settle(principal, 500)  # never raises; the store has it
     assert counter(redis_client, ks)["pages"] == 2
-    ks.flush()
-    assert counter(redis_client, ks)["pages"] == 1
+    ks.flush()  # Redis answers again: the uncertain counter is rebuilt from the store
     assert stored_pages(ks) == 1
+    assert hit(ks, token).quota.used == 2  # type: ignore[union-attr]
+    assert counter(redis_client, ks)["pages"] == 2
 
 
 def test_degrade_admits_when_redis_is_unreachable_and_records_the_usage(
@@ -715,14 +717,11 @@ def test_degrade_admits_when_redis_is_unreachable_and_records_the_usage(
     assert principal.meter is not None and principal.meter.reserved == 1
     hit(ks, token, charge=3)
     hit(ks, token, status=500)
-    pending = ks.admission.backlog.pending(ACCOUNT, PERIOD, "live")
-    assert sum(d.pages for d in pending) == 4
-    assert sum(d.requests for d in pending) == 3
     ks.flush()
     assert stored_pages(ks) == 4  # recorded in the store
     assert stored_requests(ks) == 3
-    # Redis is still unreachable: the backlog waits for it
-    assert sum(d.pages for d in ks.admission.backlog.pending(ACCOUNT, PERIOD, "live")) == 4
+    # Redis is still unreachable: its counter waits to be rebuilt
+    assert (ACCOUNT, PERIOD, "live") in ks.admission.uncertain
 
 
 def test_degrade_admits_async_when_redis_is_unreachable(engines: Engines) -> None:
@@ -756,15 +755,14 @@ def test_degraded_charges_are_reconciled_into_redis(
             assert principal.meter is not None and not principal.meter.replay
         hit(ks, token, charge=3)
     assert counter(redis_client, ks)["pages"] == 2
-    assert sum(d.pages for d in ks.admission.backlog.pending(ACCOUNT, PERIOD, "live")) == 5
     ks.flush()  # Redis is back
-    assert ks.admission.backlog.pending(ACCOUNT, PERIOD, "live") == []
-    assert counter(redis_client, ks)["pages"] == 7
+    assert len(ks.admission.uncertain) == 0
     assert stored_pages(ks) == 7
-    principal = hit(ks, token)
+    principal = hit(ks, token)  # rebuilt from the store: 7, then this one
     assert principal.quota is not None and principal.quota.used == 8
     ks.flush()  # reconciled once only
     assert counter(redis_client, ks)["pages"] == 8
+    assert stored_pages(ks) == 8
 
 
 def test_reconciliation_waits_while_redis_stays_down(
@@ -777,10 +775,11 @@ def test_reconciliation_waits_while_redis_stays_down(
         hit(ks, token)
         ks.flush()  # the store gets it, Redis can't
         assert stored_pages(ks) == 2
-    assert sum(d.pages for d in ks.admission.backlog.pending(ACCOUNT, PERIOD, "live")) == 1
+    assert (ACCOUNT, PERIOD, "live") in ks.admission.uncertain
     ks.flush()
-    assert counter(redis_client, ks)["pages"] == 2
-    assert stored_pages(ks) == 2
+    assert len(ks.admission.uncertain) == 0
+    assert hit(ks, token).quota.used == 3  # type: ignore[union-attr]
+    assert counter(redis_client, ks)["pages"] == 3
 
 
 def test_degraded_requests_are_reconciled_too(engines: Engines, redis_client: redis.Redis) -> None:
@@ -792,8 +791,9 @@ def test_degraded_requests_are_reconciled_too(engines: Engines, redis_client: re
         hit(ks, token)
     ks.flush()
     assert stored_requests(ks) == 3
-    assert counter(redis_client, ks)["requests"] == 3
-    assert ks.quotas.usage(ACCOUNT).requests == 3
+    hit(ks, token)
+    assert counter(redis_client, ks)["requests"] == 4
+    assert ks.quotas.usage(ACCOUNT).requests == 4
 
 
 def test_degraded_charges_are_not_counted_twice_after_redis_lost_its_data(
@@ -812,3 +812,62 @@ def test_degraded_charges_are_not_counted_twice_after_redis_lost_its_data(
     assert stored_pages(ks) == 4
     assert counter(redis_client, ks)["pages"] == 4
     assert ks.quotas.usage(ACCOUNT).pages == 4
+
+
+class LostReply:
+    """The meter script runs in Redis, but its reply never arrives (a timeout)."""
+
+    def __init__(self, ks: Keystile, monkeypatch: pytest.MonkeyPatch) -> None:
+        original = ks._op_redis_meter
+        self.lost = 0
+
+        def meter_then_time_out(*args: Any) -> Any:
+            if self.lost:
+                self.lost -= 1
+                original(*args)
+                raise redis.TimeoutError("Timeout reading from socket (simulated)")
+            return original(*args)
+
+        monkeypatch.setattr(ks, "_op_redis_meter", meter_then_time_out)
+
+
+@pytest.mark.parametrize("policy", ["degrade", "fail_closed"])
+def test_a_timed_out_charge_is_never_counted_twice_nor_for_a_refusal(
+    engines: Engines, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    (ks,) = engines(1, monthly_page_limit=10, on_backend_error=policy)
+    token = new_key(ks)
+    hit(ks, token)
+    hit(ks, token)
+    lost = LostReply(ks, monkeypatch)
+    lost.lost = 1
+    if policy == "degrade":
+        hit(ks, token)  # admitted: served, so billed once
+        served = 3
+    else:
+        refused(ks, token, BACKEND_UNAVAILABLE)  # refused: not billed
+        served = 2
+    assert counter(redis_client, ks)["pages"] == 3  # Redis did run the script
+    ks.flush()
+    assert stored_pages(ks) == served
+    assert hit(ks, token).quota.used == served + 1  # type: ignore[union-attr]
+    ks.flush()
+    assert counter(redis_client, ks)["pages"] == stored_pages(ks) == served + 1
+
+
+def test_an_outage_is_reconciled_once_when_another_process_rebuilt_first(
+    engines: Engines, redis_client: redis.Redis, redis_flush: Callable[[], None]
+) -> None:
+    a, b = engines(2, monthly_page_limit=100, on_backend_error="degrade")
+    token = new_key(a)
+    hit(a, token)
+    with Outage(a):
+        for _ in range(5):
+            hit(a, token)  # admitted while a cannot reach Redis
+        a.flush()  # the store has them
+    redis_flush()  # meanwhile Redis lost the counter ...
+    assert hit(b, token).quota.used == 7  # ... and b rebuilt it from the store: 6 + 1
+    a.flush()  # a reconciles: nothing is added twice
+    assert hit(b, token).quota.used == 8
+    b.flush()
+    assert counter(redis_client, a)["pages"] == stored_pages(a) == 8

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -90,8 +91,9 @@ class Admission:
         self.has_redis = verifier.has_redis
         self.counters = LocalCounters()
         self.buffer = UsageBuffer()
-        #: Charges admitted while Redis was down, to add to its counters when it is back.
-        self.backlog = UsageBuffer()
+        #: Redis counters a failed call may or may not have changed (a timeout hides which):
+        #: never retried blindly, they are rebuilt from the store once Redis answers again.
+        self.uncertain = UncertainCounters()
         self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, time.monotonic)
         self._period: Period | None = None
         #: Path prefixes whose requests cost no pages (the management API).
@@ -242,6 +244,7 @@ class Admission:
             try:
                 reply = yield ("redis_meter", (charge, unchecked, seed, rebuild))
             except BackendError as exc:
+                self.uncertain.add(charge)
                 self.verifier.backend_down(exc)
                 return self._degraded(charge)
             parsed = parse_script_reply(reply, self.settings.quota_thresholds)
@@ -251,8 +254,8 @@ class Admission:
             elif parsed == "need_usage":
                 rebuild = encode_rebuild((yield from self._store_usage(charge)))
                 # The rebuilt counter holds every charge this process recorded, including
-                # those admitted while Redis was down: they must not be added again.
-                self.backlog.discard(charge.account_id, charge.period.label, charge.environment)
+                # those admitted while Redis was down: nothing left to reconcile.
+                self.uncertain.discard(charge)
             elif isinstance(parsed, Outcome):
                 self._record(charge, parsed)
                 return parsed
@@ -289,9 +292,8 @@ class Admission:
             self.buffer.add(charge, charge.cost, 1 if charge.count_request else 0)
 
     def _degraded(self, charge: Charge) -> Outcome:
-        """Redis is down and the policy admits: record the charge to reconcile later."""
+        """Redis is down and the policy admits: the store records the charge."""
         self.buffer.add(charge, charge.cost, 1 if charge.count_request else 0)
-        self.backlog.add(charge, charge.cost, 1 if charge.count_request else 0)
         return Outcome("degraded")
 
     def settle(self, meter: Meter, status_code: int | None) -> Steps:
@@ -312,8 +314,9 @@ class Admission:
         try:
             yield ("redis_settle", (charge, delta, forget))
         except BackendError:
-            # Never retried blindly: the store has the delta; Redis gets it back later.
-            self.backlog.add(charge, delta, 0)
+            # Never retried blindly: the store has the delta, and Redis's counter is rebuilt
+            # from the store once it answers again.
+            self.uncertain.add(charge)
         return None
 
     def reserve(self, meter: Meter, pages: int) -> Steps:
@@ -342,6 +345,37 @@ class Admission:
             remaining = None if limit is None else max(0, limit - outcome.used)
             meter.status = replace(meter.status, used=outcome.used, remaining=remaining)
         return outcome.crossed
+
+
+class UncertainCounters:
+    """(account, period, environment) counters to rebuild from the store (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: set[tuple[str, str, str]] = set()
+
+    def add(self, charge: Charge) -> None:
+        with self._lock:
+            self._counters.add((charge.account_id, charge.period.label, charge.environment))
+
+    def discard(self, charge: Charge) -> None:
+        with self._lock:
+            self._counters.discard((charge.account_id, charge.period.label, charge.environment))
+
+    def take(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            taken, self._counters = sorted(self._counters), set()
+        return taken
+
+    def give_back(self, counters: Iterable[tuple[str, str, str]]) -> None:
+        with self._lock:
+            self._counters.update(counters)
+
+    def __contains__(self, counter: object) -> bool:
+        return counter in self._counters
+
+    def __len__(self) -> int:
+        return len(self._counters)
 
 
 def usage_ttl(charge: Charge, now: datetime) -> int:

@@ -267,7 +267,8 @@ class Keystile:
         self._flusher.start()
 
     def flush(self) -> None:
-        """Write batched last-use times and usage to the store; give Redis its backlog."""
+        """Write batched last-use times and usage to the store; have Redis rebuild the
+        counters an outage left uncertain."""
         with self._last_used_lock:
             batch, self._last_used = self._last_used, {}
         try:
@@ -303,16 +304,15 @@ class Keystile:
                 seen.pop(sid, None)
 
     def _reconcile(self) -> None:
-        backlog = self.admission.backlog.take()
-        for index, delta in enumerate(backlog):
-            charge_keys = [self.redis_keys.usage(delta.account_id, delta.period, delta.environment)]
+        """Counters a failed Redis call may have changed leave Redis: the next request
+        rebuilds each from the store plus this process's unflushed charges, which are exact.
+        Re-sending the increments instead could count a timed-out one twice."""
+        counters = self.admission.uncertain.take()
+        for index, (account_id, period, environment) in enumerate(counters):
             try:
-                self.redis.scripts["settle"](
-                    keys=[*charge_keys, charge_keys[0]],
-                    args=[delta.kid, delta.pages, "0", delta.requests],
-                )
+                self.redis.client.delete(self.redis_keys.usage(account_id, period, environment))
             except _REDIS_ERRORS:
-                self.admission.backlog.give_back(backlog[index:])
+                self.admission.uncertain.give_back(counters[index:])
                 return
 
     flush_last_used = flush  # the name issue #2's tests know
