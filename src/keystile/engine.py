@@ -439,7 +439,7 @@ class Keystile:
         idem = usage
         if forget and charge.idempotency:
             idem = self.redis_keys.idempotency(charge.account_id, charge.idempotency)
-        return [usage, idem], [charge.kid, delta, "1" if forget else "0", 0]
+        return [usage, idem], [charge.kid, delta, "1" if forget else "0"]
 
     def _op_redis_meter(
         self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str

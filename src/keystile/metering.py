@@ -305,11 +305,6 @@ class UsageBuffer:
                 if (a, p, e) == (account_id, period, environment)
             ]
 
-    def discard(self, account_id: str, period: str, environment: str) -> None:
-        with self._lock:
-            for key in [k for k in self._pending if k[:3] == (account_id, period, environment)]:
-                del self._pending[key]
-
     def take(self) -> list[UsageDelta]:
         with self._lock:
             pending, self._pending = self._pending, {}
