@@ -446,3 +446,28 @@ def test_redis_on_top_of_the_django_store(
         assert one.quotas.usage("acct-1").pages == 3
     finally:
         clear_tables()
+
+
+@pytest.mark.parametrize(
+    ("message", "hint"),
+    [("no such table: keystile_key", True), ("server closed the connection", False)],
+)
+def test_database_errors_are_backend_errors(
+    monkeypatch: pytest.MonkeyPatch, message: str, hint: bool
+) -> None:
+    from django.db import OperationalError
+
+    from keystile.django.store import DjangoStore
+    from keystile.errors import BackendError
+
+    store = DjangoStore()
+
+    def broken() -> Any:
+        raise OperationalError(message)
+
+    monkeypatch.setattr(store, "_keys", broken)
+    with pytest.raises(BackendError) as failed:
+        store.get("abc")
+    assert isinstance(failed.value.__cause__, OperationalError)
+    assert ("migrate" in str(failed.value)) is hint
+    assert message not in str(failed.value)

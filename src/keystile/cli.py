@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,9 +23,12 @@ from .engine import Keystile
 from .errors import BackendError, ConfigError, InvalidInput, NotFound
 from .keys import CreatedKey
 from .models import ApiKey
-from .settings import redact_url
+from .settings import Settings, load_settings, redact_url
 
 EXIT_OK, EXIT_BACKEND, EXIT_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 3
+
+#: The longest ``--expires-in-days`` (a century): beyond it, ask for no expiry instead.
+MAX_EXPIRY_DAYS = 36_500
 
 
 def _cli_actor() -> str:
@@ -73,10 +78,14 @@ def _when(value: datetime | None) -> str:
 
 
 def _parse_expiry(args: argparse.Namespace, engine: Keystile) -> datetime | None:
-    if getattr(args, "expires_in_days", None) is not None:
-        if args.expires_in_days <= 0:
-            raise CliError("--expires-in-days: expected a positive number of days")
-        return engine.now() + timedelta(days=args.expires_in_days)
+    days = getattr(args, "expires_in_days", None)
+    if days is not None:
+        if not math.isfinite(days) or not 0 < days <= MAX_EXPIRY_DAYS:
+            raise CliError(
+                f"--expires-in-days: expected a number of days above 0 and at most "
+                f"{MAX_EXPIRY_DAYS}, got {days!r}"
+            )
+        return engine.now() + timedelta(days=days)
     raw = getattr(args, "expires_at", None)
     if raw is None:
         return None
@@ -289,6 +298,9 @@ def cmd_check_config(engine: Keystile, args: argparse.Namespace, out: Output) ->
         "store": redact_url(settings.store),
         "redis": "configured" if settings.redis_url else "none (in-process cache)",
     }
+    # Opening is not enough (PostgreSQL connects on first use, Django's tables may be
+    # missing): one read of a key that does not exist. A failure is a BackendError.
+    engine.store.get("keystile-check-config")
     if settings.redis_url:
         try:
             engine.redis.client.ping()
@@ -392,20 +404,79 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _setup_django() -> None:
+    """Load the Django project ``django://`` needs (``DJANGO_SETTINGS_MODULE``), or say why not."""
+    try:
+        import django  # type: ignore[import-untyped,unused-ignore]
+        from django.apps import apps  # type: ignore[import-untyped,unused-ignore]
+        from django.core.exceptions import (  # type: ignore[import-untyped,unused-ignore]
+            ImproperlyConfigured,
+        )
+    except ImportError:
+        raise ConfigError("setting 'store': 'django://' needs Django installed") from None
+    module = os.environ.get("DJANGO_SETTINGS_MODULE")
+    if not module:
+        raise ConfigError(
+            "setting 'store': 'django://' works inside a Django project only: set "
+            "DJANGO_SETTINGS_MODULE (and put the project on PYTHONPATH)"
+        )
+    try:
+        django.setup()
+    except ImportError as exc:
+        raise ConfigError(
+            f"setting 'store': cannot import DJANGO_SETTINGS_MODULE {module!r} "
+            f"({exc}); is the project on PYTHONPATH?"
+        ) from None
+    except ImproperlyConfigured as exc:
+        raise ConfigError(f"setting 'store': the Django project is misconfigured: {exc}") from None
+    if not apps.is_installed("keystile.django"):
+        raise ConfigError(
+            "setting 'store': 'django://' needs 'keystile.django' in INSTALLED_APPS "
+            "(then: python manage.py migrate)"
+        )
+
+
+def _open_engine(raw: dict[str, Any]) -> Keystile:
+    settings: Settings = load_settings(raw)
+    if settings.store.startswith("django://"):
+        _setup_django()
+    return Keystile(settings)
+
+
+def _foreign_error(exc: Exception) -> tuple[str, int] | None:
+    """A Django store's own error (its store does not wrap them): message and exit code."""
+    if "django" not in sys.modules:
+        return None
+    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped,unused-ignore]
+    from django.db import Error as DjangoDatabaseError  # type: ignore[import-untyped,unused-ignore]
+
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, ImproperlyConfigured):
+        return f"setting 'store': the Django project is misconfigured: {detail}", EXIT_INPUT
+    if isinstance(exc, DjangoDatabaseError):
+        hint = " (run python manage.py migrate?)" if "no such table" in detail.lower() else ""
+        return f"Django store: {type(exc).__name__}: {redact_url(detail)}{hint}", EXIT_BACKEND
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     out = Output(sys.stdout, args.json)
+    # A failure is reported once, below; not also as the pool's retry warnings.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     try:
         settings = load_config(args.config)
         if args.command == "demo":
             from .demo import run_demo
 
+            if args.store is not None and args.store.startswith("django://"):
+                _setup_django()
             run_demo(args.host, args.port, args.store)
             return
         handler: Callable[[Keystile, argparse.Namespace, Output], None] = (
             cmd_check_config if args.command == "check-config" else args.handler
         )
-        engine = Keystile(settings)
+        engine = _open_engine(settings)
         try:
             handler(engine, args, out)
         finally:
@@ -420,6 +491,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(exc), EXIT_BACKEND)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as exc:
+        foreign = _foreign_error(exc)
+        if foreign is None:
+            raise
+        _fail(*foreign)
 
 
 if __name__ == "__main__":  # pragma: no cover

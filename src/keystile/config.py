@@ -21,8 +21,26 @@ ENV_PREFIX = "KEYSTILE_"
 _FIELDS = {name for name in Settings.__dataclass_fields__}
 
 
-def _env_value(raw: str) -> Any:
-    # JSON first, so KEYSTILE_ENVIRONMENTS='["live","test"]' and numbers work; else a string.
+#: Settings whose value is a string: taken verbatim from the environment, never JSON-decoded
+#: (KEYSTILE_REDIS_PREFIX=2024 is the string "2024", not the number).
+STRING_SETTINGS = frozenset(
+    {
+        "store",
+        "redis_url",
+        "secret",
+        "redis_prefix",
+        "token_prefix",
+        "on_backend_error",
+        "billing_timezone",
+    }
+)
+
+
+def _env_value(key: str, raw: str) -> Any:
+    if key in STRING_SETTINGS:
+        return raw
+    # JSON first, so KEYSTILE_ENVIRONMENTS='["live","test"]' and numbers work; else a string
+    # (which the setting's validation then names, if it wanted something else).
     try:
         return json.loads(raw)
     except ValueError:
@@ -49,5 +67,5 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> d
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key in _FIELDS:
-            settings[key] = raw if key in ("secret", "store", "redis_url") else _env_value(raw)
+            settings[key] = _env_value(key, raw)
     return settings

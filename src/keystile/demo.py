@@ -78,10 +78,21 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, store: str | None = None
     port = listener.getsockname()[1]
     if store is None:
         store = "sqlite:///" + str(Path(tempfile.mkdtemp(prefix="keystile-demo-")) / "keys.db")
-    keystile = Keystile({"store": store, "exempt_paths": ["/"], "monthly_page_limit": 1000})
-    created = keystile.keys.create(
-        DEMO_ACCOUNT, "Demo key", permissions=["extract", "read*"], owner="demo@example.com"
-    )
+    try:
+        # A store that cannot be opened or written raises ConfigError or BackendError: the
+        # command line reports it as one line; no key, no curl lines.
+        keystile = Keystile({"store": store, "exempt_paths": ["/"], "monthly_page_limit": 1000})
+    except BaseException:
+        listener.close()
+        raise
+    try:
+        created = keystile.keys.create(
+            DEMO_ACCOUNT, "Demo key", permissions=["extract", "read*"], owner="demo@example.com"
+        )
+    except BaseException:
+        listener.close()
+        keystile.close()
+        raise
     base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     print(
         f"""

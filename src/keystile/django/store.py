@@ -5,6 +5,9 @@ versioned ``replace``, cursor pagination newest first with a total, a name searc
 ``%`` and ``_`` are plain characters, and usage writes that add up. Needs ``"keystile.django"``
 in ``INSTALLED_APPS`` and its migrations applied (``python manage.py migrate``).
 
+A database error (a lost connection, missing tables) raises :class:`~keystile.errors.BackendError`,
+as the other stores do, so the management API answers 503 and the CLI one line.
+
 Django connections belong to threads: every call uses the calling thread's connection, which
 is what Django expects of request threads and of the worker threads the async engine uses.
 """
@@ -14,12 +17,13 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import InvalidInput
+from ..errors import BackendError, InvalidInput
 from ..models import KeyRecord
 from ..stores.base import AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
 
@@ -342,3 +346,29 @@ class DjangoStore:
 
     def close(self) -> None:
         """Nothing to close: Django owns its connections."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _database_errors(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from django.db import Error as DatabaseError  # type: ignore[import-untyped,unused-ignore]
+
+        try:
+            return method(*args, **kwargs)
+        except DatabaseError as exc:
+            # The type, not the text: a driver's message may quote the values it was sent.
+            text = str(exc).lower()
+            missing = "no such table" in text or "does not exist" in text
+            hint = " (are keystile's migrations applied? python manage.py migrate)"
+            message = f"Django store: {type(exc).__name__}{hint if missing else ''}"
+            raise BackendError(message) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+for _name, _method in list(vars(DjangoStore).items()):
+    if not _name.startswith("_") and callable(_method):
+        setattr(DjangoStore, _name, _database_errors(_method))

@@ -7,8 +7,13 @@ aware UTC datetimes, JSON is ``jsonb``. The tables are created on first use
 ``schema=`` sets it (and creates the schema if missing), and so does a URL ending in
 ``?options=-csearch_path%3Dmyschema``.
 
-Database errors propagate as psycopg exceptions (the engine answers them with a 503);
-input PostgreSQL cannot take, or a bad cursor, raises :class:`~keystile.errors.InvalidInput`.
+A failed database call (server unreachable, no pooled connection within ``timeout``, a
+refused statement) raises :class:`~keystile.errors.BackendError` (the management API answers
+503, the CLI one line); it is also an instance of the psycopg exception it wraps
+(``psycopg.OperationalError``, ``psycopg_pool.PoolTimeout``, ...), which is its ``__cause__``.
+Its message never holds the password. A URL that cannot be parsed is a
+:class:`~keystile.errors.ConfigError`; input PostgreSQL cannot take, or a bad cursor, raises
+:class:`~keystile.errors.InvalidInput`.
 Needs the extra: ``pip install 'keystile[postgres]'``.
 """
 
@@ -19,6 +24,8 @@ import binascii
 import builtins
 import functools
 import json
+import math
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,12 +34,14 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from ..errors import InvalidInput
+from ..errors import BackendError, ConfigError, InvalidInput
 from ..models import KeyRecord
+from ..settings import redact_url
 from .base import KEY_COLUMNS, AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
 
 Connection = psycopg.Connection[TupleRow]
@@ -233,6 +242,27 @@ def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# -- errors -----------------------------------------------------------------------------------
+
+
+_ERROR_CLASSES: dict[type[psycopg.Error], type[BackendError]] = {}
+
+
+def _error_class(cls: type[psycopg.Error]) -> type[BackendError]:
+    """A BackendError that is also ``cls``: callers catching either keep working."""
+    made = _ERROR_CLASSES.get(cls)
+    if made is None:
+        fresh: type[BackendError] = type(
+            cls.__name__, (BackendError, cls), {"__module__": __name__}
+        )
+        made = _ERROR_CLASSES.setdefault(cls, fresh)  # one class per cls, even in a race
+    return made
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0].strip()[:300]
+
+
 # -- the store --------------------------------------------------------------------------------
 
 
@@ -258,6 +288,22 @@ class PostgresStore:
         self._lock = threading.Lock()
         self._ready = False
         self._closed = False
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            # The parser quotes the part it choked on, which may be the password: not shown.
+            reason = re.sub(r'"[^"]*"', '"..."', _first_line(str(exc)))
+            raise ConfigError(
+                f"setting 'store': not a valid PostgreSQL URL ({reason or type(exc).__name__})"
+            ) from None
+        #: Never shown in a message (libpq does not echo it; this is belt and braces).
+        self._hidden = tuple(str(v) for k, v in params.items() if k == "password" and v)
+        #: The first connection (it creates the tables) fails fast on an unreachable server,
+        #: rather than after ``timeout`` of pool retries logged as warnings.
+        self._url = url
+        self._first_connect: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in params:
+            self._first_connect["connect_timeout"] = max(1, math.ceil(timeout))
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             url,
             kwargs={"autocommit": True},
@@ -292,21 +338,43 @@ class PostgresStore:
             for statement in _SCHEMA:
                 conn.execute(statement)
 
+    def _backend_error(self, exc: psycopg.Error) -> BackendError:
+        """``exc`` as a BackendError: the server's primary message (no values, no password)
+        or the client's first line (a connection failure names host and port)."""
+        sqlstate = getattr(exc, "sqlstate", None)
+        reason = _first_line(exc.diag.message_primary or "") if sqlstate else ""
+        reason = f"{reason} (SQLSTATE {sqlstate})" if reason else _first_line(str(exc))
+        for hidden in self._hidden:
+            reason = reason.replace(hidden, "***")
+        error = _error_class(type(exc))(
+            f"PostgreSQL store: {redact_url(reason) or type(exc).__name__}"
+        )
+        if sqlstate and not error.sqlstate:  # type: ignore[attr-defined]
+            error.sqlstate = sqlstate  # type: ignore[attr-defined]
+        return error
+
     @contextmanager
     def _conn(self) -> Iterator[Connection]:
         """A pooled connection in autocommit mode: one statement is one transaction;
-        callers that need more wrap their statements in ``conn.transaction()``."""
-        if not self._ready:
-            with self._lock:
-                if self._closed:
-                    raise PoolClosed("the PostgreSQL store is closed")
-                if not self._ready:
-                    self._pool.open()
-                    with self._pool.connection() as conn:
-                        self._create_schema(conn)
-                    self._ready = True
-        with self._pool.connection() as conn:
-            yield conn
+        callers that need more wrap their statements in ``conn.transaction()``.
+        psycopg errors, in the caller's statements too, leave as BackendError."""
+        try:
+            if not self._ready:
+                with self._lock:
+                    if self._closed:
+                        raise PoolClosed("the PostgreSQL store is closed")
+                    if not self._ready:
+                        with psycopg.connect(self._url, **self._first_connect) as first:
+                            self._configure(first)
+                            self._create_schema(first)
+                        self._pool.open()
+                        self._ready = True
+            with self._pool.connection() as conn:
+                yield conn
+        except BackendError:
+            raise
+        except psycopg.Error as exc:
+            raise self._backend_error(exc) from exc
 
     def _query(self, query: str, params: Sequence[Any] = ()) -> builtins.list[TupleRow]:
         with self._conn() as conn:

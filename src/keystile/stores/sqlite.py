@@ -1,4 +1,10 @@
-"""The embedded store: SQLite in a file (default) or in memory (``memory://``)."""
+"""The embedded store: SQLite in a file (default) or in memory (``memory://``).
+
+A failed database call (``database is locked`` past the busy timeout, a file that is not a
+database, a full disk) raises :class:`~keystile.errors.BackendError`; it is also an instance of
+the ``sqlite3`` error it wraps, so code that catches ``sqlite3.Error`` keeps working. A file in
+a directory that does not exist is a :class:`~keystile.errors.ConfigError`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import base64
 import binascii
 import builtins
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -13,7 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import InvalidInput
+from ..errors import BackendError, ConfigError, InvalidInput
 from ..models import KeyRecord
 from .base import KEY_COLUMNS, AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
 
@@ -161,30 +168,92 @@ def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+_ERROR_CLASSES: dict[type[sqlite3.Error], type[BackendError]] = {}
+
+
+def _error_class(cls: type[sqlite3.Error]) -> type[BackendError]:
+    """A BackendError that is also ``cls``: callers catching either keep working."""
+    made = _ERROR_CLASSES.get(cls)
+    if made is None:
+        fresh: type[BackendError] = type(
+            cls.__name__, (BackendError, cls), {"__module__": __name__}
+        )
+        made = _ERROR_CLASSES.setdefault(cls, fresh)  # one class per cls, even in a race
+    return made
+
+
+def _backend_error(exc: sqlite3.Error, what: str) -> BackendError:
+    """``exc`` as a BackendError; the message is SQLite's own (no SQL values, no secrets)."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    error = _error_class(type(exc))(f"SQLite store: {what} ({reason})")
+    for attribute in ("sqlite_errorcode", "sqlite_errorname"):
+        if hasattr(exc, attribute):
+            setattr(error, attribute, getattr(exc, attribute))
+    return error
+
+
+@contextmanager
+def _driver_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except BackendError:
+        raise
+    except sqlite3.Error as exc:
+        raise _backend_error(exc, what) from exc
+
+
 class SQLiteStore:
-    def __init__(self, path: str) -> None:
+    """Keys, usage, limits, audit and sessions in one SQLite file (or ``":memory:"``).
+
+    A write waits at most ``timeout`` seconds for another process's lock on the file, then
+    fails with :class:`~keystile.errors.BackendError` (``database is locked``).
+    """
+
+    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
         self.path = path
         self.blocking = path != ":memory:"
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         if self.blocking:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise ConfigError(
+                    f"setting 'store': no directory {folder!r} for the SQLite file {path!r}"
+                )
+        with _driver_errors(f"cannot open {path}"):
+            # ``timeout`` is SQLite's busy timeout, set before anything (switching to WAL
+            # itself may wait for a lock).
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=timeout
+            )
+            try:
+                if self.blocking:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
+            except BaseException:
+                self._db.close()
+                raise
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, _driver_errors("write failed"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, if any (a failed COMMIT may leave one open)."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the original error is the one to report
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._lock, _driver_errors("read failed"):
             return self._db.execute(sql, params).fetchall()
 
     def insert(self, record: KeyRecord) -> None:
@@ -244,7 +313,7 @@ class SQLiteStore:
             created, kid = decode_cursor(cursor)
             page_where += " AND (created_at < ? OR (created_at = ? AND kid < ?))"
             page_params += [created, created, kid]
-        with self._lock:
+        with self._lock, _driver_errors("read failed"):
             total = self._db.execute(
                 f"SELECT COUNT(*) FROM keystile_keys WHERE {clause}", params
             ).fetchone()[0]
@@ -405,5 +474,5 @@ class SQLiteStore:
             )
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, _driver_errors("close failed"):
             self._db.close()
