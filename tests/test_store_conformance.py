@@ -914,26 +914,29 @@ def test_postgres_works_for_a_role_that_cannot_create_tables(
             conn.execute(sql.SQL("DROP ROLE {}").format(ident))
 
 
-def test_postgres_errors_propagate(postgres_url: str, postgres_schema: str) -> None:
+def test_postgres_errors_are_backend_errors(postgres_url: str, postgres_schema: str) -> None:
     import psycopg
 
+    from keystile.errors import BackendError
     from keystile.stores.postgres import PostgresStore
 
     nowhere = PostgresStore("postgresql://127.0.0.1:1/none?connect_timeout=1", timeout=1.0)
     try:
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(BackendError) as failed:
             nowhere.get(kid(1))
+        assert isinstance(failed.value.__cause__, psycopg.OperationalError)
     finally:
         nowhere.close()
     store = PostgresStore(postgres_url, schema=postgres_schema)
     try:
-        with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+        with pytest.raises(BackendError) as failed:
             store.insert(record(kid(1), page_limit=2**63))
+        assert isinstance(failed.value.__cause__, psycopg.errors.NumericValueOutOfRange)
         store.insert(record(kid(1)))  # the pool is still fine
         assert store.get(kid(1)) is not None
     finally:
         store.close()
-    with pytest.raises(psycopg.OperationalError):  # closed is closed
+    with pytest.raises(BackendError):  # closed is closed
         store.get(kid(1))
 
 

@@ -9,11 +9,10 @@ aware UTC datetimes, JSON is ``jsonb``. The tables are created on first use
 
 A failed database call (server unreachable, no pooled connection within ``timeout``, a
 refused statement) raises :class:`~keystile.errors.BackendError` (the management API answers
-503, the CLI one line); it is also an instance of the psycopg exception it wraps
-(``psycopg.OperationalError``, ``psycopg_pool.PoolTimeout``, ...), which is its ``__cause__``.
-Its message never holds the password. A URL that cannot be parsed is a
-:class:`~keystile.errors.ConfigError`; input PostgreSQL cannot take, or a bad cursor, raises
-:class:`~keystile.errors.InvalidInput`.
+503, the CLI one line), with the psycopg exception (``psycopg.OperationalError``,
+``psycopg_pool.PoolTimeout``, ...) as its ``__cause__``. Its message never holds the
+password. A URL that cannot be parsed is a :class:`~keystile.errors.ConfigError`; input
+PostgreSQL cannot take, or a bad cursor, raises :class:`~keystile.errors.InvalidInput`.
 Needs the extra: ``pip install 'keystile[postgres]'``.
 """
 
@@ -245,20 +244,6 @@ def like_escape(text: str) -> str:
 # -- errors -----------------------------------------------------------------------------------
 
 
-_ERROR_CLASSES: dict[type[psycopg.Error], type[BackendError]] = {}
-
-
-def _error_class(cls: type[psycopg.Error]) -> type[BackendError]:
-    """A BackendError that is also ``cls``: callers catching either keep working."""
-    made = _ERROR_CLASSES.get(cls)
-    if made is None:
-        fresh: type[BackendError] = type(
-            cls.__name__, (BackendError, cls), {"__module__": __name__}
-        )
-        made = _ERROR_CLASSES.setdefault(cls, fresh)  # one class per cls, even in a race
-    return made
-
-
 def _first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0].strip()[:300]
 
@@ -346,12 +331,7 @@ class PostgresStore:
         reason = f"{reason} (SQLSTATE {sqlstate})" if reason else _first_line(str(exc))
         for hidden in self._hidden:
             reason = reason.replace(hidden, "***")
-        error = _error_class(type(exc))(
-            f"PostgreSQL store: {redact_url(reason) or type(exc).__name__}"
-        )
-        if sqlstate and not error.sqlstate:  # type: ignore[attr-defined]
-            error.sqlstate = sqlstate  # type: ignore[attr-defined]
-        return error
+        return BackendError(f"PostgreSQL store: {redact_url(reason) or type(exc).__name__}")
 
     @contextmanager
     def _conn(self) -> Iterator[Connection]:

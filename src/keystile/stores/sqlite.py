@@ -1,9 +1,9 @@
 """The embedded store: SQLite in a file (default) or in memory (``memory://``).
 
 A failed database call (``database is locked`` past the busy timeout, a file that is not a
-database, a full disk) raises :class:`~keystile.errors.BackendError`; it is also an instance of
-the ``sqlite3`` error it wraps, so code that catches ``sqlite3.Error`` keeps working. A file in
-a directory that does not exist is a :class:`~keystile.errors.ConfigError`.
+database, a full disk) raises :class:`~keystile.errors.BackendError`, with the ``sqlite3``
+error as its ``__cause__``. A file in a directory that does not exist is a
+:class:`~keystile.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -168,28 +168,10 @@ def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-_ERROR_CLASSES: dict[type[sqlite3.Error], type[BackendError]] = {}
-
-
-def _error_class(cls: type[sqlite3.Error]) -> type[BackendError]:
-    """A BackendError that is also ``cls``: callers catching either keep working."""
-    made = _ERROR_CLASSES.get(cls)
-    if made is None:
-        fresh: type[BackendError] = type(
-            cls.__name__, (BackendError, cls), {"__module__": __name__}
-        )
-        made = _ERROR_CLASSES.setdefault(cls, fresh)  # one class per cls, even in a race
-    return made
-
-
 def _backend_error(exc: sqlite3.Error, what: str) -> BackendError:
     """``exc`` as a BackendError; the message is SQLite's own (no SQL values, no secrets)."""
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    error = _error_class(type(exc))(f"SQLite store: {what} ({reason})")
-    for attribute in ("sqlite_errorcode", "sqlite_errorname"):
-        if hasattr(exc, attribute):
-            setattr(error, attribute, getattr(exc, attribute))
-    return error
+    return BackendError(f"SQLite store: {what} ({reason})")
 
 
 @contextmanager
