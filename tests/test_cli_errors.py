@@ -363,3 +363,20 @@ def test_numeric_redis_prefix_from_the_environment(env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
     done = run(env, "check-config", KEYSTILE_LOCAL_CACHE_SIZE="many")
     one_line_error(done, 2, "local_cache_size")
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(env: dict[str, str]) -> None:
+    for n in range(3):
+        assert run(env, "keys", "create", "--account", "a1", "--name", f"k{n}").returncode == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keystile", "keys", "list", "--account", "a1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # like `| head -0`: gone before the first line is written
+    error = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert "Traceback" not in error and error == ""

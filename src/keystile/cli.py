@@ -491,6 +491,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(exc), EXIT_BACKEND)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except BrokenPipeError:
+        # Read by `head` or the like, which stopped early: quiet, with the shell's code for
+        # a closed pipe; stdout goes to devnull so the interpreter's final flush is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
     except Exception as exc:
         foreign = _foreign_error(exc)
         if foreign is None:
