@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from keystile import Keystile
+from keystile import Keystile, tokens
 from keystile.starlette import KeystileMiddleware, _buffer_body
 
 from .behaviour.harness_sync import call_wsgi, server_environ
@@ -86,9 +86,12 @@ def flask_poster(ks: Keystile) -> Poster:
     FlaskKeystile(app, keystile=ks)
 
     @app.post("/echo")
-    @app.post("/echo2")
     def echo() -> dict[str, Any]:
         return echo_of(request.get_data())
+
+    @app.post("/echo2")
+    def echo_stream() -> dict[str, Any]:  # reads the stream itself, as some views do
+        return echo_of(request.stream.read())
 
     client = app.test_client()
 
@@ -206,7 +209,7 @@ def test_environments_do_not_share_keys(poster: Poster, ks: Keystile) -> None:
 def test_a_body_too_large_to_compare_is_charged_every_time(
     poster: Poster, ks: Keystile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for module in ("starlette", "wsgi", "flask", "django.middleware"):
+    for module in ("starlette", "wsgi", "django.middleware"):
         monkeypatch.setattr(f"keystile.{module}.IDEMPOTENT_BODY_LIMIT", 16)
     token = ks.keys.create(ACCT, "k").token
     body = b"x" * 100
@@ -272,3 +275,111 @@ async def test_a_disconnect_while_buffering_reaches_the_app() -> None:
     body, replay = await _buffer_body(receiver(messages))
     assert body is None
     assert await drain(replay) == messages
+
+
+# -- the body is read only for a verified key ------------------------------------------------
+
+
+class CountingInput(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+
+@pytest.mark.parametrize("framework", ["wsgi", "flask", "django-sync"])
+def test_a_refused_credential_never_makes_a_wsgi_adapter_read_the_body(
+    ks: Keystile, framework: str
+) -> None:
+    if framework == "wsgi":
+        from keystile.wsgi import KeystileMiddleware as WSGIMiddleware
+
+        app: Any = WSGIMiddleware(lambda environ, start: [b""], keystile=ks)
+        overrides: Any = None
+    elif framework == "flask":
+        from flask import Flask
+
+        from keystile.flask import Keystile as FlaskKeystile
+
+        app = Flask("unread")
+        FlaskKeystile(app, keystile=ks)
+        overrides = None
+    else:
+        from django.core.handlers.wsgi import WSGIHandler
+
+        from .behaviour.harness_sync import django_overrides
+        from .djangoproj import settings as project
+
+        project.configure()
+        app, overrides = WSGIHandler(), django_overrides(ks, "urls")
+    kid = tokens.new_kid()
+    for credential in (
+        "sk_live_junk",
+        tokens.format_token("sk", "live", kid, tokens.new_secret(kid)),
+    ):
+        body = CountingInput(b"x" * 1000)
+        headers = {"x-api-key": credential, "idempotency-key": "k", "content-length": "1000"}
+        environ = server_environ("POST", "/echo", headers)
+        environ["wsgi.input"] = body
+        if overrides is not None:
+            with overrides:
+                result = call_wsgi(app, environ)
+        else:
+            result = call_wsgi(app, environ)
+        assert result.status in (400, 401), result
+        assert body.reads == 0 and body.tell() == 0
+
+
+@pytest.mark.anyio
+async def test_a_refused_credential_never_makes_the_asgi_adapter_read_the_body(
+    ks: Keystile,
+) -> None:
+    received: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        received.append(1)
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": False}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not for a refused credential")
+
+    kid = tokens.new_kid()
+    token = tokens.format_token("sk", "live", kid, tokens.new_secret(kid))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/echo",
+        "query_string": b"",
+        "headers": [(b"x-api-key", token.encode()), (b"idempotency-key", b"k")],
+    }
+    await KeystileMiddleware(app, keystile=ks)(scope, receive, send)
+    assert sent[0]["status"] == 401 and received == []
+
+
+def test_flask_management_gets_its_body_with_an_idempotency_key(ks: Keystile) -> None:
+    from flask import Flask
+
+    from keystile.flask import Keystile as FlaskKeystile
+    from keystile.flask_management import management_blueprint
+
+    app = Flask("management")
+    FlaskKeystile(app, keystile=ks)
+    app.register_blueprint(management_blueprint("/v1"))
+    admin = ks.keys.create(ACCT, "admin", permissions=["readApiKeys", "writeApiKeys"])
+    leaked = ks.keys.create(ACCT, "leaked")
+    client = app.test_client()
+    response = client.patch(
+        f"/v1/apikeys/{leaked.key_id}",
+        json={"enabled": False},
+        headers={"x-api-key": admin.token, "Idempotency-Key": "disable-1"},
+    )
+    assert response.status_code == 200 and response.get_json()["enabled"] is False
+    assert ks.keys.get(leaked.key_id).enabled is False

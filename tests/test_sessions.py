@@ -720,3 +720,22 @@ def test_login_and_logout_are_audited_without_the_token(
         assert entry.details["session_id"] == session["session_id"]
         text = repr(entry) + repr(dict(entry.details))
         assert session["token"] not in text and session["token"].split("_")[3] not in text
+
+
+def test_a_login_after_another_process_changed_the_key_succeeds(
+    make_keystile: Make, clock: Clock, tmp_path: Path
+) -> None:
+    """Without Redis, this process's cached snapshot may be older than the store: a login
+    then checks the store instead of refusing a good secret."""
+    shared = session_settings(store=f"sqlite:///{tmp_path / 'keys.db'}")
+    a, b = make_keystile(clock=clock, **shared), make_keystile(clock=clock, **shared)
+    key = a.keys.create(ACCT, "owner", permissions=PERMS)
+    with TestClient(build_app(a)) as client_a, TestClient(build_app(b)) as client_b:
+        assert client_a.get("/whoami", headers={"x-api-key": key.token}).status_code == 200
+        b.keys.update(key.key_id, name="renamed")  # a's cache still holds the old version
+        assert login(client_a, {"x-api-key": key.token})
+        logout = client_b.post(
+            "/v1/auth/logout", headers=bearer(login(client_b, {"x-api-key": key.token}))
+        )
+        assert logout.status_code in (200, 204)
+        assert login(client_a, {"x-api-key": key.token})

@@ -7,12 +7,13 @@ the key's state stamp and charges the quota at once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +44,8 @@ log = logging.getLogger("keystile")
 _NO_ROW: Any = object()
 
 
+_UNREAD = object()  # the body has not been read (yet)
+
 # The management API's routes (ManagementAPI._routes): only these cost nothing, never an app's
 # own routes that happen to share the mount prefix.
 MANAGEMENT_ROUTE = re.compile(
@@ -58,9 +61,9 @@ class RequestInfo:
     path: str
     headers: Sequence[tuple[str, str]]
     query: str = ""
-    #: SHA-256 of the body, read by the adapter only for an Idempotency-Key; None when it was
-    #: too large to compare.
-    body_digest: str | None = None
+    #: Reads the body for an Idempotency-Key, called only once the credential is verified:
+    #: bytes, or None when too large to compare (an awaitable of them under ASGI).
+    body_reader: Callable[[], Any] = field(default=lambda: b"", repr=False, compare=False)
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k == name), None)
@@ -129,6 +132,7 @@ class Admission:
         """``(principal, meter, crossed thresholds)`` or AuthError."""
         snapshot, checked = yield from self.verifier.lookup(creds.token, digest)
         idle_rechecked = False
+        body_digest: object = _UNREAD
         for _ in range(3):
             now = self.now()
             try:
@@ -160,6 +164,11 @@ class Admission:
                     checked = True
                     continue
                 checked = True
+            idempotency_key = request.header(IDEMPOTENCY_HEADER)
+            if idempotency_key and body_digest is _UNREAD:
+                # Only now, for a verified key: nobody else makes keystile read a body.
+                body = yield ("request_body", (request.body_reader,))
+                body_digest = None if body is None else hashlib.sha256(body).hexdigest()
             charge = Charge(
                 account_id=principal.account_id,
                 environment=principal.environment,
@@ -173,8 +182,8 @@ class Admission:
                     request.method,
                     request.path,
                     request.query,
-                    request.body_digest,
-                    request.header(IDEMPOTENCY_HEADER),
+                    body_digest if isinstance(body_digest, str) else None,
+                    idempotency_key,
                 ),
             )
             outcome = yield from self.meter(charge, None if checked else snapshot)

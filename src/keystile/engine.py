@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import hashlib
+import inspect
 import logging
 import secrets
 import threading
@@ -144,12 +144,12 @@ class Keystile:
         method: str,
         path: str,
         query: str,
-        body: bytes | None,
+        body: BodyArgument,
     ) -> tuple[Steps, RequestInfo]:
         headers = list(headers)
         creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
-        body_digest = hashlib.sha256(body).hexdigest() if body is not None else None
-        request = RequestInfo(method, path, headers, query, body_digest)
+        reader = body if callable(body) else lambda: body
+        request = RequestInfo(method, path, headers, query, reader)
         return self.admission.admit(creds, self.digest(creds.token), request), request
 
     def authenticate(
@@ -159,12 +159,13 @@ class Keystile:
         path: str = "/",
         *,
         query: str = "",
-        body: bytes | None = b"",
+        body: BodyArgument = b"",
     ) -> Principal:
         """Blocking: the metered principal for these headers, or :class:`AuthError`.
 
-        ``query`` and ``body`` matter only with an ``Idempotency-Key`` header (see
-        :func:`keystile.metering.wants_body`); ``body=None``: too large to compare, so the
+        ``query`` and ``body`` matter only with an ``Idempotency-Key`` header. ``body`` is
+        the body, or a callable that reads it, called only once the credential is verified
+        (an async one for :meth:`authenticate_async`); ``None``: too large to compare, so the
         request is charged even when its key was seen. Adapters call :meth:`settle` once the
         response status is known.
         """
@@ -182,7 +183,7 @@ class Keystile:
         path: str = "/",
         *,
         query: str = "",
-        body: bytes | None = b"",
+        body: BodyArgument = b"",
     ) -> Principal:
         """Async: never blocks the event loop."""
         steps, _ = self._prepare(headers, method, path, query, body)
@@ -448,6 +449,9 @@ class Keystile:
         reply: list[Any] = self.redis.scripts["meter"](keys=keys, args=args)
         return reply
 
+    def _op_request_body(self, reader: Callable[[], bytes | None]) -> bytes | None:
+        return reader()
+
     def _op_redis_settle(self, charge: Charge, delta: int, forget: bool) -> None:
         keys, args = self._settle_call(charge, delta, forget)
         self.redis.scripts["settle"](keys=keys, args=args)
@@ -507,6 +511,11 @@ class Keystile:
         reply: list[Any] = await self.async_redis.scripts["meter"](keys=keys, args=args)
         return reply
 
+    async def _aop_request_body(self, reader: Callable[[], Any]) -> bytes | None:
+        body = reader()
+        result: bytes | None = await body if inspect.isawaitable(body) else body
+        return result
+
     async def _aop_redis_settle(self, charge: Charge, delta: int, forget: bool) -> None:
         keys, args = self._settle_call(charge, delta, forget)
         await self.async_redis.scripts["settle"](keys=keys, args=args)
@@ -565,6 +574,10 @@ def _flush_at_exit() -> None:
             engine.flush()
         except Exception as exc:  # exiting anyway; flush() already logs what it can't write
             log.warning("keystile: could not flush at exit (%s)", type(exc).__name__)
+
+
+#: ``authenticate(body=...)``: the body, None (too large to compare), or a reader of either.
+BodyArgument = bytes | None | Callable[[], Any]
 
 
 def engine_from(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Keystile:

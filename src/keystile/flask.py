@@ -29,9 +29,9 @@ from flask import Flask, Response, current_app, g, has_app_context, request
 
 from .engine import Keystile as Engine
 from .errors import MISSING_API_KEY, AuthError, render
-from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost, wants_body
+from .metering import check_route_cost, wants_body
 from .principal import Principal, check_permissions
-from .wsgi import environ_headers
+from .wsgi import environ_headers, read_body
 
 __all__ = ["Keystile", "cost", "current_principal", "requires"]
 
@@ -95,14 +95,11 @@ class Keystile:
 
 
 def _body() -> bytes | None:
-    """The body, for an Idempotency-Key; cached by werkzeug, so the view still reads it."""
-    length = request.content_length
-    if length is None:
-        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
-        return None if chunked else b""
-    if length > IDEMPOTENT_BODY_LIMIT:
-        return None
-    return request.get_data(cache=True)
+    """The body, for an Idempotency-Key, put back in the environ; werkzeug then builds
+    ``request.stream`` (and so ``get_data``, ``form``, ``files``) from it as usual."""
+    body = read_body(request.environ)
+    request.__dict__.pop("stream", None)  # a cached_property, if something already read it
+    return body
 
 
 def engine_for(app: Flask) -> Engine:
@@ -124,7 +121,7 @@ def _before(engine: Engine) -> Response | None:
             request.method,
             request.path,
             query=request.environ.get("QUERY_STRING", ""),
-            body=_body() if wants_body(headers) else b"",
+            body=_body if wants_body(headers) else b"",
         )
     except AuthError as error:
         return error_response(error)

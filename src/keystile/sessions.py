@@ -11,6 +11,7 @@ key id, without locking out the owner's known secret (:mod:`keystile.loginlimits
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -23,6 +24,7 @@ from .errors import (
     MALFORMED_CREDENTIALS,
     TOO_MANY_ATTEMPTS,
     AuthError,
+    BackendError,
     NotFound,
 )
 from .loginlimits import FailureCounter, KnownSecrets
@@ -33,6 +35,8 @@ from .verification import Snapshot, fingerprint, session_digest
 
 if TYPE_CHECKING:
     from .engine import Keystile
+
+log = logging.getLogger("keystile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +102,14 @@ class SessionManager:
                 raise
             session = self._open(principal, snapshot)
             if session is not None:
-                self.known.remember(kid, digest)
+                try:
+                    self.known.remember(kid, digest)
+                except BackendError as exc:  # the session exists: a lost hint is no failure
+                    log.warning("keystile: could not remember a login (%s)", exc)
                 return session
+            # This process's cached snapshot is older than the store (another process
+            # changed the key, or logged a session out): check against the store.
+            engine.local.drop(digest)
         # Changed twice while logging in (revoked, rolled, updated): no session on a stale read.
         raise AuthError(INVALID_API_KEY)
 

@@ -73,16 +73,14 @@ class KeystileMiddleware:
             return
         engine = self.keystile
         headers = scope_headers(scope)
-        body: bytes | None = b""
-        if scope["type"] == "http" and wants_body(headers):
-            body, receive = await _buffer_body(receive)
+        body = _BufferedBody(receive)
         try:
             principal = await engine.authenticate_async(
                 headers,
                 scope.get("method", "GET"),
                 scope["path"],
                 query=scope.get("query_string", b"").decode("latin-1"),
-                body=body,
+                body=body.read if scope["type"] == "http" and wants_body(headers) else b"",
             )
         except AuthError as error:
             await send_error(scope, send, error)
@@ -107,7 +105,7 @@ class KeystileMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, body.receive, send_wrapper)
         except AuthError as error:
             # Raised by requires() or a FastAPI dependency: rendered here, from the one table.
             # Refused by keystile itself: nothing was served, nothing is billed.
@@ -128,6 +126,18 @@ class KeystileMiddleware:
             await send(message)
 
         return lifespan_send
+
+
+class _BufferedBody:
+    """The body, read only if keystile asks (an Idempotency-Key on a verified key); the app's
+    ``receive`` then replays what was read."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+
+    async def read(self) -> bytes | None:
+        body, self.receive = await _buffer_body(self.receive)
+        return body
 
 
 async def _buffer_body(receive: Receive) -> tuple[bytes | None, Receive]:

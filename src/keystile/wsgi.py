@@ -214,7 +214,7 @@ class KeystileMiddleware:
                 environ.get("REQUEST_METHOD", "GET"),
                 path,
                 query=environ.get("QUERY_STRING", ""),
-                body=read_body(environ) if wants_body(headers) else b"",
+                body=(lambda: read_body(environ)) if wants_body(headers) else b"",
             )
         except AuthError as error:
             return error_response(start_response, error)

@@ -72,23 +72,27 @@ async def refuse_async(request: Any, error: AuthError) -> Any:
 
 
 def _idempotency_parts(request: Any, headers: list[tuple[str, str]]) -> dict[str, Any]:
-    """Query and body, which tell an Idempotency-Key's retry from a reuse of the key."""
+    """Query and body, which tell an Idempotency-Key's retry from a reuse of the key; the
+    body is read only once the credential is verified."""
     if not wants_body(headers):
         return {}
-    query = request.META.get("QUERY_STRING", "")
+    return {"query": request.META.get("QUERY_STRING", ""), "body": lambda: _body(request)}
+
+
+def _body(request: Any) -> bytes | None:
     if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-        return {"query": query, "body": None}
+        return None
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return {"query": query, "body": None}
+        return None
     if length > IDEMPOTENT_BODY_LIMIT:
-        return {"query": query, "body": None}
+        return None
     try:
         body: bytes = request.body  # kept by Django: the view reads it (and POST) as usual
     except Exception:  # RequestDataTooBig and the like: Django answers those itself later
-        return {"query": query, "body": None}
-    return {"query": query, "body": body}
+        return None
+    return body
 
 
 def _admit(request: Any, engine: Keystile, principal: Principal | None) -> None:
