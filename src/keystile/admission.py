@@ -99,7 +99,7 @@ class Admission:
         self.uncertain = UncertainCounters()
         self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, time.monotonic)
         self._period: Period | None = None
-        #: Path prefixes whose requests cost no pages (the management API).
+        #: Where the management API is mounted: its own routes there cost no pages.
         self.management_prefixes: tuple[str, ...] = ()
 
     def period_at(self, now: datetime) -> Period:
