@@ -739,3 +739,26 @@ def test_a_login_after_another_process_changed_the_key_succeeds(
         )
         assert logout.status_code in (200, 204)
         assert login(client_a, {"x-api-key": key.token})
+
+
+def test_a_transparent_rehash_keeps_the_keys_sessions(
+    make_keystile: Make, clock: Clock, tmp_path: Path
+) -> None:
+    """Raising the argon2 cost rehashes a key on its next good check: the secret is the
+    same, so its sessions go on (only a roll ends them)."""
+    store = f"sqlite:///{tmp_path / 'keys.db'}"
+    old = make_keystile(clock=clock, **session_settings(store=store))
+    key = old.keys.create(ACCT, "owner", permissions=PERMS)
+    with TestClient(build_app(old)) as client:
+        session = login(client, {"x-api-key": key.token})
+    stronger = {"time_cost": 2, "memory_cost": 16, "parallelism": 1}
+    new = make_keystile(clock=clock, **session_settings(store=store, argon2=stronger))
+    kid = key.key_id.removeprefix("key_")
+    before = new.store.get(kid)
+    with TestClient(build_app(new)) as client:
+        assert client.get("/whoami", headers={"x-api-key": key.token}).status_code == 200
+        after = new.store.get(kid)
+        assert before and after and after.secret_hash != before.secret_hash  # rehashed
+        assert client.get("/whoami", headers=bearer(session)).status_code == 200
+        client.post(f"/v1/apikeys/{key.key_id}/roll", headers={"x-api-key": key.token})
+        assert client.get("/whoami", headers=bearer(session)).status_code == 401

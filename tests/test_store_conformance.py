@@ -1108,3 +1108,20 @@ def test_a_store_failure_is_a_503(clock: Clock) -> None:
         assert error.value.status == 503
     finally:
         ks.close()
+
+
+def test_set_hash_moves_the_keys_sessions_to_the_new_fingerprint(store: KeyStore) -> None:
+    from keystile.stores.base import fingerprint
+
+    key = record(kid(1))
+    store.insert(key)
+    current = fingerprint(key.secret_hash)
+    store.insert_session(session("S000000000000001", key_hash_fingerprint=current))
+    store.insert_session(session("S000000000000002", key_hash_fingerprint="f" * 32))  # rolled
+    store.set_hash(key.kid, "not the hash", "$new")  # no rehash: nothing moves
+    assert store.get_session("S000000000000001").key_hash_fingerprint == current  # type: ignore[union-attr]
+    store.set_hash(key.kid, key.secret_hash, "$new")
+    moved = store.get_session("S000000000000001")
+    assert moved is not None and moved.key_hash_fingerprint == fingerprint("$new")
+    stale = store.get_session("S000000000000002")
+    assert stale is not None and stale.key_hash_fingerprint == "f" * 32

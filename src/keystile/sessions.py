@@ -29,9 +29,9 @@ from .errors import (
 )
 from .loginlimits import FailureCounter, KnownSecrets
 from .principal import Principal
-from .stores.base import SessionRecord
+from .stores.base import SessionRecord, fingerprint
 from .tokens import SESSION_ENVIRONMENT
-from .verification import Snapshot, fingerprint, session_digest
+from .verification import Snapshot, session_digest
 
 if TYPE_CHECKING:
     from .engine import Keystile

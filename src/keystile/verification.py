@@ -33,7 +33,7 @@ from .localcache import LocalCache
 from .models import KeyRecord
 from .principal import Principal
 from .settings import Settings
-from .stores.base import SessionRecord
+from .stores.base import SessionRecord, fingerprint
 from .tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken
 
 log = logging.getLogger("keystile")
@@ -132,11 +132,6 @@ class SessionIdle(AuthError):
 
 def session_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def fingerprint(secret_hash: str) -> str:
-    """Names a key's current secret without holding its hash: a roll changes it."""
-    return hashlib.sha256(secret_hash.encode()).hexdigest()[:32]
 
 
 def _utc(epoch: float | None) -> datetime | None:

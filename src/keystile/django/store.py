@@ -25,7 +25,15 @@ from typing import Any, TypeVar
 
 from ..errors import BackendError, InvalidInput
 from ..models import KeyRecord
-from ..stores.base import AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
+from ..stores.base import (
+    AccountLimit,
+    AuditEntry,
+    Page,
+    SessionRecord,
+    UsageDelta,
+    UsageRow,
+    fingerprint,
+)
 
 UTC = timezone.utc
 
@@ -172,7 +180,11 @@ class DjangoStore:
         return bool(updated == 1)
 
     def set_hash(self, kid: str, old_hash: str, new_hash: str) -> None:
-        self._keys().filter(kid=kid, secret_hash=old_hash).update(secret_hash=new_hash)
+        with self._atomic():
+            if self._keys().filter(kid=kid, secret_hash=old_hash).update(secret_hash=new_hash):
+                self._sessions().filter(kid=kid, key_hash_fingerprint=fingerprint(old_hash)).update(
+                    key_hash_fingerprint=fingerprint(new_hash)
+                )
 
     def delete(self, kid: str) -> bool:
         deleted, _ = self._keys().filter(kid=kid).delete()

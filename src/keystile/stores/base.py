@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,11 @@ KEY_COLUMNS: tuple[str, ...] = (
     "version",
     "page_limit",
 )
+
+
+def fingerprint(secret_hash: str) -> str:
+    """Names a key's current secret without holding its hash: a roll changes it."""
+    return hashlib.sha256(secret_hash.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,8 @@ class KeyStore(Protocol):
         ...
 
     def set_hash(self, kid: str, old_hash: str, new_hash: str) -> None:
-        """Rehash without changing the version: the secret itself did not change."""
+        """Rehash without changing the version: the secret itself did not change, so the
+        key's sessions move to the new hash's fingerprint in the same transaction."""
         ...
 
     def delete(self, kid: str) -> bool: ...

@@ -41,7 +41,16 @@ from psycopg_pool import ConnectionPool, PoolClosed
 from ..errors import BackendError, ConfigError, InvalidInput
 from ..models import KeyRecord
 from ..settings import redact_url
-from .base import KEY_COLUMNS, AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
+from .base import (
+    KEY_COLUMNS,
+    AccountLimit,
+    AuditEntry,
+    Page,
+    SessionRecord,
+    UsageDelta,
+    UsageRow,
+    fingerprint,
+)
 
 Connection = psycopg.Connection[TupleRow]
 
@@ -396,10 +405,17 @@ class PostgresStore:
         return changed == 1
 
     def set_hash(self, kid: str, old_hash: str, new_hash: str) -> None:
-        self._execute(
-            "UPDATE keystile_keys SET secret_hash=%s WHERE kid=%s AND secret_hash=%s",
-            (new_hash, kid, old_hash),
-        )
+        with self._conn() as conn, conn.transaction():
+            changed = conn.execute(
+                "UPDATE keystile_keys SET secret_hash=%s WHERE kid=%s AND secret_hash=%s",
+                (new_hash, kid, old_hash),
+            ).rowcount
+            if changed:
+                conn.execute(
+                    "UPDATE keystile_sessions SET key_hash_fingerprint=%s"
+                    " WHERE kid=%s AND key_hash_fingerprint=%s",
+                    (fingerprint(new_hash), kid, fingerprint(old_hash)),
+                )
 
     def delete(self, kid: str) -> bool:
         return self._execute("DELETE FROM keystile_keys WHERE kid=%s", (kid,)) == 1

@@ -22,7 +22,16 @@ from typing import Any
 
 from ..errors import BackendError, ConfigError, InvalidInput
 from ..models import KeyRecord
-from .base import KEY_COLUMNS, AccountLimit, AuditEntry, Page, SessionRecord, UsageDelta, UsageRow
+from .base import (
+    KEY_COLUMNS,
+    AccountLimit,
+    AuditEntry,
+    Page,
+    SessionRecord,
+    UsageDelta,
+    UsageRow,
+    fingerprint,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keystile_keys (
@@ -258,10 +267,16 @@ class SQLiteStore:
 
     def set_hash(self, kid: str, old_hash: str, new_hash: str) -> None:
         with self._tx() as db:
-            db.execute(
+            changed = db.execute(
                 "UPDATE keystile_keys SET secret_hash=? WHERE kid=? AND secret_hash=?",
                 (new_hash, kid, old_hash),
-            )
+            ).rowcount
+            if changed:
+                db.execute(
+                    "UPDATE keystile_sessions SET key_hash_fingerprint=?"
+                    " WHERE kid=? AND key_hash_fingerprint=?",
+                    (fingerprint(new_hash), kid, fingerprint(old_hash)),
+                )
 
     def delete(self, kid: str) -> bool:
         with self._tx() as db:
