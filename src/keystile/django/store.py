@@ -14,8 +14,6 @@ is what Django expects of request threads and of the worker threads the async en
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import functools
 import json
@@ -32,6 +30,8 @@ from ..stores.base import (
     SessionRecord,
     UsageDelta,
     UsageRow,
+    decode_cursor,
+    encode_cursor,
     fingerprint,
 )
 
@@ -113,23 +113,6 @@ def to_record(row: Any) -> KeyRecord:
         version=row.version,
         page_limit=row.page_limit,
     )
-
-
-def encode_cursor(created_at: datetime, kid: str) -> str:
-    raw = f"{created_at.astimezone(UTC).isoformat()}|{kid}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, kid = raw.split("|", 1)
-        when = datetime.fromisoformat(created)
-        if when.tzinfo is None:
-            raise ValueError("naive")
-        return when, kid
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor", "not a cursor returned by a previous page") from None
 
 
 class DjangoStore:

@@ -18,8 +18,6 @@ Needs the extra: ``pip install 'keystile[postgres]'``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import functools
 import json
@@ -42,6 +40,7 @@ from ..errors import BackendError, ConfigError, InvalidInput
 from ..models import KeyRecord
 from ..settings import redact_url
 from .base import (
+    BAD_CURSOR,
     KEY_COLUMNS,
     AccountLimit,
     AuditEntry,
@@ -49,7 +48,10 @@ from .base import (
     SessionRecord,
     UsageDelta,
     UsageRow,
+    decode_cursor,
+    encode_cursor,
     fingerprint,
+    like_escape,
 )
 
 Connection = psycopg.Connection[TupleRow]
@@ -134,7 +136,6 @@ _SESSION_COLUMNS = (
     "sid, kid, account_id, secret_digest, key_hash_fingerprint, created_at, expires_at, "
     "idle_timeout, last_seen_at, ended_at"
 )
-_BAD_CURSOR = "not a cursor returned by a previous page"
 _dumps_lenient = functools.partial(json.dumps, default=str)
 
 
@@ -227,27 +228,6 @@ def row_to_record(row: Sequence[Any]) -> KeyRecord:
         version=values["version"],
         page_limit=values["page_limit"],
     )
-
-
-def encode_cursor(created_at: datetime, kid: str) -> str:
-    raw = f"{to_utc(created_at).isoformat()}|{kid}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, kid = raw.split("|", 1)
-        at = datetime.fromisoformat(created)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor", _BAD_CURSOR) from None
-    if at.tzinfo is None or "\x00" in kid:
-        raise InvalidInput("cursor", _BAD_CURSOR)
-    return at, kid
-
-
-def like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -538,7 +518,7 @@ class PostgresStore:
             params.append(action)
         if cursor:
             if not (cursor.isascii() and cursor.isdigit()):
-                raise InvalidInput("cursor", _BAD_CURSOR)
+                raise InvalidInput("cursor", BAD_CURSOR)
             where += " AND id < %s"
             # Past the largest id (SQLite compares such a number as a float): from the newest.
             params.append(min(int(cursor), _BIGINT_MAX) if len(cursor) < 20 else _BIGINT_MAX)

@@ -31,6 +31,7 @@ from .base import (
     UsageDelta,
     UsageRow,
     fingerprint,
+    like_escape,
 )
 
 _SCHEMA = """
@@ -171,10 +172,6 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         return float(created), kid
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput("cursor", "not a cursor returned by a previous page") from None
-
-
-def like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _backend_error(exc: sqlite3.Error, what: str) -> BackendError:
