@@ -886,14 +886,14 @@ def test_last_used_is_written_on_flush(
     ks.authenticate(bearer(created.token))
     record = ks.store.get(kid)
     assert record is not None and record.last_used_at is None  # batched, not yet written
-    ks.flush_last_used()
+    ks.flush()
     first = datetime.fromtimestamp(clock.now, timezone.utc)
     assert ks.keys.get(created.key_id).last_used_at == first
     clock.advance(10)
     ks.authenticate(bearer(created.token))  # from the cache this time
-    ks.flush_last_used()
+    ks.flush()
     assert ks.keys.get(created.key_id).last_used_at == first + timedelta(seconds=10)
-    ks.flush_last_used()  # nothing pending: harmless
+    ks.flush()  # nothing pending: harmless
     assert ks.keys.get(created.key_id).last_used_at == first + timedelta(seconds=10)
 
 
@@ -901,7 +901,7 @@ def test_failed_authentication_is_not_a_use(ks: Keystile) -> None:
     created = ks.keys.create(ACCT, "ci")
     ks.keys.update(created.key_id, enabled=False)
     refused(ks, bearer(created.token))
-    ks.flush_last_used()
+    ks.flush()
     assert ks.keys.get(created.key_id).last_used_at is None
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from .credentials import Credentials
@@ -29,16 +29,20 @@ from .metering import (
     Outcome,
     QuotaStatus,
     UsageBuffer,
+    basis_points,
     encode_rebuild,
     exceeded_error,
     idempotency_digest,
     parse_script_reply,
     rebuild_fields,
+    thresholds_by_points,
 )
 from .periods import Period, PeriodPolicy
+from .principal import Principal
+from .rediskeys import RedisKeys
 from .settings import Settings
 from .stores.base import AccountLimit
-from .verification import SessionIdle, Snapshot, Steps, Verifier
+from .verification import SessionIdle, Snapshot, Steps, Verifier, principal_of
 
 log = logging.getLogger("keystile")
 _NO_ROW: Any = object()
@@ -79,18 +83,51 @@ def resolve_limit(settings: Settings, row: AccountLimit | None, environment: str
     return row.pages
 
 
+class MeterCall:
+    """A warm request waiting for its one Redis call (``meter.lua``): what to send, and what
+    to build the principal from once the answer is back."""
+
+    __slots__ = ("account", "args", "auth_method", "charge", "digest", "keys", "now", "snapshot")
+
+    def __init__(
+        self,
+        digest: str,
+        snapshot: Snapshot,
+        account: str,
+        auth_method: str,
+        charge: Charge,
+        now: float,
+        keys: list[str],
+        args: list[Any],
+    ) -> None:
+        self.digest = digest
+        self.snapshot = snapshot
+        self.account = account
+        self.auth_method = auth_method
+        self.charge = charge
+        self.now = now
+        self.keys = keys
+        self.args = args
+
+
+#: What admission hands back: the principal, its meter, and the thresholds it crossed.
+Admitted = tuple[Principal, Meter, tuple[float, ...]]
+
+
 class Admission:
     def __init__(
         self,
         settings: Settings,
         verifier: Verifier,
         periods: PeriodPolicy,
-        clock: Callable[[], datetime],
+        clock: Callable[[], float],
+        keys: RedisKeys,
     ) -> None:
         self.settings = settings
         self.verifier = verifier
         self.periods = periods
-        self.now = clock
+        self.clock = clock
+        self.keys = keys
         self.has_redis = verifier.has_redis
         self.counters = LocalCounters()
         self.buffer = UsageBuffer()
@@ -98,16 +135,31 @@ class Admission:
         #: never retried blindly, they are rebuilt from the store once Redis answers again.
         self.uncertain = UncertainCounters()
         self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, time.monotonic)
-        self._period: Period | None = None
+        self._period: tuple[Period, float, float] | None = None
         #: Where the management API is mounted: its own routes there cost no pages.
         self.management_prefixes: tuple[str, ...] = ()
+        self.counted = frozenset(settings.counted_statuses)
+        self.by_points = thresholds_by_points(settings.quota_thresholds)
+        # The meter script's arguments that never change.
+        self._script_tail = (
+            ",".join(str(basis_points(t)) for t in settings.quota_thresholds),
+            settings.idempotency_ttl,
+            settings.cache_ttl,
+        )
+        #: Charges of warm requests, reused: the same key, account, period and cost make the
+        #: same (immutable) charge.
+        self._charges: dict[tuple[str, str, str, int, int | None], Charge] = {}
 
-    def period_at(self, now: datetime) -> Period:
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), timezone.utc)
+
+    def period_at(self, now: float) -> Period:
         # Computing a period costs tens of µs (zone maths); it changes once a month.
-        period = self._period
-        if period is None or not period.start <= now < period.end:
-            period = self._period = self.periods.period_at(now)
-        return period
+        cached = self._period
+        if cached is None or not cached[1] <= now < cached[2]:
+            period = self.periods.period_at(datetime.fromtimestamp(now, timezone.utc))
+            cached = self._period = (period, period.start.timestamp(), period.end.timestamp())
+        return cached[0]
 
     def is_management(self, path: str) -> bool:
         """A route of the management API under one of its mount prefixes: free of pages."""
@@ -128,20 +180,104 @@ class Admission:
             return value
         return cost
 
+    # -- the warm path: a credential this process holds, no generators --------------------------
+
+    def warm(
+        self, creds: Credentials, digest: str, request: RequestInfo, now: float
+    ) -> Admitted | MeterCall | None:
+        """The common request, decided without I/O or with one meter call: the credential is
+        in this process's cache, and carries no Idempotency-Key. None: take :meth:`admit`."""
+        snapshot = self.verifier.local.get(digest)
+        if snapshot.__class__ is not Snapshot:
+            return None
+        assert isinstance(snapshot, Snapshot)
+        if snapshot.session_id is not None:
+            return None
+        checked = self.verifier.trusts_local()
+        try:
+            account = self.verifier.check(snapshot, creds.account_id, now, creds.token.environment)
+        except AuthError:
+            if checked:
+                raise
+            return None  # the snapshot may be out of date: admit() compares it first
+        if not checked and account != snapshot.account_id:
+            return None  # another account's counters live in another slot: admit() checks
+        charge = self._charge(snapshot, account, self.period_at(now), self.cost_of(request))
+        if self.has_redis:
+            keys, args = self.meter_call(charge, None if checked else snapshot, "", "", now)
+            return MeterCall(digest, snapshot, account, creds.auth_method, charge, now, keys, args)
+        row = self.limits.get(account)
+        if row is None or not self.counters.has(*charge.counter):
+            return None  # admit() reads the limit or the usage from the store
+        limit = resolve_limit(self.settings, None if row is _NO_ROW else row, charge.environment)
+        outcome = self.counters.meter(
+            charge, limit, self.settings.quota_thresholds, now, self.settings.idempotency_ttl
+        )
+        self._record(charge, outcome)
+        return self.admitted(snapshot, account, creds.auth_method, charge, outcome, now)
+
+    def metered(self, call: MeterCall, reply: Sequence[Any]) -> Admitted | None:
+        """The warm request's meter answer; None when it needs more (stale, a seed): admit()."""
+        outcome = parse_script_reply(reply, self.by_points)
+        if not isinstance(outcome, Outcome):
+            if outcome == "stale":
+                self.verifier.forget(call.digest, call.snapshot)
+            return None
+        self._record(call.charge, outcome)
+        return self.admitted(
+            call.snapshot, call.account, call.auth_method, call.charge, outcome, call.now
+        )
+
+    def meter_failed(self, call: MeterCall, error: BackendError) -> Admitted:
+        """The warm request's meter call failed: the one Redis error policy (refuse or go on)."""
+        outcome = self._redis_failed(call.charge, error)
+        return self.admitted(
+            call.snapshot, call.account, call.auth_method, call.charge, outcome, call.now
+        )
+
+    def _charge(self, snapshot: Snapshot, account: str, period: Period, cost: int) -> Charge:
+        key = (snapshot.kid, account, period.label, cost, snapshot.page_limit)
+        charge = self._charges.get(key)
+        if charge is None:
+            if len(self._charges) >= 10_000:
+                self._charges.clear()
+            charge = self._charges[key] = Charge(
+                account, snapshot.environment, snapshot.kid, snapshot.page_limit, period, cost, None
+            )
+        return charge
+
+    def admitted(
+        self,
+        snapshot: Snapshot,
+        account: str,
+        auth_method: str,
+        charge: Charge,
+        outcome: Outcome,
+        now: float,
+    ) -> Admitted:
+        """The principal for a metered outcome, or the quota refusal."""
+        remaining = None if outcome.limit is None else max(0, outcome.limit - outcome.used)
+        period = charge.period
+        status = QuotaStatus(outcome.limit, outcome.used, remaining, period.end, period.label)
+        result = outcome.result
+        reserved = charge.cost if result == "ok" or result == "degraded" else 0
+        meter = Meter(charge, status, reserved, result == "replay")
+        if result == "exceeded":
+            raise exceeded_error(outcome, status, self.headers(meter), now)
+        return principal_of(snapshot, account, auth_method, meter), meter, outcome.crossed
+
+    # -- the general path ---------------------------------------------------------------------
+
     def admit(self, creds: Credentials, digest: str, request: RequestInfo) -> Steps:
-        """``(principal, meter, crossed thresholds)`` or AuthError."""
+        """:data:`Admitted`, or AuthError."""
         snapshot, checked = yield from self.verifier.lookup(creds.token, digest)
         idle_rechecked = False
         body_digest: object = _UNREAD
         for _ in range(3):
-            now = self.now()
+            now = self.clock()
             try:
-                principal = self.verifier.authorize(
-                    snapshot,
-                    creds.auth_method,
-                    creds.account_id,
-                    now.timestamp(),
-                    creds.token.environment,
+                account = self.verifier.check(
+                    snapshot, creds.account_id, now, creds.token.environment
                 )
             except SessionIdle:
                 if idle_rechecked:
@@ -157,7 +293,7 @@ class Admission:
                 snapshot = yield from self.verifier.refresh(creds.token, digest, snapshot)
                 checked = True
                 continue
-            if not checked and principal.account_id != snapshot.account_id:
+            if not checked and account != snapshot.account_id:
                 # Acting for another account: its counters live in another Redis slot.
                 if not (yield from self.verifier.is_current(snapshot)):
                     snapshot = yield from self.verifier.refresh(creds.token, digest, snapshot)
@@ -170,15 +306,15 @@ class Admission:
                 body = yield ("request_body", (request.body_reader,))
                 body_digest = None if body is None else hashlib.sha256(body).hexdigest()
             charge = Charge(
-                account_id=principal.account_id,
-                environment=principal.environment,
+                account_id=account,
+                environment=snapshot.environment,
                 kid=snapshot.kid,
                 key_limit=snapshot.page_limit,
                 period=self.period_at(now),
                 cost=self.cost_of(request),
                 idempotency=idempotency_digest(
-                    principal.account_id,
-                    principal.environment,
+                    account,
+                    snapshot.environment,
                     request.method,
                     request.path,
                     request.query,
@@ -191,10 +327,7 @@ class Admission:
                 snapshot = yield from self.verifier.refresh(creds.token, digest, snapshot)
                 checked = True
                 continue
-            meter = self._meter(charge, outcome, now)
-            if outcome.result == "exceeded":
-                raise exceeded_error(outcome, meter.status, self.headers(meter), now)
-            return replace(principal, meter=meter), meter, outcome.crossed
+            return self.admitted(snapshot, account, creds.auth_method, charge, outcome, now)
         raise AuthError(BACKEND_UNAVAILABLE, "API key is changing; retry shortly.")
 
     def verify(self, creds: Credentials, digest: str) -> Steps:
@@ -207,29 +340,51 @@ class Admission:
             snapshot,
             creds.auth_method,
             creds.account_id,
-            self.now().timestamp(),
+            self.clock(),
             creds.token.environment,
         )
         return principal, snapshot
 
-    def _meter(self, charge: Charge, outcome: Outcome, now: datetime) -> Meter:
-        remaining = None if outcome.limit is None else max(0, outcome.limit - outcome.used)
-        status = QuotaStatus(
-            outcome.limit, outcome.used, remaining, charge.period.end, charge.period.label
-        )
-        reserved = charge.cost if outcome.result in ("ok", "degraded") else 0
-        return Meter(charge, status, reserved, replay=outcome.result == "replay")
-
     def headers(self, meter: Meter) -> list[tuple[str, str]]:
+        status = meter.status
+        if status.limit is None:
+            return []
         period = meter.charge_info.period
         window = int((period.end - period.start).total_seconds())
-        return meter.status.headers(self.now(), window)
+        return status.headers(self.clock(), window)
+
+    def meter_call(
+        self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str, now: float
+    ) -> tuple[list[str], list[Any]]:
+        """``meter.lua``'s keys and arguments; ``unchecked``: a snapshot whose state stamp to
+        compare in the same call."""
+        keys = self.keys
+        account = charge.account_id
+        usage = keys.usage(account, charge.period.label, charge.environment)
+        idem = keys.idempotency(account, charge.idempotency) if charge.idempotency else usage
+        state = keys.state(unchecked.account_id, unchecked.kid) if unchecked else usage
+        thresholds, idem_ttl, limit_ttl = self._script_tail
+        args: list[Any] = [
+            charge.kid,
+            charge.cost,
+            unchecked.version if unchecked else "",
+            "" if charge.key_limit is None else charge.key_limit,
+            seed,
+            rebuild,
+            int(charge.period.end.timestamp() - now) + USAGE_GRACE_SECONDS,
+            thresholds,
+            idem_ttl,
+            limit_ttl,
+            "1" if charge.idempotency else "0",
+            "1" if charge.count_request else "0",
+        ]
+        return [usage, keys.limit(account, charge.environment), idem, state], args
 
     def meter(self, charge: Charge, unchecked: Snapshot | None) -> Steps:
         """Check and charge; ``unchecked`` is a snapshot whose stamp to compare at once."""
         if not self.has_redis:
             limit = yield from self._limit(charge.account_id, charge.environment)
-            if not self.counters.has(charge.account_id, charge.period.label, charge.environment):
+            if not self.counters.has(*charge.counter):
                 rows = yield from self._store_usage(charge)
                 self.counters.seed(
                     charge.account_id,
@@ -243,20 +398,19 @@ class Admission:
                 charge,
                 limit,
                 self.settings.quota_thresholds,
-                self.now().timestamp(),
+                self.clock(),
                 self.settings.idempotency_ttl,
             )
             self._record(charge, outcome)
             return outcome
         seed, rebuild = "", ""
         for _ in range(3):
+            keys, args = self.meter_call(charge, unchecked, seed, rebuild, self.clock())
             try:
-                reply = yield ("redis_meter", (charge, unchecked, seed, rebuild))
+                reply = yield ("redis_meter", (keys, args))
             except BackendError as exc:
-                self.uncertain.add(charge)
-                self.verifier.backend_down(exc)
-                return self._degraded(charge)
-            parsed = parse_script_reply(reply, self.settings.quota_thresholds)
+                return self._redis_failed(charge, exc)
+            parsed = parse_script_reply(reply, self.by_points)
             if parsed == "need_limit":
                 limit = yield from self._limit(charge.account_id, charge.environment)
                 seed = "none" if limit is None else str(limit)
@@ -271,6 +425,12 @@ class Admission:
             else:
                 return Outcome("stale")
         raise AuthError(BACKEND_UNAVAILABLE)
+
+    def _redis_failed(self, charge: Charge, error: BackendError) -> Outcome:
+        """A meter call failed: its counter is uncertain; refuse or go on (the policy)."""
+        self.uncertain.add(charge)
+        self.verifier.backend_down(error)
+        return self._degraded(charge)
 
     def _store_usage(self, charge: Charge) -> Steps:
         try:
@@ -305,27 +465,45 @@ class Admission:
         self.buffer.add(charge, charge.cost, 1 if charge.count_request else 0)
         return Outcome("degraded")
 
-    def settle(self, meter: Meter, status_code: int | None) -> Steps:
-        """Charge the real cost (or refund) once the response is known; no I/O when equal."""
+    # -- after the response ---------------------------------------------------------------------
+
+    def settle_call(self, meter: Meter, status_code: int | None) -> tuple[Any, ...] | None:
+        """Charge the real cost (or refund) once the response is known: what to tell Redis,
+        None when nothing (the reservation was right, or no Redis)."""
         if meter.settled:
             return None
         meter.settled = True
-        delta = meter.delta(status_code, self.settings.counted_statuses)
-        refunded = status_code is None or status_code not in self.settings.counted_statuses
-        forget = refunded and meter.charge_info.idempotency is not None and not meter.replay
+        counted = status_code is not None and status_code in self.counted
+        if counted and meter.final is None:
+            return None  # the common case: the reservation was the cost
+        delta = meter.delta(status_code, self.counted)
+        charge = meter.charge_info
+        forget = not counted and charge.idempotency is not None and not meter.replay
         if not delta and not forget:
             return None
-        charge = meter.charge_info
         self.buffer.add(charge, delta, 0)
         if not self.has_redis:
             self.counters.settle(charge, delta, forget)
             return None
-        try:
-            yield ("redis_settle", (charge, delta, forget))
-        except BackendError:
-            # Never retried blindly: the store has the delta, and Redis's counter is rebuilt
-            # from the store once it answers again.
-            self.uncertain.add(charge)
+        keys = self.keys
+        usage = keys.usage(charge.account_id, charge.period.label, charge.environment)
+        idem = usage
+        if forget and charge.idempotency:
+            idem = keys.idempotency(charge.account_id, charge.idempotency)
+        return charge, [usage, idem], [charge.kid, delta, "1" if forget else "0"]
+
+    def settle_failed(self, charge: Charge) -> None:
+        # Never retried blindly: the store has the delta, and Redis's counter is rebuilt
+        # from the store once it answers again.
+        self.uncertain.add(charge)
+
+    def settle(self, meter: Meter, status_code: int | None) -> Steps:
+        call = self.settle_call(meter, status_code)
+        if call is not None:
+            try:
+                yield ("redis_settle", (call[1], call[2]))
+            except BackendError:
+                self.settle_failed(call[0])
         return None
 
     def reserve(self, meter: Meter, pages: int) -> Steps:
@@ -347,7 +525,7 @@ class Admission:
             status = QuotaStatus(
                 outcome.limit, outcome.used, 0, charge.period.end, charge.period.label
             )
-            raise exceeded_error(outcome, status, [], self.now())
+            raise exceeded_error(outcome, status, [], self.clock())
         if outcome.result == "ok":
             meter.reserved += extra
             limit = outcome.limit
@@ -386,6 +564,3 @@ class UncertainCounters:
     def __len__(self) -> int:
         return len(self._counters)
 
-
-def usage_ttl(charge: Charge, now: datetime) -> int:
-    return int((charge.period.end - now).total_seconds()) + USAGE_GRACE_SECONDS

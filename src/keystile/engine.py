@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import redis
 
 from . import tokens
-from .admission import Admission, RequestInfo, usage_ttl
+from .admission import Admission, MeterCall, RequestInfo
 from .audit import AuditLog
 from .credentials import Credentials, read_credentials
 from .errors import TOO_MANY_ATTEMPTS, AuthError, BackendError
@@ -30,12 +30,13 @@ from .flusher import Flusher
 from .hashing import HasherBusy, SecretHasher
 from .keys import KeyManager
 from .localcache import LocalCache
-from .metering import Charge, Meter, ThresholdEvent, basis_points
+from .metering import IDEMPOTENCY_HEADER, Meter, ThresholdEvent
 from .models import KeyRecord
 from .periods import PeriodPolicy
 from .principal import Principal
 from .quotas import QuotaManager, UsageReport
-from .redisio import AsyncRedis, RedisKeys, SyncRedis
+from .rediskeys import RedisKeys
+from .redisio import AsyncRedis, SyncRedis
 from .sessions import SessionManager
 from .settings import Settings, load_settings
 from .singleflight import AsyncSingleFlight, SyncSingleFlight
@@ -82,17 +83,20 @@ class Keystile:
         self.periods = PeriodPolicy(
             self.settings.billing_anchor_day, self.settings.billing_timezone
         )
-        self.admission = Admission(self.settings, self.verifier, self.periods, self.now)
+        self.admission = Admission(
+            self.settings, self.verifier, self.periods, lambda: self.clock(), self.redis_keys
+        )
         self.keys = KeyManager(self)
         self.quotas = QuotaManager(self)
         self.audit = AuditLog(self)
         self.sessions = SessionManager(self)
         self._flights = SyncSingleFlight()
         self._async_flights = AsyncSingleFlight()
-        self._last_used: dict[str, datetime] = {}
+        self._last_used: dict[str, float] = {}
         self._last_used_lock = threading.Lock()
         interval = min(self.settings.last_used_interval, self.settings.usage_flush_interval)
         self._flusher = Flusher(self.flush, interval)
+        self._flusher_idle = True
         self._background: set[asyncio.Task[Any]] = set()
         self._exempt: set[str] = set()
         _UNCLOSED.add(self)
@@ -138,19 +142,14 @@ class Keystile:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _prepare(
-        self,
-        headers: Iterable[tuple[str, str]],
-        method: str,
-        path: str,
-        query: str,
-        body: BodyArgument,
-    ) -> tuple[Steps, RequestInfo]:
-        headers = list(headers)
+    def _request(
+        self, headers: list[tuple[str, str]], method: str, path: str, query: str, body: Any
+    ) -> tuple[Credentials, str, RequestInfo, bool]:
         creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
         reader = body if callable(body) else lambda: body
+        idempotent = any(name == IDEMPOTENCY_HEADER for name, _ in headers)
         request = RequestInfo(method, path, headers, query, reader)
-        return self.admission.admit(creds, self.digest(creds.token), request), request
+        return creds, self.digest(creds.token), request, idempotent
 
     def authenticate(
         self,
@@ -169,12 +168,29 @@ class Keystile:
         request is charged even when its key was seen. Adapters call :meth:`settle` once the
         response status is known.
         """
-        steps, _ = self._prepare(headers, method, path, query, body)
-        principal, meter, crossed = self._drive(steps)
+        headers = headers if isinstance(headers, list) else list(headers)
+        creds, digest, request, idempotent = self._request(headers, method, path, query, body)
+        admission = self.admission
+        admitted = None
+        if not idempotent:
+            warm = admission.warm(creds, digest, request, self.clock())
+            if warm.__class__ is MeterCall:
+                assert isinstance(warm, MeterCall)
+                try:
+                    reply = self._op_redis_meter(warm.keys, warm.args)
+                except _REDIS_ERRORS as exc:
+                    admitted = admission.meter_failed(warm, _backend_error("redis_meter", exc))
+                else:
+                    admitted = admission.metered(warm, reply)
+            else:
+                admitted = warm  # type: ignore[assignment]
+        if admitted is None:
+            admitted = self._drive(admission.admit(creds, digest, request))
+        principal, meter, crossed = admitted
         if crossed:
             self._fire_thresholds(meter, crossed)
-        self._note_use(principal)
-        return principal  # type: ignore[no-any-return]
+        self._note_use(meter.charge_info.kid)
+        return principal
 
     async def authenticate_async(
         self,
@@ -186,12 +202,29 @@ class Keystile:
         body: BodyArgument = b"",
     ) -> Principal:
         """Async: never blocks the event loop."""
-        steps, _ = self._prepare(headers, method, path, query, body)
-        principal, meter, crossed = await self._drive_async(steps)
+        headers = headers if isinstance(headers, list) else list(headers)
+        creds, digest, request, idempotent = self._request(headers, method, path, query, body)
+        admission = self.admission
+        admitted = None
+        if not idempotent:
+            warm = admission.warm(creds, digest, request, self.clock())
+            if warm.__class__ is MeterCall:
+                assert isinstance(warm, MeterCall)
+                try:
+                    reply = await self._aop_redis_meter(warm.keys, warm.args)
+                except _REDIS_ERRORS as exc:
+                    admitted = admission.meter_failed(warm, _backend_error("redis_meter", exc))
+                else:
+                    admitted = admission.metered(warm, reply)
+            else:
+                admitted = warm  # type: ignore[assignment]
+        if admitted is None:
+            admitted = await self._drive_async(admission.admit(creds, digest, request))
+        principal, meter, crossed = admitted
         if crossed:
             self._spawn(asyncio.to_thread(self._fire_thresholds, meter, crossed))
-        self._note_use(principal)
-        return principal  # type: ignore[no-any-return]
+        self._note_use(meter.charge_info.kid)
+        return principal
 
     def verify(self, creds: Credentials) -> Principal:
         """Blocking: check a credential without metering it."""
@@ -207,12 +240,24 @@ class Keystile:
     def settle(self, principal: Principal | None, status_code: int | None) -> None:
         """After the response: charge the real cost, or refund (status not counted, or None
         for an unhandled exception). Costs no I/O when the reservation was right."""
-        if principal is not None and principal.meter is not None:
-            self._drive(self.admission.settle(principal.meter, status_code))
+        meter = None if principal is None else principal.meter
+        if meter is not None:
+            call = self.admission.settle_call(meter, status_code)
+            if call is not None:
+                try:
+                    self._op_redis_settle(call[1], call[2])
+                except _REDIS_ERRORS:
+                    self.admission.settle_failed(call[0])
 
     async def settle_async(self, principal: Principal | None, status_code: int | None) -> None:
-        if principal is not None and principal.meter is not None:
-            await self._drive_async(self.admission.settle(principal.meter, status_code))
+        meter = None if principal is None else principal.meter
+        if meter is not None:
+            call = self.admission.settle_call(meter, status_code)
+            if call is not None:
+                try:
+                    await self._aop_redis_settle(call[1], call[2])
+                except _REDIS_ERRORS:
+                    self.admission.settle_failed(call[0])
 
     def reserve(self, principal: Principal, pages: int) -> None:
         """Raise the request's reservation to a route's declared cost (BILLING_001 if over)."""
@@ -238,7 +283,8 @@ class Keystile:
         """RateLimit headers for a metered response (empty when unlimited)."""
         if principal is None or principal.meter is None:
             return []
-        return self.admission.headers(principal.meter)
+        meter = principal.meter
+        return [] if meter.status.limit is None else self.admission.headers(meter)
 
     def _fire_thresholds(self, meter: Meter, crossed: tuple[float, ...]) -> None:
         hook = self.settings.on_quota_threshold
@@ -261,17 +307,20 @@ class Keystile:
 
     # -- batched writes: last use, usage ----------------------------------------------------
 
-    def _note_use(self, principal: Principal) -> None:
-        kid = principal.key_id.removeprefix(tokens.KEY_ID_PREFIX)
-        with self._last_used_lock:
-            self._last_used[kid] = self.now()
-        self._flusher.start()
+    def _note_use(self, kid: str) -> None:
+        # No lock: one dict store is atomic, and a use noted into a batch just taken by the
+        # flusher is noted again by the key's next request.
+        self._last_used[kid] = self.clock()
+        if self._flusher_idle:
+            self._flusher_idle = False
+            self._flusher.start()
 
     def flush(self) -> None:
         """Write batched last-use times and usage to the store; have Redis rebuild the
         counters an outage left uncertain."""
         with self._last_used_lock:
-            batch, self._last_used = self._last_used, {}
+            taken, self._last_used = self._last_used, {}
+        batch = {kid: datetime.fromtimestamp(at, timezone.utc) for kid, at in taken.items()}
         try:
             if batch:
                 self.store.touch(batch)
@@ -315,8 +364,6 @@ class Keystile:
             except _REDIS_ERRORS:
                 self.admission.uncertain.give_back(counters[index:])
                 return
-
-    flush_last_used = flush  # the name issue #2's tests know
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
@@ -409,51 +456,14 @@ class Keystile:
     def _op_redis_put(self, kid: str, digest: str, value: str, ttl: int) -> None:
         self.redis.client.set(self.redis_keys.snapshot(kid, digest), value, ex=ttl)
 
-    def _meter_call(
-        self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str
-    ) -> tuple[list[str], list[Any]]:
-        keys = self.redis_keys
-        usage = keys.usage(charge.account_id, charge.period.label, charge.environment)
-        idem = (
-            keys.idempotency(charge.account_id, charge.idempotency) if charge.idempotency else usage
-        )
-        state = keys.state(unchecked.account_id, unchecked.kid) if unchecked else usage
-        settings = self.settings
-        args: list[Any] = [
-            charge.kid,
-            charge.cost,
-            unchecked.version if unchecked else "",
-            "" if charge.key_limit is None else charge.key_limit,
-            seed,
-            rebuild,
-            usage_ttl(charge, self.now()),
-            ",".join(str(basis_points(t)) for t in settings.quota_thresholds),
-            settings.idempotency_ttl,
-            settings.cache_ttl,
-            "1" if charge.idempotency else "0",
-            "1" if charge.count_request else "0",
-        ]
-        return [usage, keys.limit(charge.account_id, charge.environment), idem, state], args
-
-    def _settle_call(self, charge: Charge, delta: int, forget: bool) -> tuple[list[str], list[Any]]:
-        usage = self.redis_keys.usage(charge.account_id, charge.period.label, charge.environment)
-        idem = usage
-        if forget and charge.idempotency:
-            idem = self.redis_keys.idempotency(charge.account_id, charge.idempotency)
-        return [usage, idem], [charge.kid, delta, "1" if forget else "0"]
-
-    def _op_redis_meter(
-        self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str
-    ) -> list[Any]:
-        keys, args = self._meter_call(charge, unchecked, seed, rebuild)
+    def _op_redis_meter(self, keys: list[str], args: list[Any]) -> list[Any]:
         reply: list[Any] = self.redis.scripts["meter"](keys=keys, args=args)
         return reply
 
     def _op_request_body(self, reader: Callable[[], bytes | None]) -> bytes | None:
         return reader()
 
-    def _op_redis_settle(self, charge: Charge, delta: int, forget: bool) -> None:
-        keys, args = self._settle_call(charge, delta, forget)
+    def _op_redis_settle(self, keys: list[str], args: list[Any]) -> None:
         self.redis.scripts["settle"](keys=keys, args=args)
 
     def _op_store_usage(self, account_id: str, periods: tuple[str, ...]) -> list[UsageRow]:
@@ -504,10 +514,7 @@ class Keystile:
     async def _aop_redis_put(self, kid: str, digest: str, value: str, ttl: int) -> None:
         await self.async_redis.client.set(self.redis_keys.snapshot(kid, digest), value, ex=ttl)
 
-    async def _aop_redis_meter(
-        self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str
-    ) -> list[Any]:
-        keys, args = self._meter_call(charge, unchecked, seed, rebuild)
+    async def _aop_redis_meter(self, keys: list[str], args: list[Any]) -> list[Any]:
         reply: list[Any] = await self.async_redis.scripts["meter"](keys=keys, args=args)
         return reply
 
@@ -516,8 +523,7 @@ class Keystile:
         result: bytes | None = await body if inspect.isawaitable(body) else body
         return result
 
-    async def _aop_redis_settle(self, charge: Charge, delta: int, forget: bool) -> None:
-        keys, args = self._settle_call(charge, delta, forget)
+    async def _aop_redis_settle(self, keys: list[str], args: list[Any]) -> None:
         await self.async_redis.scripts["settle"](keys=keys, args=args)
 
     async def _aop_store_usage(self, account_id: str, periods: tuple[str, ...]) -> list[UsageRow]:

@@ -13,8 +13,8 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,11 +36,11 @@ class QuotaStatus:
     resets_at: datetime
     period: str
 
-    def headers(self, now: datetime, window: int) -> list[tuple[str, str]]:
+    def headers(self, now: float, window: int) -> list[tuple[str, str]]:
         """IETF RateLimit fields plus the X-RateLimit trio clients already parse."""
         if self.limit is None or self.remaining is None:
             return []
-        reset = max(1, math.ceil((self.resets_at - now).total_seconds()))
+        reset = max(1, math.ceil(self.resets_at.timestamp() - now))
         return [
             ("ratelimit-policy", f'"monthly";q={self.limit};w={window}'),
             ("ratelimit", f'"monthly";r={self.remaining};t={reset}'),
@@ -74,6 +74,18 @@ class Charge:
     cost: int
     idempotency: str | None  # digest of the Idempotency-Key header
     count_request: bool = True
+    # The key's fields in the usage hash, named once per charge.
+    pages_field: str = field(init=False, repr=False, compare=False)
+    requests_field: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pages_field", f"k:{self.kid}:pages")
+        object.__setattr__(self, "requests_field", f"k:{self.kid}:requests")
+
+    @property
+    def counter(self) -> tuple[str, str, str]:
+        """Which usage counter this charge goes to: (account, period, environment)."""
+        return (self.account_id, self.period.label, self.environment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +117,7 @@ class Meter:
             raise InvalidInput("pages", "expected a whole number >= 0")
         self.final = pages
 
-    def delta(self, status_code: int | None, counted: Sequence[int]) -> int:
+    def delta(self, status_code: int | None, counted: Collection[int]) -> int:
         """Pages to add (or refund, negative) once the response is known."""
         if self.replay:
             return 0
@@ -162,12 +174,12 @@ def idempotency_digest(
 
 
 def exceeded_error(
-    outcome: Outcome, status: QuotaStatus, headers: list[tuple[str, str]], now: datetime
+    outcome: Outcome, status: QuotaStatus, headers: list[tuple[str, str]], now: float
 ) -> AuthError:
     whose = "This key's" if outcome.scope == "key" else "Monthly"
     resets = status.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     message = f"{whose} page limit of {outcome.limit} pages exceeded; it resets at {resets}."
-    retry = max(1, math.ceil((status.resets_at - now).total_seconds()))
+    retry = max(1, math.ceil(status.resets_at.timestamp() - now))
     return AuthError(QUOTA_EXCEEDED, message, {"retry-after": str(retry), **dict(headers)})
 
 
@@ -188,18 +200,23 @@ def rebuild_fields(rows: Iterable[UsageRow], deltas: Iterable[UsageDelta]) -> di
     return fields
 
 
-def parse_script_reply(reply: Sequence[Any], thresholds: Sequence[float]) -> Outcome | str:
+def thresholds_by_points(thresholds: Sequence[float]) -> dict[int, float]:
+    return {basis_points(t): t for t in thresholds}
+
+
+def parse_script_reply(reply: Sequence[Any], by_points: Mapping[int, float]) -> Outcome | str:
+    """``meter.lua``'s answer; ``by_points`` is :func:`thresholds_by_points` of the settings."""
     kind = reply[0]
     if kind in ("stale", "need_limit", "need_usage"):
         return str(kind)
     limit = None if int(reply[2]) < 0 else int(reply[2])
+    if kind == "ok":
+        marks = reply[3]
+        crossed = tuple(by_points[int(t)] for t in str(marks).split(",")) if marks else ()
+        return Outcome("ok", int(reply[1]), limit, crossed=crossed)
     if kind == "exceeded":
         return Outcome("exceeded", int(reply[1]), limit, str(reply[3]))
-    if kind == "replay":
-        return Outcome("replay", int(reply[1]), limit)
-    by_points = {basis_points(t): t for t in thresholds}
-    crossed = tuple(by_points[int(t)] for t in str(reply[3]).split(",") if t)
-    return Outcome("ok", int(reply[1]), limit, crossed=crossed)
+    return Outcome("replay", int(reply[1]), limit)
 
 
 class LocalCounters:
@@ -244,7 +261,7 @@ class LocalCounters:
                 return Outcome("replay", used, limit)
             if limit is not None and used + charge.cost > limit:
                 return Outcome("exceeded", used, limit)
-            key_pages = f"k:{charge.kid}:pages"
+            key_pages = charge.pages_field
             if charge.key_limit is not None:
                 key_used = usage.get(key_pages, 0)
                 if key_used + charge.cost > charge.key_limit:
@@ -253,18 +270,19 @@ class LocalCounters:
             usage[key_pages] = usage.get(key_pages, 0) + charge.cost
             if charge.count_request:
                 usage["requests"] = usage.get("requests", 0) + 1
-                key_requests = f"k:{charge.kid}:requests"
+                key_requests = charge.requests_field
                 usage[key_requests] = usage.get(key_requests, 0) + 1
             if idem is not None:
                 if len(self._idempotency) >= 10_000:
                     self._idempotency = {k: t for k, t in self._idempotency.items() if t > now}
                 self._idempotency[idem] = now + idem_ttl
             crossed = []
-            for threshold in crossed_marks(after, limit, thresholds):
-                mark = f"th:{basis_points(threshold)}"
-                if mark not in usage:
-                    usage[mark] = 1
-                    crossed.append(threshold)
+            if limit:
+                for threshold in crossed_marks(after, limit, thresholds):
+                    mark = f"th:{basis_points(threshold)}"
+                    if mark not in usage:
+                        usage[mark] = 1
+                        crossed.append(threshold)
             return Outcome("ok", after, limit, crossed=tuple(crossed))
 
     def settle(self, charge: Charge, delta: int, forget_idempotency: bool) -> None:
@@ -272,15 +290,10 @@ class LocalCounters:
             usage = self._usage.get((charge.account_id, charge.period.label, charge.environment))
             if usage is not None and delta:
                 usage["pages"] += delta
-                key_pages = f"k:{charge.kid}:pages"
+                key_pages = charge.pages_field
                 usage[key_pages] = usage.get(key_pages, 0) + delta
             if forget_idempotency and charge.idempotency:
                 self._idempotency.pop((charge.account_id, charge.idempotency), None)
-
-    def current(self, account_id: str, period: str, environment: str) -> dict[str, int] | None:
-        with self._lock:
-            usage = self._usage.get((account_id, period, environment))
-            return dict(usage) if usage is not None else None
 
 
 class UsageBuffer:

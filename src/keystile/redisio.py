@@ -1,15 +1,13 @@
-"""Redis for keystile: key names, the Lua scripts (package files, registered once), clients.
+"""Redis for keystile: the Lua scripts (package files, registered once) and the clients.
 
-Every key carries a hash tag, so multi-key scripts work on Redis Cluster: ``{a:<account>}``
-for an account's state stamps and counters, ``{k:<kid>}`` for a credential's cached snapshot.
-Clients never retry on their own: a timed out increment must not run twice.
+Key names live in :mod:`keystile.rediskeys`. Clients never retry on their own: a timed out
+increment must not run twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -18,33 +16,16 @@ import redis.asyncio as aredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .rediskeys import RedisKeys
 from .settings import Settings
+
+__all__ = ["AsyncRedis", "RedisKeys", "SyncRedis", "load_script"]
 
 SCRIPT_NAMES = ("adopt", "meter", "settle")
 
 
 def load_script(name: str) -> str:
     return resources.files("keystile").joinpath("lua", f"{name}.lua").read_text()
-
-
-@dataclass(frozen=True, slots=True)
-class RedisKeys:
-    prefix: str
-
-    def state(self, account_id: str, kid: str) -> str:
-        return f"{self.prefix}:{{a:{account_id}}}:v:{kid}"
-
-    def snapshot(self, kid: str, digest: str) -> str:
-        return f"{self.prefix}:{{k:{kid}}}:t:{digest}"
-
-    def usage(self, account_id: str, period: str, environment: str) -> str:
-        return f"{self.prefix}:{{a:{account_id}}}:u:{period}:{environment}"
-
-    def limit(self, account_id: str, environment: str) -> str:
-        return f"{self.prefix}:{{a:{account_id}}}:l:{environment}"
-
-    def idempotency(self, account_id: str, digest: str) -> str:
-        return f"{self.prefix}:{{a:{account_id}}}:i:{digest}"
 
 
 def _options(settings: Settings) -> dict[str, Any]:

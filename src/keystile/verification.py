@@ -16,10 +16,10 @@ import hmac
 import json
 import logging
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ACCOUNT_FORBIDDEN,
@@ -35,6 +35,9 @@ from .principal import Principal
 from .settings import Settings
 from .stores.base import SessionRecord, fingerprint
 from .tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken
+
+if TYPE_CHECKING:
+    from .metering import Meter
 
 log = logging.getLogger("keystile")
 
@@ -72,6 +75,13 @@ class Snapshot:
     idle_timeout: float | None = None
     session_last_seen: float | None = None
     session_account_id: str | None = None  # the account the session acts for
+    # Derived once per snapshot rather than on every request that uses it.
+    grant_set: frozenset[str] = field(init=False, repr=False, compare=False)
+    expires: datetime | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grant_set", frozenset(self.permissions))
+        object.__setattr__(self, "expires", _utc(self.expires_at))
 
     @classmethod
     def of(cls, record: KeyRecord, via_previous: bool) -> Snapshot:
@@ -96,7 +106,7 @@ class Snapshot:
         )
 
     def dumps(self) -> str:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         data["meta"] = thaw(self.meta)
         return json.dumps(data, separators=(",", ":"))
 
@@ -152,6 +162,20 @@ class Verifier:
         self.local_ttl = settings.cache_ttl if has_redis else settings.local_cache_ttl
         #: Last use of each session in this process (idle expiry), written out in batches.
         self.session_seen: dict[str, float] = {}
+        #: Fast mode: the invalidation channel. While it is ``healthy``, every change of a key
+        #: reaches this process's cache, so a cached snapshot is current without asking Redis.
+        self.listener: Any = None
+
+    def trusts_local(self) -> bool:
+        """Whether a snapshot from this process's cache is current as it stands."""
+        listener = self.listener
+        return not self.has_redis or (listener is not None and listener.healthy)
+
+    def forget(self, digest: str, stale: Snapshot) -> None:
+        """``stale`` was found out of date: it leaves the cache, unless a newer one that
+        another request just cached has replaced it."""
+        if self.local.get(digest) is stale:
+            self.local.drop(digest)
 
     def backend_down(self, exc: BackendError) -> None:
         """Redis failed: refuse (fail_closed) or go on without it (degrade)."""
@@ -170,7 +194,7 @@ class Verifier:
         if cached == NEGATIVE:
             raise AuthError(INVALID_API_KEY)
         if isinstance(cached, Snapshot):
-            return cached, not self.has_redis
+            return cached, self.trusts_local()
         if self.has_redis:
             try:
                 shared = yield ("redis_fetch", (cred.kid, digest))
@@ -191,8 +215,8 @@ class Verifier:
 
         ``stale`` is a snapshot found out of date: it leaves the cache (a newer one that
         another request just cached stays, and is used)."""
-        if stale is not None and self.local.get(digest) is stale:
-            self.local.drop(digest)
+        if stale is not None:
+            self.forget(digest, stale)
         return (yield ("single_flight", (digest, cred)))
 
     def is_current(self, snapshot: Snapshot) -> Steps:
@@ -210,7 +234,7 @@ class Verifier:
         cached = self.local.get(digest)
         # A flight for this credential may have ended just before this one began.
         if isinstance(cached, Snapshot) and (
-            not self.has_redis or (yield from self.is_current(cached))
+            self.trusts_local() or (yield from self.is_current(cached))
         ):
             return cached
         stale_stamp = ""
@@ -341,6 +365,18 @@ class Verifier:
         now: float,
         token_environment: str | None = None,
     ) -> Principal:
+        account = self.check(snapshot, account_header, now, token_environment)
+        return principal_of(snapshot, account, auth_method, None)
+
+    def check(
+        self,
+        snapshot: Snapshot,
+        account_header: str | None,
+        now: float,
+        token_environment: str | None = None,
+    ) -> str:
+        """The account the request acts for, once the snapshot's state allows it (or
+        AuthError)."""
         if token_environment not in (None, SESSION_ENVIRONMENT, snapshot.environment):
             raise AuthError(INVALID_API_KEY)  # sk_test_ text around a live key's secret
         if snapshot.valid_until is not None and snapshot.valid_until <= now:
@@ -358,16 +394,23 @@ class Verifier:
             if account_header not in (snapshot.account_id, *snapshot.accounts):
                 raise AuthError(ACCOUNT_FORBIDDEN)
             account = account_header
-        return Principal(
-            key_id=KEY_ID_PREFIX + snapshot.kid,
-            account_id=account,
-            name=snapshot.name,
-            owner=snapshot.owner,
-            environment=snapshot.environment,
-            permissions=frozenset(snapshot.permissions),
-            auth_method=auth_method,
-            expires_at=_utc(snapshot.expires_at),
-            key_account_id=snapshot.account_id,
-            meta=snapshot.meta,
-            session_id=snapshot.session_id,
-        )
+        return account
+
+
+def principal_of(
+    snapshot: Snapshot, account: str, auth_method: str, meter: Meter | None
+) -> Principal:
+    return Principal(
+        KEY_ID_PREFIX + snapshot.kid,
+        account,
+        snapshot.name,
+        snapshot.owner,
+        snapshot.environment,
+        snapshot.grant_set,
+        auth_method,
+        snapshot.expires,
+        snapshot.account_id,
+        snapshot.meta,
+        meter,
+        snapshot.session_id,
+    )
