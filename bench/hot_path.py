@@ -1,34 +1,47 @@
 """The cost of keystile on the hot path, in-process (no network), against a bare app.
 
-    python bench/hot_path.py [--requests 20000] [--redis redis://127.0.0.1:6379/0]
+    python bench/hot_path.py [--requests 20000] [--rounds 7] [--redis redis://127.0.0.1:6379/0]
 
-Each scenario sends ASGI requests straight into a Starlette app and prints microseconds per
-request and the ratio to the bare app measured in the same run. With --redis (or
-KEYSTILE_BENCH_REDIS_URL) the Redis scenarios run too, under a throwaway key prefix that is
-deleted afterwards. Every request here is metered (metering is always on); "limit" scenarios
-also enforce a monthly page limit.
+ASGI requests go straight into a Starlette app, one at a time. Every scenario runs once per
+round, rounds interleaved (bare, A, B, ..., bare, A, B, ...), and each line prints the median,
+min and max over the rounds of: microseconds per request, and microseconds over the bare app
+of the same round. With --redis (or KEYSTILE_BENCH_REDIS_URL) the Redis scenarios run too,
+under a throwaway key prefix deleted afterwards, next to the floor: one bare script round
+trip (``return redis.call('GET', KEYS[1])``) with redis-py's asyncio client, the least a
+naive Redis check costs. Every keystile request is metered; "limit" scenarios also enforce a
+monthly page limit.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import statistics
-import time
-import uuid
-from collections.abc import Callable
-from typing import Any
+import sys
+from pathlib import Path
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+# This folder holds bench/http.py, which must not shadow the standard library's http.
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from keystile import Keystile
-from keystile.starlette import KeystileMiddleware
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Awaitable, Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+from starlette.applications import Starlette  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+from keystile import Keystile  # noqa: E402
+from keystile.errors import ConfigError  # noqa: E402
+from keystile.starlette import KeystileMiddleware  # noqa: E402
 
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+Runner = Callable[[int], Awaitable[float]]
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -59,7 +72,8 @@ def scope_for(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
     }
 
 
-async def run(app: Any, headers: list[tuple[bytes, bytes]], count: int, expect: int) -> float:
+async def app_runner(app: Any, headers: list[tuple[bytes, bytes]], expect: int) -> Runner:
+    """Warms the app up, checks the status it answers, and returns a timed runner."""
     scope = scope_for(headers)
     statuses: list[int] = []
 
@@ -70,63 +84,115 @@ async def run(app: Any, headers: list[tuple[bytes, bytes]], count: int, expect: 
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    for _ in range(50):  # warm caches and code paths
+    for _ in range(200):
         await app(dict(scope), receive, send)
     if statuses[-1] != expect:
         raise SystemExit(f"scenario answered {statuses[-1]}, expected {expect}")
-    samples = []
-    per_batch = max(1, count // 10)
-    for _ in range(10):
+
+    async def run(count: int) -> float:
         start = time.perf_counter()
-        for _ in range(per_batch):
+        for _ in range(count):
             await app(dict(scope), receive, send)
-        samples.append((time.perf_counter() - start) / per_batch)
-    return statistics.median(samples) * 1e6
+        return (time.perf_counter() - start) / count * 1e6
+
+    return run
 
 
-def scenarios(engine: Keystile, token: str, unknown: str) -> list[tuple[str, list, int]]:
-    bad_checksum = token[:-1] + ("A" if token[-1] != "A" else "B")
-    return [
-        ("valid key (warm)", [(b"authorization", f"Bearer {token}".encode())], 200),
-        ("bad-checksum token", [(b"x-api-key", bad_checksum.encode())], 401),
-        ("unknown key id", [(b"x-api-key", unknown.encode())], 401),
-    ]
+async def floor_runner(redis_url: str) -> tuple[Runner, Callable[[], Awaitable[None]]]:
+    """One EVALSHA with redis-py's asyncio client: what a naive Redis check costs."""
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(redis_url, decode_responses=True)
+    script = client.register_script("return redis.call('GET', KEYS[1])")
+    key = f"ksbench-floor-{uuid.uuid4().hex}"
+    for _ in range(200):
+        await script(keys=[key], args=[])
+
+    async def run(count: int) -> float:
+        start = time.perf_counter()
+        for _ in range(count):
+            await script(keys=[key], args=[])
+        return (time.perf_counter() - start) / count * 1e6
+
+    return run, client.aclose
 
 
-def unknown_token(engine: Keystile) -> str:
+def unknown_token() -> str:
     other = Keystile({"store": "memory://", "argon2": FAST_ARGON2})
     token = other.keys.create("acct_other", "not in the benched store").token
     other.close()
     return token
 
 
-async def bench(redis_url: str | None, count: int) -> None:
-    bare = await run(make_app(None), [], count, 200)
-    rows: list[tuple[str, float]] = [("bare app", bare)]
-    configs: list[tuple[str, dict[str, Any]]] = [("in-process", {})]
-    prefix = f"ksbench-{uuid.uuid4().hex[:8]}"
-    if redis_url:
-        configs.append(
-            ("redis", {"redis_url": redis_url, "secret": "bench-secret-0123456789", "redis_prefix": prefix})
-        )
-    if redis_url:
-        rows.append(("redis: one bare script round trip (floor)", await redis_floor(redis_url, count)))
+def engine_for(extra: dict[str, Any]) -> Keystile | None:
     try:
-        for label, extra in configs:
-            for limit_label, limit in (("unlimited", None), ("limit", 10**9)):
-                engine = Keystile(
-                    {"store": "memory://", "argon2": FAST_ARGON2, "monthly_page_limit": limit, **extra}
-                )
-                token = engine.keys.create("acct_bench", "bench").token
-                app = make_app(engine)
-                for name, headers, status in scenarios(engine, token, unknown_token(engine)):
-                    if limit_label == "limit" and status != 200:
-                        continue
-                    micros = await run(app, headers, count, status)
-                    rows.append((f"{label:10} {limit_label:9} {name}", micros))
-                await engine.aclose()
-                engine.close()
+        return Keystile({"store": "memory://", "argon2": FAST_ARGON2, **extra})
+    except ConfigError as exc:  # a mode this version does not have
+        print(f"skipped {extra}: {exc}")
+        return None
+
+
+async def build(redis_url: str | None, prefix: str) -> tuple[list[tuple[str, Runner]], list[Any]]:
+    bare = await app_runner(make_app(None), [], 200)
+    runners: list[tuple[str, Runner]] = [("bare app", bare)]
+    closers: list[Any] = []
+    configs: list[tuple[str, dict[str, Any]]] = [("in-process", {})]
+    if redis_url:
+        floor, close = await floor_runner(redis_url)
+        runners.append(("redis: one bare script round trip (floor)", floor))
+        closers.append(close)
+        shared = {"redis_url": redis_url, "secret": "bench-secret-0123456789", "redis_prefix": prefix}
+        configs.append(("strict", {**shared, "consistency": "strict"}))
+        configs.append(("fast", {**shared, "consistency": "fast"}))
+    stranger = unknown_token()
+    for label, extra in configs:
+        for limit_label, limit in (("unlimited", None), ("limit", 10**9)):
+            engine = engine_for({"monthly_page_limit": limit, **extra})
+            if engine is None:
+                continue
+            closers.append(engine)
+            if label == "fast":
+                engine.ready(5.0)
+            token = engine.keys.create("acct_bench", "bench").token
+            app = make_app(engine)
+            bad_checksum = token[:-1] + ("A" if token[-1] != "A" else "B")
+            cases = [("valid key (warm)", [(b"authorization", f"Bearer {token}".encode())], 200)]
+            if limit_label == "unlimited":
+                cases += [
+                    ("bad-checksum token", [(b"x-api-key", bad_checksum.encode())], 401),
+                    ("unknown key id", [(b"x-api-key", stranger.encode())], 401),
+                ]
+            for name, headers, status in cases:
+                runner = await app_runner(app, headers, status)
+                runners.append((f"{label:10} {limit_label:9} {name}", runner))
+    return runners, closers
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):8.1f} {min(values):8.1f} {max(values):8.1f}"
+
+
+async def bench(redis_url: str | None, count: int, rounds: int) -> None:
+    prefix = f"ksbench-{uuid.uuid4().hex[:8]}"
+    print(f"load average at start: {os.getloadavg()}")
+    runners, closers = await build(redis_url, prefix)
+    samples: dict[str, list[float]] = {name: [] for name, _ in runners}
+    over: dict[str, list[float]] = {name: [] for name, _ in runners}
+    try:
+        for _ in range(rounds):
+            bare = 0.0
+            for name, run in runners:
+                micros = await run(count)
+                bare = micros if name == "bare app" else bare
+                samples[name].append(micros)
+                over[name].append(micros - bare)
     finally:
+        for closer in closers:
+            if isinstance(closer, Keystile):
+                await closer.aclose()
+                closer.close()
+            else:
+                await closer()
         if redis_url:
             import redis
 
@@ -134,34 +200,20 @@ async def bench(redis_url: str | None, count: int) -> None:
             for key in client.scan_iter(match=f"{prefix}*"):
                 client.unlink(key)
             client.close()
-    print(f"{'scenario':50} {'µs/request':>12} {'× bare':>8}")
-    for name, micros in rows:
-        print(f"{name:50} {micros:12.1f} {micros / bare:8.2f}")
+    print(f"{rounds} interleaved rounds of {count} requests; median, min and max over the rounds")
+    print(f"{'scenario':48} {'µs/request (med min max)':>26} {'µs over bare (med min max)':>28}")
+    for name, _ in runners:
+        print(f"{name:48} {spread(samples[name]):>26} {spread(over[name]):>28}")
+    print(f"load average at end: {os.getloadavg()}")
 
 
-async def redis_floor(redis_url: str, count: int) -> float:
-    """What one EVALSHA costs this client on this machine: the least a Redis check can cost."""
-    import redis.asyncio as aredis
-
-    client = aredis.Redis.from_url(redis_url, decode_responses=True)
-    script = client.register_script("return redis.call('GET', KEYS[1])")
-    key = f"ksbench-floor-{uuid.uuid4().hex}"
-    for _ in range(50):
-        await script(keys=[key], args=[])
-    start = time.perf_counter()
-    for _ in range(count):
-        await script(keys=[key], args=[])
-    micros = (time.perf_counter() - start) / count * 1e6
-    await client.aclose()
-    return micros
-
-
-def main(argv: list[str] | None = None, printer: Callable[..., None] = print) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20_000)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000, help="per scenario and round")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--redis", default=os.environ.get("KEYSTILE_BENCH_REDIS_URL"))
     args = parser.parse_args(argv)
-    asyncio.run(bench(args.redis, args.requests))
+    asyncio.run(bench(args.redis, args.requests, args.rounds))
 
 
 if __name__ == "__main__":

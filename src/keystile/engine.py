@@ -35,8 +35,8 @@ from .models import KeyRecord
 from .periods import PeriodPolicy
 from .principal import Principal
 from .quotas import QuotaManager, UsageReport
-from .rediskeys import RedisKeys
 from .redisio import AsyncRedis, SyncRedis
+from .rediskeys import RedisKeys
 from .sessions import SessionManager
 from .settings import Settings, load_settings
 from .singleflight import AsyncSingleFlight, SyncSingleFlight
@@ -98,7 +98,8 @@ class Keystile:
         self._flusher = Flusher(self.flush, interval)
         self._flusher_idle = True
         self._background: set[asyncio.Task[Any]] = set()
-        self._exempt: set[str] = set()
+        self._exempt = set(self.settings.exempt_exact)
+        self._exempt_prefixes = self.settings.exempt_prefixes
         _UNCLOSED.add(self)
 
     @property
@@ -120,7 +121,8 @@ class Keystile:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
 
     def is_exempt(self, path: str) -> bool:
-        return path in self._exempt or self.settings.is_exempt(path)
+        prefixes = self._exempt_prefixes
+        return path in self._exempt or (bool(prefixes) and path.startswith(prefixes))
 
     def exempt(self, path: str) -> None:
         """Let one more exact path through unauthenticated (the management API's login)."""

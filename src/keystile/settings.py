@@ -16,6 +16,7 @@ from .errors import ConfigError
 
 _NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 POLICIES = ("fail_closed", "degrade")
+CONSISTENCIES = ("strict", "fast")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,10 @@ class Settings:
     negative_cache_ttl: int = 60
     redis_timeout: float = 0.25
     on_backend_error: str = "fail_closed"
+    #: "strict": every request checks the key's state and charges its quota in Redis (one
+    #: round trip). "fast": changes are pushed to every process and quotas are spent from
+    #: leases, so a warm key costs no round trip (see the README's consistency table).
+    consistency: str = "strict"
     last_used_interval: float = 60.0
     # Quotas (see keystile.quotas).
     monthly_page_limit: int | None = None
@@ -238,6 +243,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "negative_cache_ttl": lambda k, v: _int(k, v, 1),
     "redis_timeout": lambda k, v: _number(k, v, 0.001),
     "on_backend_error": _choice(POLICIES),
+    "consistency": _choice(CONSISTENCIES),
     "last_used_interval": lambda k, v: _number(k, v, 0.0),
     "monthly_page_limit": _optional_limit,
     "test_page_limit": _optional_limit,
@@ -273,6 +279,11 @@ def load_settings(raw: Mapping[str, Any] | Settings | None) -> Settings:
         )
     values = {key: _VALIDATORS[key](key, value) for key, value in raw.items()}
     settings = Settings(**values)
+    if settings.consistency == "fast" and not settings.redis_url:
+        raise ConfigError(
+            "setting 'consistency': 'fast' shares changes and quotas through Redis; "
+            "set 'redis_url' (without Redis every check is already local)"
+        )
     if settings.redis_url and not settings.secret:
         raise ConfigError("setting 'secret' is required when 'redis_url' is set")
     if settings.secret is not None and len(settings.secret) < 16:

@@ -65,22 +65,25 @@ class KeystileMiddleware:
         self.keystile = engine_from(settings, keystile)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, self._lifespan_send(send))
-            return
-        if scope["type"] not in ("http", "websocket") or self.keystile.is_exempt(scope["path"]):
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                send = self._lifespan_send(send)
             await self.app(scope, receive, send)
             return
         engine = self.keystile
-        headers = scope_headers(scope)
-        body = _BufferedBody(receive)
+        if engine.is_exempt(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = asgi_headers(scope["headers"])
+        body = _BufferedBody(receive) if kind == "http" and wants_body(headers) else None
         try:
             principal = await engine.authenticate_async(
                 headers,
                 scope.get("method", "GET"),
                 scope["path"],
                 query=scope.get("query_string", b"").decode("latin-1"),
-                body=body.read if scope["type"] == "http" and wants_body(headers) else b"",
+                body=b"" if body is None else body.read,
             )
         except AuthError as error:
             await send_error(scope, send, error)
@@ -94,18 +97,16 @@ class KeystileMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra = [
-                    (k.encode("latin-1"), v.encode("latin-1"))
-                    for k, v in engine.quota_headers(principal)
-                ]
+                extra = engine.quota_headers(principal)
                 if extra:
-                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+                    encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra]
+                    message = {**message, "headers": [*message.get("headers", []), *encoded]}
             elif message["type"] == "websocket.accept":
                 status = 101
             await send(message)
 
         try:
-            await self.app(scope, body.receive, send_wrapper)
+            await self.app(scope, receive if body is None else body.receive, send_wrapper)
         except AuthError as error:
             # Raised by requires() or a FastAPI dependency: rendered here, from the one table.
             # Refused by keystile itself: nothing was served, nothing is billed.

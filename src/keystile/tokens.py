@@ -66,16 +66,15 @@ def _random_base62(length: int) -> str:
     return "".join(secrets.choice(ALPHABET) for _ in range(length))
 
 
-def _base62(number: int, width: int) -> str:
-    digits = ""
-    for _ in range(width):
-        number, digit = divmod(number, 62)
-        digits = ALPHABET[digit] + digits
-    return digits
+# Every base62 digit pair: a checksum is three lookups instead of six divisions.
+_PAIRS: Final = tuple(a + b for a in ALPHABET for b in ALPHABET)
 
 
 def _checksum(kid: str, random_part: str) -> str:
-    return _base62(zlib.crc32(f"{kid}{random_part}".encode()), CHECKSUM_LENGTH)
+    """Six base62 digits of the CRC32 (which is below 62**6)."""
+    high, rest = divmod(zlib.crc32(f"{kid}{random_part}".encode()), 62**4)
+    middle, low = divmod(rest, 62**2)
+    return _PAIRS[high] + _PAIRS[middle] + _PAIRS[low]
 
 
 def new_kid() -> str:

@@ -1,5 +1,6 @@
 -- One request's whole Redis step: is the key's cached state current, is there quota left,
 -- charge it. Atomic, so concurrent requests can never admit more than the limit.
+-- Six commands on the warm path (MGET, HMGET, four HINCRBY): every read is one command.
 --
 -- KEYS[1] usage hash of (account, period, environment)   KEYS[2] the limit in force
 -- KEYS[3] idempotency marker   KEYS[4] the key's state stamp
@@ -14,11 +15,14 @@ local key_limit, seed_limit, rebuild = ARGV[4], ARGV[5], ARGV[6]
 local usage_ttl, thresholds, idem_ttl, limit_ttl = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local use_idem, count_request = ARGV[11] == '1', ARGV[12] == '1'
 
-if expected ~= '' and redis.call('GET', state_key) ~= expected then
-  return {'stale'}
+local limit
+if expected ~= '' then
+  local got = redis.call('MGET', state_key, limit_key)
+  if got[1] ~= expected then return {'stale'} end
+  limit = got[2]
+else
+  limit = redis.call('GET', limit_key)
 end
-
-local limit = redis.call('GET', limit_key)
 if not limit then
   if seed_limit == '' then return {'need_limit'} end
   redis.call('SET', limit_key, seed_limit, 'EX', limit_ttl)
@@ -26,7 +30,14 @@ if not limit then
 end
 local lim = tonumber(limit)  -- nil: unlimited, still metered
 
-if redis.call('EXISTS', usage) == 0 then
+local marks = {}
+for t in string.gmatch(thresholds, '[^,]+') do table.insert(marks, t) end
+local key_pages = 'k:' .. kid .. ':pages'
+local fields = {'pages', key_pages}
+for _, t in ipairs(marks) do table.insert(fields, 'th:' .. t) end
+
+local got = redis.call('HMGET', usage, unpack(fields))
+if not got[1] then
   -- New period, or Redis lost the counter: start from what the store has recorded.
   if rebuild == '' then return {'need_usage'} end
   for field, value in pairs(cjson.decode(rebuild)) do
@@ -35,23 +46,23 @@ if redis.call('EXISTS', usage) == 0 then
   redis.call('HSETNX', usage, 'pages', 0)
   if lim and lim > 0 then
     local pages = tonumber(redis.call('HGET', usage, 'pages'))
-    for t in string.gmatch(thresholds, '[^,]+') do
+    for _, t in ipairs(marks) do
       if pages * 10000 >= tonumber(t) * lim then redis.call('HSET', usage, 'th:' .. t, 1) end
     end
   end
   redis.call('EXPIRE', usage, usage_ttl)
+  got = redis.call('HMGET', usage, unpack(fields))
 end
 
-local used = tonumber(redis.call('HGET', usage, 'pages') or '0')
+local used = tonumber(got[1])
 if use_idem and redis.call('EXISTS', idem_key) == 1 then
   return {'replay', used, lim or -1}
 end
 if lim and used + cost > lim then
   return {'exceeded', used, lim, 'account'}
 end
-local key_pages = 'k:' .. kid .. ':pages'
 if key_limit ~= '' then
-  local key_used = tonumber(redis.call('HGET', usage, key_pages) or '0')
+  local key_used = tonumber(got[2] or '0')
   if key_used + cost > tonumber(key_limit) then
     return {'exceeded', key_used, tonumber(key_limit), 'key'}
   end
@@ -67,8 +78,10 @@ if use_idem then redis.call('SET', idem_key, '1', 'EX', idem_ttl) end
 
 local crossed = {}
 if lim and lim > 0 then
-  for t in string.gmatch(thresholds, '[^,]+') do
-    if after * 10000 >= tonumber(t) * lim and redis.call('HSETNX', usage, 'th:' .. t, 1) == 1 then
+  for i, t in ipairs(marks) do
+    -- got[2 + i]: whether this period already announced the threshold (read above).
+    if not got[2 + i] and after * 10000 >= tonumber(t) * lim then
+      redis.call('HSET', usage, 'th:' .. t, 1)
       table.insert(crossed, t)
     end
   end

@@ -1,0 +1,83 @@
+"""FastAPI under uvicorn: ``bare``, ``keystile-middleware``, ``keystile-depends`` and
+``safe-api-keys``, all on the same ``async def`` route returning ``{"ok": true}``.
+
+- ``keystile-middleware``: keystile's middleware; the route does not ask for the principal.
+- ``keystile-depends``: the same, and the route takes ``Depends(get_principal)``.
+- ``safe-api-keys``: that package's ``APIKeyAuth`` dependency, as its FastAPI example shows
+  (``AsyncKeyManager``, ``auth.install(app)``, ``Depends(auth.scopes(...))``), on its
+  standard-library ``SQLiteStore`` (the bench issues the key into it before starting).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.http_apps import case_settings, variant
+from fastapi import Depends, FastAPI
+
+SAFE_API_KEYS_SCOPE = "bench:read"
+
+
+def bare_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def keystile_app(with_depends: bool) -> FastAPI:
+    from keystile import Principal
+    from keystile.fastapi import KeystileMiddleware, get_principal
+
+    app = FastAPI()
+    app.add_middleware(KeystileMiddleware, settings=case_settings())
+    if with_depends:
+
+        @app.get("/")
+        async def root_with_principal(
+            principal: Principal = Depends(get_principal),
+        ) -> dict[str, bool]:
+            return {"ok": True}
+
+    else:
+
+        @app.get("/")
+        async def root() -> dict[str, bool]:
+            return {"ok": True}
+
+    return app
+
+
+def safe_api_keys_app() -> FastAPI:
+    from safe_api_keys import AsyncKeyManager, KeyRecord
+    from safe_api_keys.contrib.fastapi import APIKeyAuth
+    from safe_api_keys.stores import SQLiteStore
+
+    config = case_settings()
+    store = SQLiteStore(config["store_path"])
+    km = AsyncKeyManager(store, prefix=config["prefix"], pepper=config["pepper"].encode())
+    auth = APIKeyAuth(km)
+    app = FastAPI()
+    auth.install(app)
+
+    @app.get("/")
+    async def root(key: KeyRecord = Depends(auth.scopes(SAFE_API_KEYS_SCOPE))) -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def build_app(name: str) -> Any:
+    if name == "bare":
+        return bare_app()
+    if name in ("keystile-middleware", "keystile-depends"):
+        return keystile_app(with_depends=name == "keystile-depends")
+    if name == "safe-api-keys":
+        return safe_api_keys_app()
+    raise RuntimeError(f"unknown fastapi variant {name!r}")
+
+
+app = build_app(variant())
