@@ -563,4 +563,3 @@ class UncertainCounters:
 
     def __len__(self) -> int:
         return len(self._counters)
-

@@ -497,14 +497,14 @@ class Keystile:
         return await asyncio.to_thread(self._op_argon2_verify, record, secret)
 
     async def _aop_redis_version(self, account_id: str, kid: str) -> str | None:
-        value: str | None = await self.async_redis.client.get(  # type: ignore[assignment]
-            self.redis_keys.state(account_id, kid)
+        value: str | None = await self.async_redis.client.execute_command(
+            "GET", self.redis_keys.state(account_id, kid)
         )
         return value
 
     async def _aop_redis_fetch(self, kid: str, digest: str) -> str | None:
-        value: str | None = await self.async_redis.client.get(  # type: ignore[assignment]
-            self.redis_keys.snapshot(kid, digest)
+        value: str | None = await self.async_redis.client.execute_command(
+            "GET", self.redis_keys.snapshot(kid, digest)
         )
         return value
 
@@ -514,7 +514,8 @@ class Keystile:
         return str(await script(keys=keys, args=[version, stale]))
 
     async def _aop_redis_put(self, kid: str, digest: str, value: str, ttl: int) -> None:
-        await self.async_redis.client.set(self.redis_keys.snapshot(kid, digest), value, ex=ttl)
+        key = self.redis_keys.snapshot(kid, digest)
+        await self.async_redis.client.execute_command("SET", key, value, "EX", ttl)
 
     async def _aop_redis_meter(self, keys: list[str], args: list[Any]) -> list[Any]:
         reply: list[Any] = await self.async_redis.scripts["meter"](keys=keys, args=args)

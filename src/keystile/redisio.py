@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import weakref
 from importlib import resources
+from collections.abc import Sequence
 from typing import Any
 
 import redis
-import redis.asyncio as aredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .multiplex import LuaScript, RedisMultiplexer
 from .rediskeys import RedisKeys
 from .settings import Settings
 
@@ -52,31 +53,46 @@ class SyncRedis:
         self.client.close()
 
 
+class _Script:
+    """A script bound to one multiplexer, called like redis-py's: ``await script(keys, args)``."""
+
+    __slots__ = ("_client", "_script")
+
+    def __init__(self, client: RedisMultiplexer, source: str) -> None:
+        self._client = client
+        self._script = LuaScript(source)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._client.evalsha(self._script, keys, args)
+
+
 class AsyncRedis:
-    """One asyncio client per event loop: redis.asyncio connections belong to the loop."""
+    """One pipelined client per event loop: the commands of concurrent requests share one
+    connection and one write per loop tick, so a thousand requests in flight neither open a
+    thousand connections nor run out of them (redis-py's asyncio pool raises instead)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[aredis.Redis, dict[str, Any]]
+            asyncio.AbstractEventLoop, tuple[RedisMultiplexer, dict[str, _Script]]
         ] = weakref.WeakKeyDictionary()
 
-    def _get(self) -> tuple[aredis.Redis, dict[str, Any]]:
+    def _get(self) -> tuple[RedisMultiplexer, dict[str, _Script]]:
         loop = asyncio.get_running_loop()
         pair = self._by_loop.get(loop)
         if pair is None:
             assert self.settings.redis_url
-            client = aredis.Redis.from_url(self.settings.redis_url, **_options(self.settings))
-            scripts = {name: client.register_script(load_script(name)) for name in SCRIPT_NAMES}
+            client = RedisMultiplexer(self.settings.redis_url, timeout=self.settings.redis_timeout)
+            scripts = {name: _Script(client, load_script(name)) for name in SCRIPT_NAMES}
             pair = self._by_loop[loop] = (client, scripts)
         return pair
 
     @property
-    def client(self) -> aredis.Redis:
+    def client(self) -> RedisMultiplexer:
         return self._get()[0]
 
     @property
-    def scripts(self) -> dict[str, Any]:
+    def scripts(self) -> dict[str, _Script]:
         return self._get()[1]
 
     async def aclose(self) -> None:
