@@ -24,6 +24,9 @@ MAX_VALUE_LENGTH = 512
 MAX_ACCOUNT_LENGTH = 128
 #: The headers a credential is read from (adapters may need to treat them specially).
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-api-secret", "x-account-id"})
+#: Not a credential, but noted on the same pass over the headers (it decides the request's path).
+IDEMPOTENCY_HEADER = "idempotency-key"
+_SCANNED = CREDENTIAL_HEADERS | {IDEMPOTENCY_HEADER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,8 @@ class Credentials:
     token: ParsedToken
     auth_method: str
     account_id: str | None
+    #: Whether the request carries an Idempotency-Key header.
+    idempotent: bool = False
 
     def __repr__(self) -> str:
         return f"Credentials({self.token!r}, {self.auth_method!r}, {self.account_id!r})"
@@ -39,7 +44,10 @@ class Credentials:
 def _collect(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     found: dict[str, str] = {}
     for name, value in headers:
-        if name not in CREDENTIAL_HEADERS:
+        if name not in _SCANNED:
+            continue
+        if name == IDEMPOTENCY_HEADER:
+            found[name] = "1"  # repeats are fine: the first one names the request
             continue
         # No token, key id, secret or account id holds a ",": a WSGI server joins a header
         # sent twice with one, so it means a repeat there, and the same on every adapter.
@@ -99,7 +107,7 @@ def read_credentials(
         pair = parse_pair(_clean("x-api-key", api_key), _clean("x-api-secret", secret))
         if pair is None:
             raise AuthError(INVALID_API_KEY)
-        return Credentials(pair, "key_secret", account)
+        return Credentials(pair, "key_secret", account, IDEMPOTENCY_HEADER in found)
 
     if authorization is not None:
         token = _bearer(_clean("authorization", authorization))
@@ -119,7 +127,7 @@ def read_credentials(
         raise AuthError(INVALID_API_KEY)
     if parsed.environment == SESSION_ENVIRONMENT:
         method = "session"
-    return Credentials(parsed, method, account)
+    return Credentials(parsed, method, account, IDEMPOTENCY_HEADER in found)
 
 
 def asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ from .flusher import Flusher
 from .hashing import HasherBusy, SecretHasher
 from .keys import KeyManager
 from .localcache import LocalCache
-from .metering import IDEMPOTENCY_HEADER, Meter, ThresholdEvent
+from .metering import Meter, ThresholdEvent
 from .models import KeyRecord
 from .periods import PeriodPolicy
 from .principal import Principal
@@ -148,10 +148,9 @@ class Keystile:
         self, headers: list[tuple[str, str]], method: str, path: str, query: str, body: Any
     ) -> tuple[Credentials, str, RequestInfo, bool]:
         creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
-        reader = body if callable(body) else lambda: body
-        idempotent = any(name == IDEMPOTENCY_HEADER for name, _ in headers)
+        reader = body if callable(body) else (lambda: body)
         request = RequestInfo(method, path, headers, query, reader)
-        return creds, self.digest(creds.token), request, idempotent
+        return creds, self.digest(creds.token), request, creds.idempotent
 
     def authenticate(
         self,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .credentials import IDEMPOTENCY_HEADER
 from .errors import QUOTA_EXCEEDED, AuthError, InvalidInput
 from .periods import Period
 from .stores.base import UsageDelta, UsageRow
@@ -77,10 +78,13 @@ class Charge:
     # The key's fields in the usage hash, named once per charge.
     pages_field: str = field(init=False, repr=False, compare=False)
     requests_field: str = field(init=False, repr=False, compare=False)
+    buffer_key: tuple[str, str, str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pages_field", f"k:{self.kid}:pages")
         object.__setattr__(self, "requests_field", f"k:{self.kid}:requests")
+        key = (self.account_id, self.period.label, self.environment, self.kid)
+        object.__setattr__(self, "buffer_key", key)
 
     @property
     def counter(self) -> tuple[str, str, str]:
@@ -144,7 +148,6 @@ def crossed_marks(pages: int, limit: int | None, thresholds: Sequence[float]) ->
     return [t for t in thresholds if pages * 10_000 >= basis_points(t) * limit]
 
 
-IDEMPOTENCY_HEADER = "idempotency-key"
 # Adapters read (and hand back to the app) a body up to this size to tell a retry from a new
 # request under the same key; a larger one is charged every time.
 IDEMPOTENT_BODY_LIMIT = 16 * 1024 * 1024
@@ -304,9 +307,10 @@ class UsageBuffer:
         self._pending: dict[tuple[str, str, str, str], list[int]] = {}
 
     def add(self, charge: Charge, pages: int, requests: int) -> None:
-        key = (charge.account_id, charge.period.label, charge.environment, charge.kid)
         with self._lock:
-            counts = self._pending.setdefault(key, [0, 0])
+            counts = self._pending.get(charge.buffer_key)
+            if counts is None:
+                counts = self._pending[charge.buffer_key] = [0, 0]
             counts[0] += pages
             counts[1] += requests
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from importlib import resources
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 import redis

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from .credentials import asgi_headers
 from .engine import Keystile, engine_from
 from .errors import MISSING_API_KEY, AuthError, render
-from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost, wants_body
+from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost
 from .principal import Principal, check_permissions
 
 Scope = dict[str, Any]
@@ -76,7 +76,8 @@ class KeystileMiddleware:
             await self.app(scope, receive, send)
             return
         headers = asgi_headers(scope["headers"])
-        body = _BufferedBody(receive) if kind == "http" and wants_body(headers) else None
+        # Read only if keystile asks (an Idempotency-Key on a verified key).
+        body = _BufferedBody(receive) if kind == "http" else None
         try:
             principal = await engine.authenticate_async(
                 headers,
@@ -89,8 +90,7 @@ class KeystileMiddleware:
             await send_error(scope, send, error)
             return
         # A fresh state dict: the server's may be shared lifespan state.
-        state = {**scope.get("state", {}), "principal": principal, "keystile": engine}
-        scope = {**scope, "state": state}
+        scope["state"] = {**scope.get("state", {}), "principal": principal, "keystile": engine}
         status: int | None = None
 
         async def send_wrapper(message: Message) -> None:
