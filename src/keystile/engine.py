@@ -28,6 +28,7 @@ from .credentials import Credentials, read_credentials
 from .errors import TOO_MANY_ATTEMPTS, AuthError, BackendError
 from .flusher import Flusher
 from .hashing import HasherBusy, SecretHasher
+from .invalidation import InvalidationListener, invalidation_channel
 from .keys import KeyManager
 from .localcache import LocalCache
 from .metering import Meter, ThresholdEvent
@@ -80,6 +81,18 @@ class Keystile:
             self.settings.local_cache_size, time.monotonic
         )
         self.verifier = Verifier(self.settings, self.local, self.has_redis)
+        self.listener: InvalidationListener | None = None
+        if self.settings.consistency == "fast":
+            assert self.settings.redis_url
+            self.listener = InvalidationListener(
+                self.settings.redis_url,
+                self.invalidation_channel,
+                on_invalidate=self.local.drop_group,
+                on_resync=self.local.clear,
+                timeout=self.settings.redis_timeout,
+            )
+            self.verifier.listener = self.listener
+            self.listener.start()
         self.periods = PeriodPolicy(
             self.settings.billing_anchor_day, self.settings.billing_timezone
         )
@@ -105,6 +118,15 @@ class Keystile:
     @property
     def has_redis(self) -> bool:
         return self.settings.redis_url is not None
+
+    @property
+    def invalidation_channel(self) -> str:
+        return invalidation_channel(self.settings.redis_prefix)
+
+    def ready(self, timeout: float = 5.0) -> bool:
+        """Fast mode: wait until this process hears every key change (until then it checks
+        each request with Redis, as strict mode does). True at once in strict mode."""
+        return self.listener is None or self.listener.wait_healthy(timeout)
 
     @property
     def redis(self) -> SyncRedis:
@@ -553,6 +575,8 @@ class Keystile:
 
     def close(self) -> None:
         _UNCLOSED.discard(self)
+        if self.listener is not None:
+            self.listener.stop()
         self._flusher.stop()
         self.flush()
         if self._sync_redis is not None:
@@ -561,6 +585,8 @@ class Keystile:
 
     async def aclose(self) -> None:
         _UNCLOSED.discard(self)
+        if self.listener is not None:
+            await asyncio.to_thread(self.listener.stop)
         self._flusher.stop()
         await asyncio.to_thread(self.flush)
         if self._async_redis is not None:

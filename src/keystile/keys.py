@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from .invalidation import publish
 from . import tokens
 from .errors import BackendError, InvalidInput, NotFound
 from .models import ApiKey, KeyRecord, new_version
@@ -362,6 +363,9 @@ class KeyManager:
             engine.redis.client.set(
                 engine.redis_keys.state(record.account_id, record.kid), record.version
             )
+            if engine.listener is not None:
+                # Fast mode: processes trust their caches while they hear this channel.
+                publish(engine.redis.client, engine.invalidation_channel, record.kid)
         except Exception as exc:
             error = BackendError(
                 "saved, but Redis could not be told: other processes may use the old state "

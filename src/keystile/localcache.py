@@ -82,6 +82,7 @@ class LocalCache(Generic[T]):
 
     def clear(self) -> None:
         with self._lock:
+            self._epoch += 1  # a value read before the clear is not cached after it
             self._entries.clear()
             self._negatives.clear()
             self._groups.clear()

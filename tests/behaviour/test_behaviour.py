@@ -39,18 +39,21 @@ ERRORS: dict[str, tuple[int, str, str | None]] = {
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis-strict", "redis-fast"])
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings for the engine: nothing more (in-memory only), or the test Redis."""
-    if request.param == "redis":
-        settings: dict[str, Any] = request.getfixturevalue("redis_settings")
-        return settings
-    return {}
+    """Settings for the engine: nothing more (in-memory only), or the test Redis in either
+    consistency mode."""
+    if request.param == "memory":
+        return {}
+    settings: dict[str, Any] = request.getfixturevalue("redis_settings")
+    return {**settings, "consistency": request.param.removeprefix("redis-")}
 
 
 @pytest.fixture
 def ks(make_keystile: Callable[..., Keystile], clock: Any, backend: dict[str, Any]) -> Keystile:
-    return make_keystile(clock=clock, exempt_paths=EXEMPT_PATHS, **backend)
+    engine = make_keystile(clock=clock, exempt_paths=EXEMPT_PATHS, **backend)
+    assert engine.ready(10.0), "the invalidation channel never became healthy"
+    return engine
 
 
 @pytest.fixture(params=sorted(HARNESSES))
