@@ -5,10 +5,8 @@ TCP proxy stands between listener and Redis to cut, refuse or blackhole the conn
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +19,7 @@ import redis
 
 from keystile.invalidation import InvalidationListener, invalidation_channel, publish
 
+from .faults import Proxy
 from .services import free_port, redis_error
 
 HEARTBEAT, TIMEOUT = 0.1, 0.2
@@ -79,70 +78,6 @@ class Listener(InvalidationListener):
     def wait_for(self, event: Any, after: int = 0) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: event in self.events[after:], WAIT)
-
-
-class Proxy:
-    """TCP proxy on 127.0.0.1:0 to Redis. ``mode``: "pass", "refuse" (new connections are
-    closed at once) or "blackhole" (replies are swallowed); :meth:`cut` drops all links."""
-
-    def __init__(self, target: str) -> None:
-        parts = urlsplit(target)
-        self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
-        self.mode = "pass"
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.05)
-        self.url = f"redis://127.0.0.1:{self._server.getsockname()[1]}/15"
-        self._links: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self.mode == "refuse":
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self._target, timeout=WAIT)
-            except OSError:
-                client.close()
-                continue
-            for s in (client, upstream):
-                s.settimeout(None)
-            with self._lock:
-                self._links += [client, upstream]
-            for src, dst, replies in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(target=self._pump, args=(src, dst, replies), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                if not (replies and self.mode == "blackhole"):
-                    dst.sendall(data)
-        for s in (src, dst):
-            self._drop(s)
-
-    def _drop(self, s: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv()
-        s.close()
-
-    def cut(self) -> None:
-        with self._lock:
-            links, self._links = self._links, []
-        for s in links:
-            self._drop(s)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._server.close()
-        self.cut()
 
 
 @pytest.fixture

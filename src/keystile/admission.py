@@ -19,6 +19,7 @@ from typing import Any
 
 from .credentials import IDEMPOTENCY_HEADER, Credentials
 from .errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
+from .leases import LeaseBook, LeaseReport, report_args
 from .localcache import LocalCache
 from .metering import (
     USAGE_GRACE_SECONDS,
@@ -48,6 +49,9 @@ _NO_ROW: Any = object()
 
 
 _UNREAD = object()  # the body has not been read (yet)
+_OK = Outcome("ok")
+#: A lease takes at most 1/8 of what is left under the limit: near it, single pages.
+LEASE_SPREAD = 8
 
 # The management API's routes (ManagementAPI._routes): only these cost nothing, never an app's
 # own routes that happen to share the mount prefix.
@@ -165,6 +169,10 @@ class Admission:
         #: Charges of warm requests, reused: the same key, account, period and cost make the
         #: same (immutable) charge.
         self._charges: dict[tuple[str, str, str, int, int | None], Charge] = {}
+        #: Fast mode: pages leased from Redis counters, spent here without a round trip.
+        self.leases = LeaseBook() if settings.consistency == "fast" else None
+        #: A crashed process's lease is forgiven this long after its last report.
+        self.lease_ttl_ms = int(max(1.0, 3 * settings.usage_flush_interval) * 1000)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
@@ -220,6 +228,11 @@ class Admission:
             return None  # another account's counters live in another slot: admit() checks
         charge = self._charge(snapshot, account, self.period_at(now), self.cost_of(request))
         if self.has_redis:
+            if checked and self.leases is not None and charge.key_limit is None:
+                outcome = self._spend_lease(charge)
+                if outcome is None:
+                    return None  # the lease is short: admit() takes a new one
+                return self.admitted(snapshot, account, creds.auth_method, charge, outcome, now)
             keys, args = self.meter_call(charge, None if checked else snapshot, "", "", now)
             return MeterCall(digest, snapshot, account, creds.auth_method, charge, now, keys, args)
         row = self.limits.get(account)
@@ -277,7 +290,7 @@ class Admission:
         status = QuotaStatus(outcome.limit, outcome.used, remaining, period.end, period.label)
         result = outcome.result
         reserved = charge.cost if result == "ok" or result == "degraded" else 0
-        meter = Meter(charge, status, reserved, result == "replay")
+        meter = Meter(charge, status, reserved, result == "replay", leased=outcome.leased)
         if result == "exceeded":
             raise exceeded_error(outcome, status, self.headers(meter), now)
         return principal_of(snapshot, account, auth_method, meter), meter, outcome.crossed
@@ -396,8 +409,18 @@ class Admission:
         ]
         return [usage, keys.limit(account, charge.environment), idem, state], args
 
-    def meter(self, charge: Charge, unchecked: Snapshot | None) -> Steps:
-        """Check and charge; ``unchecked`` is a snapshot whose stamp to compare at once."""
+    def meter(self, charge: Charge, unchecked: Snapshot | None, lease: bool = True) -> Steps:
+        """Check and charge; ``unchecked`` is a snapshot whose stamp to compare at once.
+        ``lease``: in fast mode, may be spent from a lease (not when the request's first
+        pages were charged in Redis directly: a refund must go back where they came from)."""
+        if (
+            lease
+            and self.leases is not None
+            and unchecked is None
+            and charge.idempotency is None
+            and charge.key_limit is None
+        ):
+            return (yield from self._lease_meter(charge))
         if not self.has_redis:
             limit = yield from self._limit(charge.account_id, charge.environment)
             if not self.counters.has(*charge.counter):
@@ -441,6 +464,94 @@ class Admission:
             else:
                 return Outcome("stale")
         raise AuthError(BACKEND_UNAVAILABLE)
+
+    def _spend_lease(self, charge: Charge) -> Outcome | None:
+        """Fast mode: the charge out of this process's lease, or None when it is short."""
+        assert self.leases is not None
+        counter = charge.counter
+        if self.leases.spend(counter, charge.kid, charge.cost, charge.count_request) is None:
+            return None
+        self._record(charge, _OK)
+        used, limit = self.leases.view(counter)
+        return Outcome("ok", used, limit, leased=True)
+
+    def _lease_meter(self, charge: Charge) -> Steps:
+        """Fast mode: spend from the lease; when it is short, take a block from the Redis
+        counter (``lease.lua``), which never leases past the limit."""
+        assert self.leases is not None
+        leases = self.leases
+        outcome = self._spend_lease(charge)
+        if outcome is not None:
+            return outcome
+        counter = charge.counter
+        keys = self.keys
+        names = [
+            keys.usage(*counter),
+            keys.limit(charge.account_id, charge.environment),
+            keys.leases(*counter),
+        ]
+        seed, rebuild = "", ""
+        for _ in range(4):
+            args = [
+                leases.holder,
+                leases.want(counter, charge.cost),
+                seed,
+                rebuild,
+                int(charge.period.end.timestamp() - self.clock()) + USAGE_GRACE_SECONDS,
+                self.settings.cache_ttl,
+                self.lease_ttl_ms,
+                self._script_tail[0],
+                LEASE_SPREAD,
+                leases.need(counter, charge.cost),
+            ]
+            try:
+                reply = yield ("redis_lease", (names, args))
+            except BackendError as exc:
+                return self._redis_failed(charge, exc)
+            kind = reply[0]
+            if kind == "need_limit":
+                limit = yield from self._limit(charge.account_id, charge.environment)
+                seed = "none" if limit is None else str(limit)
+            elif kind == "need_usage":
+                rebuild = encode_rebuild((yield from self._store_usage(charge)))
+                self.uncertain.discard(charge)
+            elif kind == "exceeded":
+                limit = None if int(reply[2]) < 0 else int(reply[2])
+                return Outcome("exceeded", int(reply[1]), limit)
+            else:
+                limit = None if int(reply[3]) < 0 else int(reply[3])
+                leases.grant(counter, int(reply[1]), int(reply[2]), limit, int(reply[5]))
+                outcome = self._spend_lease(charge)
+                if outcome is not None:
+                    marks = str(reply[4])
+                    if marks:
+                        crossed = tuple(self.by_points[int(t)] for t in marks.split(","))
+                        outcome = replace(outcome, crossed=crossed)
+                    return outcome
+                seed, rebuild = "", ""  # concurrent requests spent the block first: again
+        raise AuthError(BACKEND_UNAVAILABLE)
+
+    def lease_reports(self, *, keep: bool) -> list[tuple[LeaseReport, list[str], list[Any]]]:
+        """Fast mode, at flush and shutdown: what to tell Redis of the leases (spent pages,
+        requests, unused pages given back), as ``lease_report.lua`` calls."""
+        if self.leases is None:
+            return []
+        holder = self.leases.holder
+        return [
+            (
+                report,
+                [self.keys.usage(*report.counter), self.keys.leases(*report.counter)],
+                report_args(report, holder, self.lease_ttl_ms),
+            )
+            for report in self.leases.reports(keep=keep)
+        ]
+
+    def lease_reported(self, report: LeaseReport, reply: Sequence[Any]) -> None:
+        assert self.leases is not None
+        if reply[0] == "lost":
+            self.leases.forget(report.counter, report.gen)
+        elif len(reply) > 2 and int(reply[2]) == 0:
+            self.leases.revoke(report.counter)  # presumed dead and swept: stop spending it
 
     def _redis_failed(self, charge: Charge, error: BackendError) -> Outcome:
         """A meter call failed: its counter is uncertain; refuse or go on (the policy)."""
@@ -498,6 +609,13 @@ class Admission:
         if not delta and not forget:
             return None
         self.buffer.add(charge, delta, 0)
+        if meter.leased:
+            assert self.leases is not None
+            if delta < 0:  # a refund goes back into the lease, for the next request
+                self.leases.refund(charge.counter, charge.kid, -delta)
+            else:
+                self.leases.overage(charge.counter, charge.kid, delta)
+            return None
         if not self.has_redis:
             self.counters.settle(charge, delta, forget)
             return None
@@ -536,7 +654,7 @@ class Admission:
         if extra <= 0 or meter.replay:
             return ()
         charge = replace(meter.charge_info, cost=extra, idempotency=None, count_request=False)
-        outcome = yield from self.meter(charge, None)
+        outcome = yield from self.meter(charge, None, lease=meter.leased)
         if outcome.result == "exceeded":
             status = QuotaStatus(
                 outcome.limit, outcome.used, 0, charge.period.end, charge.period.label

@@ -341,6 +341,9 @@ class Keystile:
     def flush(self) -> None:
         """Write batched last-use times and usage to the store; have Redis rebuild the
         counters an outage left uncertain."""
+        # Leases first: should Redis have lost a counter meanwhile, it is rebuilt from the
+        # store, which then does not hold this flush yet (an error in the customer's favour).
+        self._report_leases()
         with self._last_used_lock:
             taken, self._last_used = self._last_used, {}
         batch = {kid: datetime.fromtimestamp(at, timezone.utc) for kid, at in taken.items()}
@@ -359,6 +362,21 @@ class Keystile:
                 log.warning("keystile: could not write usage, will retry (%s)", type(exc).__name__)
         if self.has_redis:
             self._reconcile()
+
+    def _report_leases(self) -> None:
+        """Fast mode: report the pages spent from leases and give every unused page back."""
+        calls = self.admission.lease_reports(keep=False)
+        for index, (report, keys, args) in enumerate(calls):
+            try:
+                reply = self.redis.scripts["lease_report"](keys=keys, args=args)
+            except _REDIS_ERRORS as exc:
+                assert self.admission.leases is not None
+                self.admission.leases.give_back(r for r, _, _ in calls[index:])
+                log.warning(
+                    "keystile: could not report leases, will retry (%s)", type(exc).__name__
+                )
+                return
+            self.admission.lease_reported(report, reply)
 
     def _flush_sessions(self) -> None:
         seen = self.verifier.session_seen
@@ -486,6 +504,10 @@ class Keystile:
     def _op_request_body(self, reader: Callable[[], bytes | None]) -> bytes | None:
         return reader()
 
+    def _op_redis_lease(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = self.redis.scripts["lease"](keys=keys, args=args)
+        return reply
+
     def _op_redis_settle(self, keys: list[str], args: list[Any]) -> None:
         self.redis.scripts["settle"](keys=keys, args=args)
 
@@ -546,6 +568,10 @@ class Keystile:
         body = reader()
         result: bytes | None = await body if inspect.isawaitable(body) else body
         return result
+
+    async def _aop_redis_lease(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = await self.async_redis.scripts["lease"](keys=keys, args=args)
+        return reply
 
     async def _aop_redis_settle(self, keys: list[str], args: list[Any]) -> None:
         await self.async_redis.scripts["settle"](keys=keys, args=args)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from .invalidation import publish
 from . import tokens
 from .errors import BackendError, InvalidInput, NotFound
+from .invalidation import publish
 from .models import ApiKey, KeyRecord, new_version
 from .stores.base import KeyStore
 

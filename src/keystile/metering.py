@@ -101,6 +101,7 @@ class Outcome:
     limit: int | None = None
     scope: str = "account"
     crossed: tuple[float, ...] = ()
+    leased: bool = False  # spent from this process's lease (fast mode): settled locally
 
 
 @dataclass(eq=False)
@@ -114,6 +115,7 @@ class Meter:
     final: int | None = None
     settled: bool = False
     route_cost: int | None = None  # the first cost() a route declared
+    leased: bool = False  # its pages came from this process's lease: settled locally
 
     def charge(self, pages: int) -> None:
         """The real cost, known after the work: replaces the estimate when settling."""

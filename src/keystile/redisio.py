@@ -22,7 +22,7 @@ from .settings import Settings
 
 __all__ = ["AsyncRedis", "RedisKeys", "SyncRedis", "load_script"]
 
-SCRIPT_NAMES = ("adopt", "meter", "settle")
+SCRIPT_NAMES = ("adopt", "meter", "settle", "lease", "lease_report")
 
 
 def load_script(name: str) -> str:

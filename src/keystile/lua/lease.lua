@@ -1,0 +1,111 @@
+-- "Fast" mode: take a block of pages from an account's counter for one process to spend
+-- locally. The counter's 'pages' includes every page leased out, so the leases never add up
+-- to more than the limit: no request is admitted past it. Grants shrink as the limit nears.
+--
+-- KEYS[1] usage hash of (account, period, environment)   KEYS[2] the limit in force
+-- KEYS[3] leases hash: holder -> '<outstanding pages>:<expiry, server ms>'
+-- ARGV: holder, want, limit to seed ('' = none known, 'none' = unlimited), usage to rebuild
+-- (JSON, ''), usage ttl (s), limit ttl (s), lease ttl (ms), thresholds in basis points
+-- ('8000,10000'), spread (>= 1: a grant takes at most 1/spread of what is left),
+-- need (optional, default 1: pages the caller's request still lacks; fewer left = exceeded)
+-- Returns {'ok', grant, pages after, limit or -1, crossed thresholds CSV, generation},
+-- {'exceeded', pages, limit}, {'need_limit'} or {'need_usage'}. The generation ('gen', set
+-- when this script rebuilds the hash; '0' if it never did) tells a holder that leases it
+-- got from an earlier hash are void.
+-- Common path: GET, TIME, HMGET, HGETALL, HSET usage, HSET leases (6 calls).
+local usage, limit_key, leases = KEYS[1], KEYS[2], KEYS[3]
+local holder, want = ARGV[1], tonumber(ARGV[2])
+local seed_limit, rebuild = ARGV[3], ARGV[4]
+local usage_ttl, limit_ttl, lease_ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local thresholds, spread = ARGV[8], math.max(1, tonumber(ARGV[9]) or 1)
+local need = 1
+if ARGV[10] and ARGV[10] ~= '' then need = tonumber(ARGV[10]) end
+
+local limit = redis.call('GET', limit_key)
+if not limit then
+  if seed_limit == '' then return {'need_limit'} end
+  redis.call('SET', limit_key, seed_limit, 'EX', limit_ttl)
+  limit = seed_limit
+end
+local lim = tonumber(limit)  -- nil: unlimited, still metered
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+-- One read for the count and every threshold mark. 'pages' is set whenever the hash exists
+-- (rebuilds write it), so a missing 'pages' is a missing hash.
+local fields, points = {'pages', 'gen'}, {}
+if lim and lim > 0 then
+  for t in string.gmatch(thresholds, '[^,]+') do
+    points[#points + 1] = t
+    fields[#fields + 1] = 'th:' .. t
+  end
+end
+local got = redis.call('HMGET', usage, unpack(fields))
+local pages, gen = tonumber(got[1]), got[2] or '0'
+
+if not pages then
+  -- New period, or Redis lost the counter: start from what the store has recorded.
+  if rebuild == '' then return {'need_usage'} end
+  local stored = cjson.decode(rebuild)
+  for field, value in pairs(stored) do
+    redis.call('HSET', usage, field, value)
+  end
+  pages = tonumber(stored.pages) or 0
+  gen = clock[1] .. string.format('%06d', tonumber(clock[2]))
+  redis.call('HSET', usage, 'pages', string.format('%d', pages), 'gen', gen)
+  for i, t in ipairs(points) do
+    -- Thresholds the stored usage already passed were announced before.
+    if pages * 10000 >= tonumber(t) * lim then
+      redis.call('HSET', usage, 'th:' .. t, 1)
+      got[i + 2] = '1'
+    end
+  end
+  redis.call('EXPIRE', usage, usage_ttl)
+  -- Leases taken from the lost counter are void: the rebuilt one never counted them. Their
+  -- holders' later reports find no lease and add what they really spent.
+  redis.call('DEL', leases)
+end
+
+-- Sweep the expired leases of other holders: presumed dead, their unreported spending is
+-- forgiven (it goes to the customer). This holder's own lease is alive: it is asking.
+local held, forgiven, dead = 0, 0, {}
+local all = redis.call('HGETALL', leases)
+for i = 1, #all, 2 do
+  local out, expiry = string.match(all[i + 1], '^(%d+):(%d+)$')
+  if all[i] == holder then
+    held = tonumber(out)
+  elseif tonumber(expiry) <= now then
+    forgiven = forgiven + tonumber(out)
+    dead[#dead + 1] = all[i]
+  end
+end
+if #dead > 0 then redis.call('HDEL', leases, unpack(dead)) end
+local fresh = #all == 2 * #dead  -- no lease survives: the hash is (re)created without a ttl
+pages = pages - forgiven
+
+local grant = math.max(want, need)
+if lim then
+  local available = lim - pages
+  if need > 0 and available < need then
+    if forgiven > 0 then redis.call('HSET', usage, 'pages', string.format('%d', pages)) end
+    return {'exceeded', pages, lim}
+  end
+  -- Near the limit grants shrink to single pages, so one holder cannot strand the rest.
+  grant = math.max(need, math.min(want, math.floor(available / spread)))
+end
+
+local after = pages + grant
+local writes, crossed = {'pages', string.format('%d', after)}, {}
+for i, t in ipairs(points) do
+  if not got[i + 2] and after * 10000 >= tonumber(t) * lim then
+    writes[#writes + 1] = 'th:' .. t
+    writes[#writes + 1] = 1
+    crossed[#crossed + 1] = t
+  end
+end
+if grant > 0 or forgiven > 0 or #crossed > 0 then redis.call('HSET', usage, unpack(writes)) end
+if grant > 0 then
+  redis.call('HSET', leases, holder, string.format('%d:%d', held + grant, now + lease_ttl))
+  if fresh then redis.call('EXPIRE', leases, usage_ttl) end
+end
+return {'ok', grant, after, lim or -1, table.concat(crossed, ','), gen}
