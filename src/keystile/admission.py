@@ -285,14 +285,13 @@ class Admission:
         now: float,
     ) -> Admitted:
         """The principal for a metered outcome, or the quota refusal."""
-        remaining = None if outcome.limit is None else max(0, outcome.limit - outcome.used)
-        period = charge.period
-        status = QuotaStatus(outcome.limit, outcome.used, remaining, period.end, period.label)
         result = outcome.result
         reserved = charge.cost if result == "ok" or result == "degraded" else 0
-        meter = Meter(charge, status, reserved, result == "replay", leased=outcome.leased)
+        meter = Meter(
+            charge, outcome.limit, outcome.used, reserved, result == "replay", outcome.leased
+        )
         if result == "exceeded":
-            raise exceeded_error(outcome, status, self.headers(meter), now)
+            raise exceeded_error(outcome, meter.status, self.headers(meter), now)
         return principal_of(snapshot, account, auth_method, meter), meter, outcome.crossed
 
     # -- the general path ---------------------------------------------------------------------
@@ -375,12 +374,11 @@ class Admission:
         return principal, snapshot
 
     def headers(self, meter: Meter) -> list[tuple[str, str]]:
-        status = meter.status
-        if status.limit is None:
+        if meter.limit is None:
             return []
         period = meter.charge_info.period
         window = int((period.end - period.start).total_seconds())
-        return status.headers(self.clock(), window)
+        return meter.status.headers(self.clock(), window)
 
     def meter_call(
         self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str, now: float
@@ -662,9 +660,7 @@ class Admission:
             raise exceeded_error(outcome, status, [], self.clock())
         if outcome.result == "ok":
             meter.reserved += extra
-            limit = outcome.limit
-            remaining = None if limit is None else max(0, limit - outcome.used)
-            meter.status = replace(meter.status, used=outcome.used, remaining=remaining)
+            meter.update(outcome.used)
         return outcome.crossed
 
 

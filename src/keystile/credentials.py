@@ -14,7 +14,7 @@ Anything ambiguous (a header twice, two different credentials, a secret without 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import INVALID_API_KEY, MALFORMED_CREDENTIALS, MISSING_API_KEY, AuthError
 from .tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken, parse_pair, parse_token
@@ -29,8 +29,9 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 _SCANNED = CREDENTIAL_HEADERS | {IDEMPOTENCY_HEADER}
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
+class Credentials(NamedTuple):
+    """What a request's headers claim (a named tuple: one per request, cheap to make)."""
+
     token: ParsedToken
     auth_method: str
     account_id: str | None

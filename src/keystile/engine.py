@@ -307,7 +307,7 @@ class Keystile:
         if principal is None or principal.meter is None:
             return []
         meter = principal.meter
-        return [] if meter.status.limit is None else self.admission.headers(meter)
+        return [] if meter.limit is None else self.admission.headers(meter)
 
     def _fire_thresholds(self, meter: Meter, crossed: tuple[float, ...]) -> None:
         hook = self.settings.on_quota_threshold

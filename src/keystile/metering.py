@@ -104,18 +104,56 @@ class Outcome:
     leased: bool = False  # spent from this process's lease (fast mode): settled locally
 
 
-@dataclass(eq=False)
 class Meter:
-    """One request's metering state, reachable as ``principal.meter``."""
+    """One request's metering state, reachable as ``principal.meter``.
 
-    charge_info: Charge
-    status: QuotaStatus
-    reserved: int
-    replay: bool
-    final: int | None = None
-    settled: bool = False
-    route_cost: int | None = None  # the first cost() a route declared
-    leased: bool = False  # its pages came from this process's lease: settled locally
+    A plain slotted class, and its :attr:`status` is built when first read: most requests
+    never look at it, and every request makes a meter."""
+
+    __slots__ = (
+        "_status", "charge_info", "final", "leased", "limit", "replay", "reserved",
+        "route_cost", "settled", "used",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        charge_info: Charge,
+        limit: int | None,
+        used: int,
+        reserved: int,
+        replay: bool,
+        leased: bool = False,
+    ) -> None:
+        self.charge_info = charge_info
+        self.limit = limit
+        self.used = used
+        self.reserved = reserved
+        self.replay = replay
+        #: Its pages came from this process's lease (fast mode): settled locally.
+        self.leased = leased
+        self.final: int | None = None
+        self.settled = False
+        self.route_cost: int | None = None  # the first cost() a route declared
+        self._status: QuotaStatus | None = None
+
+    @property
+    def status(self) -> QuotaStatus:
+        status = self._status
+        if status is None:
+            limit, period = self.limit, self.charge_info.period
+            remaining = None if limit is None else max(0, limit - self.used)
+            status = self._status = QuotaStatus(
+                limit, self.used, remaining, period.end, period.label
+            )
+        return status
+
+    def update(self, used: int) -> None:
+        """The counter as a later reservation left it."""
+        self.used = used
+        self._status = None
+
+    def __repr__(self) -> str:
+        return f"Meter(reserved={self.reserved}, limit={self.limit}, used={self.used})"
 
     def charge(self, pages: int) -> None:
         """The real cost, known after the work: replaces the estimate when settling."""

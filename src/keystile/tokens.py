@@ -21,8 +21,7 @@ import hmac
 import re
 import secrets
 import zlib
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 ALPHABET: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KID_LENGTH: Final = 16
@@ -32,7 +31,6 @@ SECRET_LENGTH: Final = RANDOM_LENGTH + CHECKSUM_LENGTH
 KEY_ID_PREFIX: Final = "key_"
 #: The token "environment" of login sessions: ``sk_sess_<session id>_<secret>``.
 SESSION_ENVIRONMENT: Final = "sess"
-_BASE62: Final = frozenset(ALPHABET)
 
 
 def token_regex(prefix: str = "sk", environments: tuple[str, ...] = ("live", "test")) -> str:
@@ -46,9 +44,11 @@ def token_regex(prefix: str = "sk", environments: tuple[str, ...] = ("live", "te
 TOKEN_PATTERN: Final = token_regex()
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedToken:
-    """A syntactically valid credential. ``environment`` is None in the key + secret form."""
+class ParsedToken(NamedTuple):
+    """A syntactically valid credential. ``environment`` is None in the key + secret form.
+
+    A named tuple, not a frozen dataclass: every request makes one, at a quarter of the cost.
+    """
 
     kid: str
     secret: str
@@ -91,7 +91,8 @@ def format_token(prefix: str, environment: str, kid: str, secret: str) -> str:
 
 
 def _is_base62(text: str) -> bool:
-    return _BASE62.issuperset(text)
+    # ASCII letters and digits are exactly the base62 alphabet; both tests run in C.
+    return text.isascii() and text.isalnum()
 
 
 def check_pair(kid: str, secret: str) -> bool:
