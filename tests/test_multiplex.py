@@ -282,13 +282,15 @@ async def test_error_reply_fails_only_its_own_command(redis_url: str, redis_pref
         conn = client._conn
         writes = count_writes(client)
         results: tuple[Any, ...] = await asyncio.gather(
-            client.execute_command("INCR", hkey),
+            client.execute_command("PING"),  # an idle connection writes it at once...
+            client.execute_command("INCR", hkey),  # ...and these three wait for one write
             client.execute_command("GET", skey),
             client.execute_command("HGET", hkey, "f"),
             return_exceptions=True,
         )
-        assert len(writes) == 1  # the three went out in one batch
-        bad, good, after = results
+        assert len(writes) == 2 and writes[1].count(b"\r\n*") == 2  # the three in one batch
+        pong, bad, good, after = results
+        assert pong == "PONG"
         assert isinstance(bad, rx.ResponseError) and "WRONGTYPE" in str(bad)
         assert (good, after) == ("fine", "v")
         assert await client.execute_command("GET", skey) == "fine"

@@ -74,11 +74,17 @@ class _Connection(asyncio.Protocol):
         except TypeError as exc:  # None, bool, ...: refuse, as redis-py does
             raise rx.DataError(str(exc)) from None
         out = self.out
-        if not out:
-            self.loop.call_soon(self.flush)
+        idle = not out and self.written == self.replied and self.drained is None
+        idle = idle and self.transport is not None
         out.append(packed)
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.pending.append(fut)
+        if idle:
+            # Nothing in flight, so no batch to join: write now and save a loop turn. Commands
+            # issued while this one is out wait for the next tick's write together.
+            self.flush()
+        elif len(out) == 1:
+            self.loop.call_soon(self.flush)
         return fut
 
     def flush(self) -> None:
