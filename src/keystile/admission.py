@@ -217,7 +217,7 @@ class Admission:
         assert isinstance(snapshot, Snapshot)
         if snapshot.session_id is not None:
             return None
-        checked = self.verifier.trusts_local()
+        checked = not self.has_redis or self.verifier.trusts_local()
         try:
             account = self.verifier.check(snapshot, creds.account_id, now, creds.token.environment)
         except AuthError:
@@ -236,7 +236,7 @@ class Admission:
             keys, args = self.meter_call(charge, None if checked else snapshot, "", "", now)
             return MeterCall(digest, snapshot, account, creds.auth_method, charge, now, keys, args)
         row = self.limits.get(account)
-        if row is None or not self.counters.has(*charge.counter):
+        if row is None or not self.counters.has(charge.counter):
             return None  # admit() reads the limit or the usage from the store
         limit = resolve_limit(self.settings, None if row is _NO_ROW else row, charge.environment)
         outcome = self.counters.meter(
@@ -421,7 +421,7 @@ class Admission:
             return (yield from self._lease_meter(charge))
         if not self.has_redis:
             limit = yield from self._limit(charge.account_id, charge.environment)
-            if not self.counters.has(*charge.counter):
+            if not self.counters.has(charge.counter):
                 rows = yield from self._store_usage(charge)
                 self.counters.seed(
                     charge.account_id,

@@ -79,17 +79,15 @@ class Charge:
     pages_field: str = field(init=False, repr=False, compare=False)
     requests_field: str = field(init=False, repr=False, compare=False)
     buffer_key: tuple[str, str, str, str] = field(init=False, repr=False, compare=False)
+    #: Which usage counter this charge goes to: (account, period, environment).
+    counter: tuple[str, str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pages_field", f"k:{self.kid}:pages")
         object.__setattr__(self, "requests_field", f"k:{self.kid}:requests")
-        key = (self.account_id, self.period.label, self.environment, self.kid)
-        object.__setattr__(self, "buffer_key", key)
-
-    @property
-    def counter(self) -> tuple[str, str, str]:
-        """Which usage counter this charge goes to: (account, period, environment)."""
-        return (self.account_id, self.period.label, self.environment)
+        counter = (self.account_id, self.period.label, self.environment)
+        object.__setattr__(self, "counter", counter)
+        object.__setattr__(self, "buffer_key", (*counter, self.kid))
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,8 +268,8 @@ class LocalCounters:
         self._usage: dict[tuple[str, str, str], dict[str, int]] = {}
         self._idempotency: dict[tuple[str, str], float] = {}
 
-    def has(self, account_id: str, period: str, environment: str) -> bool:
-        return (account_id, period, environment) in self._usage
+    def has(self, counter: tuple[str, str, str]) -> bool:
+        return counter in self._usage
 
     def seed(
         self,
@@ -297,7 +295,7 @@ class LocalCounters:
         idem_ttl: int,
     ) -> Outcome:
         with self._lock:
-            usage = self._usage[(charge.account_id, charge.period.label, charge.environment)]
+            usage = self._usage[charge.counter]
             used = usage["pages"]
             idem = (charge.account_id, charge.idempotency) if charge.idempotency else None
             if idem is not None and self._idempotency.get(idem, 0.0) > now:
