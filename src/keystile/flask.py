@@ -29,7 +29,7 @@ from flask import Flask, Response, current_app, g, has_app_context, request
 
 from .engine import Keystile as Engine
 from .errors import MISSING_API_KEY, AuthError, render
-from .metering import check_route_cost, wants_body
+from .metering import check_route_cost
 from .principal import Principal, check_permissions
 from .wsgi import environ_headers, read_body
 
@@ -121,7 +121,7 @@ def _before(engine: Engine) -> Response | None:
             request.method,
             request.path,
             query=request.environ.get("QUERY_STRING", ""),
-            body=_body if wants_body(headers) else b"",
+            body=_body,  # read only for an Idempotency-Key
         )
     except AuthError as error:
         return error_response(error)

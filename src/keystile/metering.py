@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .credentials import IDEMPOTENCY_HEADER
 from .errors import QUOTA_EXCEEDED, AuthError, InvalidInput
 from .periods import Period
 from .stores.base import UsageDelta, UsageRow
@@ -190,10 +189,6 @@ def crossed_marks(pages: int, limit: int | None, thresholds: Sequence[float]) ->
 # request under the same key; a larger one is charged every time.
 IDEMPOTENT_BODY_LIMIT = 16 * 1024 * 1024
 
-
-def wants_body(headers: Iterable[tuple[str, str]]) -> bool:
-    """Whether an adapter must read the body before admission (lowercased header names)."""
-    return any(name == IDEMPOTENCY_HEADER for name, _ in headers)
 
 
 def idempotency_digest(

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from .credentials import CREDENTIAL_HEADERS
 from .engine import Keystile, engine_from
 from .errors import MISSING_API_KEY, AuthError, render
-from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost, wants_body
+from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost
 from .principal import Principal, check_permissions
 
 __all__ = [
@@ -214,7 +214,7 @@ class KeystileMiddleware:
                 environ.get("REQUEST_METHOD", "GET"),
                 path,
                 query=environ.get("QUERY_STRING", ""),
-                body=(lambda: read_body(environ)) if wants_body(headers) else b"",
+                body=lambda: read_body(environ),  # read only for an Idempotency-Key
             )
         except AuthError as error:
             return error_response(start_response, error)

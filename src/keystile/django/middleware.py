@@ -24,7 +24,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from ..credentials import asgi_headers
 from ..engine import Keystile
 from ..errors import AuthError, render
-from ..metering import IDEMPOTENT_BODY_LIMIT, wants_body
+from ..metering import IDEMPOTENT_BODY_LIMIT
 from ..principal import Principal
 from ..wsgi import environ_headers
 from .conf import get_engine
@@ -74,8 +74,6 @@ async def refuse_async(request: Any, error: AuthError) -> Any:
 def _idempotency_parts(request: Any, headers: list[tuple[str, str]]) -> dict[str, Any]:
     """Query and body, which tell an Idempotency-Key's retry from a reuse of the key; the
     body is read only once the credential is verified."""
-    if not wants_body(headers):
-        return {}
     return {"query": request.META.get("QUERY_STRING", ""), "body": lambda: _body(request)}
 
 
