@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from keystile import AuthError, BackendError, Keystile, tokens
+from keystile.rediskeys import KIDS_READY
 from keystile.stores import KeyStore, open_store
 from keystile.verification import NEGATIVE, Snapshot
 from tests.services import REDIS_MISSING, private_redis, service_missing
@@ -248,7 +249,8 @@ def test_cold_process_with_warm_redis_costs_two_calls_and_no_argon2(
     argon2, calls = count_argon2(monkeypatch, b), count_redis(monkeypatch, b)
     store = count_store(monkeypatch, b.store)
     assert auth(b, key.token).key_id == key.key_id
-    assert calls.names == ["GET", "EVALSHA"]  # the snapshot, then meter + state stamp
+    # The snapshot (with the key id's existence, one script), then meter + state stamp.
+    assert calls.names == ["EVALSHA", "EVALSHA"]
     assert len(argon2) == 0
     assert len(store) == 0
     calls.reset()
@@ -266,10 +268,11 @@ def test_cold_key_costs_store_argon2_adopt_snapshot_set_and_meter(
     assert auth(ks, key.token).key_id == key.key_id
     assert len(argon2) == 1
     assert len(store) == 1
-    # GET of the snapshot (a miss), the adopt script, SET of the snapshot, then the meter
-    # script (run again to seed the account's limit and usage the first time). A script
-    # this server has not seen yet costs SCRIPT LOAD + another EVALSHA.
-    assert calls.names[0] == "GET"
+    # The fetch_known script (snapshot GET, a miss, and the id's existence), the adopt
+    # script, SET of the snapshot, then the meter script (run again to seed the account's
+    # limit and usage the first time). A script this server has not seen yet costs
+    # SCRIPT LOAD + another EVALSHA.
+    assert calls.names[0] == "EVALSHA"
     first_set = calls.names.index("SET")
     assert set(calls.names[1:first_set]) <= {"EVALSHA", "SCRIPT LOAD"}
     assert "EVALSHA" in calls.names[1:first_set]  # adopt
@@ -310,11 +313,17 @@ def test_unknown_key_id_is_negatively_cached_by_digest_only(
     c_calls = count_redis(monkeypatch, c)
     assert auth(c, token) == "AUTH_002"
     assert len(store) == 1  # another process: remembered in Redis, no store lookup
-    assert c_calls.names == ["GET"]
+    assert c_calls.names == ["EVALSHA"]  # fetch_known: the snapshot and the id's existence
 
-    # Another secret for the same unknown id is looked up: the entry is per credential.
+    # Another secret for the same unknown id: once Redis's key-id set is seeded (the first
+    # lookup started that), the id itself is known not to exist: no store lookup either.
+    # (A real key's id is in the set, so guessing it still locks nobody out.) The first
+    # lookup started the seeding, in the background: wait for it, bounded.
+    kids, deadline = a.redis_keys.kids(), time.monotonic() + 10
+    while not a.redis.client.sismember(kids, KIDS_READY) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert auth(a, other_secret(token)) == "AUTH_002"
-    assert len(store) == 2
+    assert len(store) == 1
     assert len(argon2) == 0
 
 
@@ -665,7 +674,7 @@ def test_single_flight_late_joiner_uses_the_finished_flight(
     key = ks.keys.create("acct-1", "k")
     argon2 = count_argon2(monkeypatch, ks)
     late_missed, first_done = threading.Event(), threading.Event()
-    original = ks._op_redis_fetch
+    original = ks._op_redis_fetch_known  # an API key's first Redis call (not a session's)
 
     def fetch(kid: str, digest: str) -> Any:
         value = original(kid, digest)
@@ -674,7 +683,7 @@ def test_single_flight_late_joiner_uses_the_finished_flight(
             first_done.wait(10)  # ... which completes before this one goes on
         return value
 
-    monkeypatch.setattr(ks, "_op_redis_fetch", fetch)
+    monkeypatch.setattr(ks, "_op_redis_fetch_known", fetch)
     results: list[Any] = []
     late = threading.Thread(target=lambda: results.append(auth(ks, key.token)), name="late")
     late.start()
@@ -835,7 +844,7 @@ async def test_async_costs_match_the_sync_path(
 
         b_argon2, b_calls = count_argon2(monkeypatch, b), count_async_redis(monkeypatch, b)
         assert (await aauth(b, key.token)).key_id == key.key_id
-        assert b_calls.names == ["GET", "EVALSHA"]
+        assert b_calls.names == ["EVALSHA", "EVALSHA"]  # fetch_known, then the meter
         b_calls.reset()
         assert (await aauth(b, key.token)).key_id == key.key_id
         assert b_calls.names == ["EVALSHA"]

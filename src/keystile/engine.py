@@ -33,11 +33,18 @@ from .keys import KeyManager
 from .localcache import LocalCache
 from .metering import Meter, ThresholdEvent
 from .models import KeyRecord
+from .multiplex import LuaScript
 from .periods import PeriodPolicy
 from .principal import Principal
 from .quotas import QuotaManager, UsageReport
 from .redisio import AsyncRedis, SyncRedis
-from .rediskeys import RedisKeys
+from .rediskeys import (
+    FETCH_KNOWN_LUA,
+    KIDS_READY,
+    KIDS_RESEED_SECONDS,
+    SEED_DONE_LUA,
+    RedisKeys,
+)
 from .sessions import SessionManager
 from .settings import Settings, load_settings
 from .singleflight import AsyncSingleFlight, SyncSingleFlight
@@ -490,6 +497,65 @@ class Keystile:
         )
         return value
 
+    #: How often an engine may start seeding the key-id set, and how long its lock may live.
+    _KIDS_SEED_INTERVAL = 5.0
+    _KIDS_SEED_LOCK_TTL = 120
+
+    @staticmethod
+    def _known_reply(reply: list[Any]) -> tuple[str | None, bool, bool]:
+        """The fetch_known script's reply: ``(snapshot or None, member, seeded)``."""
+        return (reply[2] if len(reply) > 2 else None), reply[0] == 1, reply[1] == 1
+
+    def _op_redis_fetch_known(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
+        """``(snapshot or None, kid in the key-id set, set seeded)``: one EVALSHA."""
+        scripts = self.redis.scripts
+        script = scripts.get("fetch_known")
+        if script is None:
+            script = scripts["fetch_known"] = self.redis.client.register_script(FETCH_KNOWN_LUA)
+        keys = [self.redis_keys.snapshot(kid, digest), self.redis_keys.kids()]
+        return self._known_reply(script(keys=keys, args=[kid, KIDS_READY]))
+
+    def _op_kids_seed(self) -> None:
+        """The key-id set is not seeded: a background thread seeds it from the store (one
+        thread per engine at a time, started at most every few seconds; one engine of all
+        that share the Redis does the work, under a lock key)."""
+        now = time.monotonic()
+        if now < getattr(self, "_kids_seed_after", 0.0):
+            return
+        self._kids_seed_after = now + self._KIDS_SEED_INTERVAL
+        if getattr(self.store, "all_kids", None) is None:
+            return  # a store without the listing: the set stays unseeded, as without it
+        thread = threading.Thread(target=self._seed_kids, name="keystile-kids", daemon=True)
+        thread.start()
+        self._kids_seeder = thread
+
+    def _seed_kids(self) -> None:
+        keys = self.redis_keys
+        own = SyncRedis(self.settings)  # its own connection: requests' calls stay theirs
+        client = own.client
+        try:
+            if client.sismember(keys.kids(), KIDS_READY):
+                return
+            token = secrets.token_hex(16)
+            if not client.set(keys.kids_lock(), token, nx=True, ex=self._KIDS_SEED_LOCK_TTL):
+                return  # another engine is seeding
+            seeded = "0"
+            try:
+                # Only adds: an id created meanwhile (SADDed by keys.create) stays in.
+                kids = list(self.store.all_kids())
+                for start in range(0, len(kids), 1000):
+                    client.sadd(keys.kids(), *kids[start : start + 1000])
+                seeded = "1"
+            finally:
+                client.register_script(SEED_DONE_LUA)(
+                    keys=[keys.kids(), keys.kids_lock()],
+                    args=[token, KIDS_READY, seeded, KIDS_RESEED_SECONDS],
+                )
+        except Exception as exc:  # the set stays unseeded: lookups go to the store, as before
+            log.warning("keystile: could not seed the key-id set (%s)", type(exc).__name__)
+        finally:
+            own.close()
+
     def _op_redis_adopt(self, account_id: str, kid: str, version: str, stale: str) -> str:
         script = self.redis.scripts["adopt"]
         return str(script(keys=[self.redis_keys.state(account_id, kid)], args=[version, stale]))
@@ -550,6 +616,16 @@ class Keystile:
             "GET", self.redis_keys.snapshot(kid, digest)
         )
         return value
+
+    _FETCH_KNOWN = LuaScript(FETCH_KNOWN_LUA)
+
+    async def _aop_redis_fetch_known(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
+        keys = [self.redis_keys.snapshot(kid, digest), self.redis_keys.kids()]
+        reply = await self.async_redis.client.evalsha(self._FETCH_KNOWN, keys, [kid, KIDS_READY])
+        return self._known_reply(reply)
+
+    async def _aop_kids_seed(self) -> None:
+        self._op_kids_seed()  # only starts a thread
 
     async def _aop_redis_adopt(self, account_id: str, kid: str, version: str, stale: str) -> str:
         script = self.async_redis.scripts["adopt"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -126,6 +128,10 @@ def _jsonable(value: Any) -> Any:
 class KeyManager:
     def __init__(self, engine: Keystile) -> None:
         self._engine = engine
+        #: Ids of keys created while Redis could not be told: a thread retries until it can.
+        self._unannounced: set[str] = set()
+        self._unannounced_lock = threading.Lock()
+        self._announcer: threading.Thread | None = None
 
     @property
     def _store(self) -> KeyStore:
@@ -196,6 +202,7 @@ class KeyManager:
             page_limit=check_page_limit(page_limit),
         )
         self._store.insert(record)
+        self._announce(kid)  # before anyone has the token: no engine refuses it as unknown
         self._audit(
             "key.create",
             record,
@@ -329,6 +336,7 @@ class KeyManager:
         if not self._store.delete(record.kid):
             raise NotFound(f"no API key {key_id!r}")
         self._audit("key.delete", record, actor, {"name": record.name})
+        self._forget_kid(record.kid)
         self._publish(record.changed())
 
     def touch(self, key_id: str) -> None:
@@ -352,6 +360,61 @@ class KeyManager:
                 self._publish(updated)
                 return updated
         raise BackendError("the key kept changing concurrently; try again")
+
+    # -- the set of existing key ids in Redis (refuses unknown ids without a store read) ----
+
+    def _announce(self, kid: str) -> None:
+        """Add a new key's id to Redis's key-id set, whether or not the set is seeded yet
+        (a seeding run only adds, so the id stays in). Should Redis be down, the key still
+        works wherever Redis is down (the lookup falls back to the store), and a thread
+        retries until Redis answers; only in the moments between Redis coming back and that
+        retry can a seeded set refuse the new id."""
+        engine = self._engine
+        if not engine.has_redis:
+            return
+        try:
+            engine.redis.client.sadd(engine.redis_keys.kids(), kid)
+        except Exception as exc:
+            log.warning(
+                "keystile: could not add key id to Redis, will retry (%s)", type(exc).__name__
+            )
+            with self._unannounced_lock:
+                self._unannounced.add(kid)
+                if self._announcer is None or not self._announcer.is_alive():
+                    self._announcer = threading.Thread(
+                        target=self._announce_later, name="keystile-announce", daemon=True
+                    )
+                    self._announcer.start()
+
+    def _announce_later(self, delay: float = 0.5) -> None:
+        engine = self._engine
+        while True:
+            time.sleep(delay)
+            with self._unannounced_lock:
+                kids = sorted(self._unannounced)
+                if not kids:
+                    self._announcer = None
+                    return
+            try:
+                engine.redis.client.sadd(engine.redis_keys.kids(), *kids)
+            except Exception:
+                delay = min(delay * 2, 5.0)
+                continue
+            with self._unannounced_lock:
+                self._unannounced.difference_update(kids)
+
+    def _forget_kid(self, kid: str) -> None:
+        """A deleted key's id leaves the set (if this fails, a stale member only costs the
+        store lookup an unknown id cost before the set existed)."""
+        engine = self._engine
+        if not engine.has_redis:
+            return
+        with self._unannounced_lock:
+            self._unannounced.discard(kid)
+        try:
+            engine.redis.client.srem(engine.redis_keys.kids(), kid)
+        except Exception as exc:
+            log.warning("keystile: could not remove key id from Redis (%s)", type(exc).__name__)
 
     def _publish(self, record: KeyRecord) -> None:
         """Make every process see ``record``'s new state on its next request."""

@@ -195,9 +195,19 @@ class Verifier:
             raise AuthError(INVALID_API_KEY)
         if isinstance(cached, Snapshot):
             return cached, self.trusts_local()
+        seeded = True
         if self.has_redis:
             try:
-                shared = yield ("redis_fetch", (cred.kid, digest))
+                if cred.environment == SESSION_ENVIRONMENT:  # a session id: not in the set
+                    shared = yield ("redis_fetch", (cred.kid, digest))
+                else:
+                    # One call: the snapshot, and whether the id exists at all. An id the
+                    # seeded set lacks is refused here: no store read, no thread, no SET.
+                    shared, known, seeded = yield ("redis_fetch_known", (cred.kid, digest))
+                    if seeded and not known:
+                        ttl = self.settings.negative_cache_ttl
+                        self.local.put(digest, cred.kid, NEGATIVE, ttl, negative=True)
+                        raise AuthError(INVALID_API_KEY)
                 if shared == NEGATIVE:
                     ttl = self.settings.negative_cache_ttl
                     self.local.put(digest, cred.kid, NEGATIVE, ttl, negative=True)
@@ -208,6 +218,11 @@ class Verifier:
                     return snapshot, False
             except BackendError as exc:
                 self.backend_down(exc)
+            if not seeded:  # (fresh, flushed or evicted Redis) have it seeded in the background
+                try:
+                    yield ("kids_seed", ())
+                except BackendError:
+                    pass
         return (yield from self.refresh(cred, digest)), True
 
     def refresh(self, cred: ParsedToken, digest: str, stale: Snapshot | None = None) -> Steps:

@@ -169,6 +169,9 @@ class DjangoStore:
                     key_hash_fingerprint=fingerprint(new_hash)
                 )
 
+    def all_kids(self) -> builtins.list[str]:
+        return list(self._keys().values_list("kid", flat=True))
+
     def delete(self, kid: str) -> bool:
         deleted, _ = self._keys().filter(kid=kid).delete()
         return bool(deleted == 1)

@@ -154,6 +154,10 @@ class KeyStore(Protocol):
 
     def delete(self, kid: str) -> bool: ...
 
+    def all_kids(self) -> builtins.list[str]:
+        """Every stored key id (revoked ones too): seeds Redis's set of existing key ids."""
+        ...
+
     def list(
         self,
         account_id: str,

@@ -397,6 +397,9 @@ class PostgresStore:
                     (fingerprint(new_hash), kid, fingerprint(old_hash)),
                 )
 
+    def all_kids(self) -> builtins.list[str]:
+        return [row[0] for row in self._query("SELECT kid FROM keystile_keys")]
+
     def delete(self, kid: str) -> bool:
         return self._execute("DELETE FROM keystile_keys WHERE kid=%s", (kid,)) == 1
 

@@ -275,6 +275,9 @@ class SQLiteStore:
                     (fingerprint(new_hash), kid, fingerprint(old_hash)),
                 )
 
+    def all_kids(self) -> builtins.list[str]:
+        return [row[0] for row in self._query("SELECT kid FROM keystile_keys")]
+
     def delete(self, kid: str) -> bool:
         with self._tx() as db:
             return db.execute("DELETE FROM keystile_keys WHERE kid=?", (kid,)).rowcount == 1
