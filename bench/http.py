@@ -30,6 +30,9 @@ starlette (uvicorn)
     keystile-strict    KeystileMiddleware with Redis, "consistency": "strict"
     keystile-fast      the same with "consistency": "fast"
     keystile-no-redis  KeystileMiddleware without Redis (SQLite store, in-process cache)
+    unknown-ids        strict, and every request a new well-formed token (valid checksum)
+                       whose key id exists nowhere (bench/wrk/unknown_ids.lua): a flood
+                       that must stay cheap; every answer is a 401
 fastapi (uvicorn)
     bare                 an async route returning {"ok": true}
     keystile-middleware  KeystileMiddleware (Redis, strict); the route ignores the principal
@@ -47,8 +50,7 @@ django (gunicorn -w 1, sync; a DRF APIView returning Response({"ok": True}))
     keystile-no-redis  the same without Redis
     Ratios are to bare-drf; keystile-strict / drf-api-key is printed too.
 
-If this keystile does not know the "consistency" setting yet, the fast cases are skipped and
-strict runs without the key. --quick is about two minutes (2 rounds x 3 s).
+--quick is about two minutes (2 rounds x 3 s).
 """
 
 # This file is named http.py, and running it puts bench/ first on sys.path, where it would
@@ -147,6 +149,7 @@ class Prepared:
 
     settings: Mapping[str, Any] | None = None
     headers: tuple[str, ...] = ()
+    script: str | None = None  # a wrk Lua script that makes each request instead
 
 
 Preparer = Callable[[BenchEnv], Prepared]
@@ -160,6 +163,7 @@ class Case:
     requires: tuple[str, ...] = ()
     needs_redis: bool = False
     needs_consistency: bool = False
+    refused: bool = False  # every answer is a refusal (401): the case measures how cheap
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,20 @@ def create_keystile_token(settings: Mapping[str, Any]) -> str:
         return engine.keys.create(ACCOUNT, "bench").token
     finally:
         engine.close()
+
+
+UNKNOWN_IDS_SCRIPT = str(Path(__file__).resolve().parent / "wrk" / "unknown_ids.lua")
+
+
+def unknown_ids_case(mode: str) -> Preparer:
+    """Every request a new well-formed token whose key id exists nowhere (a flood)."""
+
+    def prepare(env: BenchEnv) -> Prepared:
+        settings = keystile_settings(env, mode)
+        create_keystile_token(settings)  # a store with a key in it, as in the other cases
+        return Prepared(settings=settings, script=UNKNOWN_IDS_SCRIPT)
+
+    return prepare
 
 
 def keystile_case(mode: str) -> Preparer:
@@ -336,6 +354,7 @@ def all_stacks() -> tuple[Stack, ...]:
         keystile_case("fast"),
         keystile_case("no-redis"),
     )
+    unknown_ids = unknown_ids_case("strict")
     return (
         Stack(
             name="starlette",
@@ -349,6 +368,7 @@ def all_stacks() -> tuple[Stack, ...]:
                 Case("keystile-strict", "keystile", strict, needs_redis=True),
                 Case("keystile-fast", "keystile", fast, needs_redis=True, needs_consistency=True),
                 Case("keystile-no-redis", "keystile", no_redis),
+                Case("unknown-ids", "keystile", unknown_ids, needs_redis=True, refused=True),
             ),
         ),
         Stack(
@@ -618,6 +638,8 @@ def run_wrk(wrk: str, server: Server, duration: int, connections: int) -> WrkRes
     command = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     for header in server.prepared.headers:
         command += ["-H", header]
+    if server.prepared.script:
+        command += ["-s", server.prepared.script]
     command.append(f"http://{HOST}:{server.port}/")
     completed = subprocess.run(
         command, capture_output=True, text=True, timeout=duration + WRK_GRACE, check=False
@@ -674,7 +696,7 @@ def start_servers(
             stop_process(server.process)
             continue
         report.probes[server.case.name] = server.probe_status
-        if not 200 <= server.probe_status < 400:
+        if not server.case.refused and not 200 <= server.probe_status < 400:
             print(f"WARNING {stack.name}/{server.case.name}: first GET / answered "
                   f"{server.probe_status}")  # fmt: skip
         ready.append(server)
@@ -822,9 +844,10 @@ def print_markdown(reports: Sequence[StackReport]) -> None:
 
 def warn_about_refusals(reports: Sequence[StackReport]) -> None:
     for report in reports:
+        refusing = {case.name for case in report.stack.cases if case.refused}
         for name, runs in report.runs.items():
             refused = sum(r.non_2xx_3xx for r in runs)
-            if refused:
+            if refused and name not in refusing:
                 print(f"WARNING {report.stack.name}/{name}: {refused} non-2xx/3xx responses")
 
 
