@@ -47,8 +47,9 @@ django (gunicorn -w 1, sync; a DRF APIView returning Response({"ok": True}))
     drf-api-key        djangorestframework-api-key's HasAPIKey on the same view
                        (header "Authorization: Api-Key <key>")
     keystile-strict    keystile.django.KeystileMiddleware (Redis, strict), view as bare-drf
+    keystile-fast      the same, "consistency": "fast"
     keystile-no-redis  the same without Redis
-    Ratios are to bare-drf; keystile-strict / drf-api-key is printed too.
+    Ratios are to bare-drf; each keystile case / drf-api-key is printed too.
 
 --quick is about two minutes (2 rounds x 3 s).
 """
@@ -370,6 +371,7 @@ def all_stacks() -> tuple[Stack, ...]:
                 Case("keystile-no-redis", "keystile", no_redis),
                 Case("unknown-ids", "keystile", unknown_ids, needs_redis=True, refused=True),
             ),
+            pairs=(("keystile-strict", "naive-redis-get"),),
         ),
         Stack(
             name="fastapi",
@@ -382,6 +384,10 @@ def all_stacks() -> tuple[Stack, ...]:
                 Case("keystile-middleware", "keystile-middleware", strict, needs_redis=True),
                 Case("keystile-depends", "keystile-depends", strict, needs_redis=True),
                 Case("safe-api-keys", "safe-api-keys", safe_api_keys_case, ("safe_api_keys",)),
+            ),
+            pairs=(
+                ("keystile-depends", "keystile-middleware"),
+                ("keystile-middleware", "safe-api-keys"),
             ),
         ),
         Stack(
@@ -407,9 +413,13 @@ def all_stacks() -> tuple[Stack, ...]:
                 Case("bare-drf", "bare-drf", no_auth),
                 Case("drf-api-key", "drf-api-key", drf_api_key_case, ("rest_framework_api_key",)),
                 Case("keystile-strict", "keystile", strict, needs_redis=True),
+                Case("keystile-fast", "keystile", fast, needs_redis=True, needs_consistency=True),
                 Case("keystile-no-redis", "keystile", no_redis),
             ),
-            pairs=(("keystile-strict", "drf-api-key"),),
+            pairs=tuple(
+                (case, "drf-api-key")
+                for case in ("keystile-strict", "keystile-fast", "keystile-no-redis")
+            ),
         ),
     )
 
