@@ -18,7 +18,9 @@ in a temp dir (fast argon2 parameters) and handed to ``wrk -t1 -c32 --latency`` 
 All servers of a stack run at once; after a short warm-up each, the rounds interleave
 (A B C A B C ...), one wrk at a time, and each round's ratio is the case's req/s divided by
 the stack's baseline req/s of that same round. Tables give medians over rounds (req/s, p50,
-p99), summed non-2xx/3xx responses and socket errors, and the ratio's median, min and max.
+p99), summed non-2xx/3xx responses and socket errors, the ratio's median, min and max, the
+requests each server answered, and how much its resident memory grew from the end of the
+warm-up to the end of the last round (master and workers together).
 
 Cases (every app has one route, ``GET /``):
 
@@ -205,6 +207,9 @@ class StackReport:
     runs: dict[str, list[WrkResult]] = field(default_factory=dict)
     probes: dict[str, int | None] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Resident memory of each case's server (and its workers), in MiB, after the warm-up
+    #: and after the last round.
+    rss: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -713,9 +718,26 @@ def start_servers(
     return ready
 
 
+def tree_rss_mib(pid: int) -> float:
+    """VmRSS of a process and its descendants (gunicorn's master and worker), in MiB."""
+    total_kib, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        total_kib += int(match.group(1)) if match else 0
+        todo += [int(child) for child in children]
+    return total_kib / 1024
+
+
 def run_rounds(wrk: str, servers: Sequence[Server], options: Options, report: StackReport) -> None:
     for server in servers:
         run_wrk(wrk, server, options.warmup, options.connections)
+    warm = {server.case.name: tree_rss_mib(server.process.pid) for server in servers}
     for round_no in range(1, options.rounds + 1):
         for server in servers:
             result = run_wrk(wrk, server, options.duration, options.connections)
@@ -725,6 +747,8 @@ def run_rounds(wrk: str, servers: Sequence[Server], options: Options, report: St
                   f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  "
                   f"non-2xx {result.non_2xx_3xx}  socket errors {result.socket_errors}",
                   flush=True)  # fmt: skip
+    for server in servers:
+        report.rss[server.case.name] = (warm[server.case.name], tree_rss_mib(server.process.pid))
 
 
 def bench_stack(wrk: str, stack: Stack, env: BenchEnv, options: Options) -> StackReport:
@@ -770,7 +794,7 @@ def spread(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 TABLE_HEADERS = ("case", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors",
-                 "ratio (median)", "min", "max")  # fmt: skip
+                 "ratio (median)", "min", "max", "requests", "RSS MiB growth")  # fmt: skip
 
 
 def table_rows(report: StackReport) -> list[list[str]]:
@@ -781,6 +805,7 @@ def table_rows(report: StackReport) -> list[list[str]]:
             continue
         ratios = per_round_ratios(report.runs, case.name, report.stack.baseline)
         ratio_cells = [f"{value:.2f}" for value in spread(ratios)] if ratios else ["-"] * 3
+        start, end = report.rss.get(case.name, (0.0, 0.0))
         rows.append([
             case.name,
             f"{statistics.median(r.requests_per_sec for r in runs):.0f}",
@@ -789,6 +814,8 @@ def table_rows(report: StackReport) -> list[list[str]]:
             str(sum(r.non_2xx_3xx for r in runs)),
             str(sum(r.socket_errors for r in runs)),
             *ratio_cells,
+            str(sum(r.requests for r in runs)),
+            f"{end - start:+.1f} ({start:.0f} to {end:.0f})",
         ])  # fmt: skip
     return rows
 
