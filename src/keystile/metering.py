@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,8 @@ from .errors import QUOTA_EXCEEDED, AuthError, InvalidInput
 from .periods import Period
 from .stores.base import UsageDelta, UsageRow
 
+#: Without Redis, at most this many Idempotency-Key markers are kept (the oldest go first).
+IDEMPOTENCY_MARKERS = 100_000
 #: Keep a period's Redis counter this long after the period ends (reports read it).
 USAGE_GRACE_SECONDS = 35 * 24 * 3600
 
@@ -190,7 +193,6 @@ def crossed_marks(pages: int, limit: int | None, thresholds: Sequence[float]) ->
 IDEMPOTENT_BODY_LIMIT = 16 * 1024 * 1024
 
 
-
 def idempotency_digest(
     account_id: str,
     environment: str,
@@ -261,7 +263,9 @@ class LocalCounters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._usage: dict[tuple[str, str, str], dict[str, int]] = {}
-        self._idempotency: dict[tuple[str, str], float] = {}
+        # In the order they were made, so the oldest (the first to expire: one ttl for all)
+        # leave from the front.
+        self._idempotency: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def has(self, counter: tuple[str, str, str]) -> bool:
         return counter in self._usage
@@ -309,9 +313,7 @@ class LocalCounters:
                 key_requests = charge.requests_field
                 usage[key_requests] = usage.get(key_requests, 0) + 1
             if idem is not None:
-                if len(self._idempotency) >= 10_000:
-                    self._idempotency = {k: t for k, t in self._idempotency.items() if t > now}
-                self._idempotency[idem] = now + idem_ttl
+                self._remember(idem, now + idem_ttl, now)
             crossed = []
             if limit:
                 for threshold in crossed_marks(after, limit, thresholds):
@@ -320,6 +322,17 @@ class LocalCounters:
                         usage[mark] = 1
                         crossed.append(threshold)
             return Outcome("ok", after, limit, crossed=tuple(crossed))
+
+    def _remember(self, idem: tuple[str, str], until: float, now: float) -> None:
+        """Under the lock. Expired markers leave first; past the bound the oldest go too
+        (such a retry is charged again), so memory stays bounded whatever the traffic."""
+        markers = self._idempotency
+        while markers and (
+            next(iter(markers.values())) <= now or len(markers) >= IDEMPOTENCY_MARKERS
+        ):
+            markers.popitem(last=False)
+        markers[idem] = until
+        markers.move_to_end(idem)
 
     def settle(self, charge: Charge, delta: int, forget_idempotency: bool) -> None:
         with self._lock:
