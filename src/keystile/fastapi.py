@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from .metering import check_route_cost
 from .principal import Principal, check_permissions
@@ -32,11 +32,25 @@ __all__ = [
     "require",
 ]
 
-# auto_error=False: they exist for the OpenAPI document; the middleware has already decided.
-bearer_scheme = HTTPBearer(
+class _DocumentedBearer(HTTPBearer):
+    """The scheme for the OpenAPI document only: the middleware has already decided, so
+    reading the header again on every request would be wasted work."""
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        return None
+
+
+class _DocumentedApiKey(APIKeyHeader):
+    """See :class:`_DocumentedBearer`."""
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        return None
+
+
+bearer_scheme = _DocumentedBearer(
     scheme_name="BearerToken", description="Authorization: Bearer <token>", auto_error=False
 )
-api_key_scheme = APIKeyHeader(
+api_key_scheme = _DocumentedApiKey(
     name="x-api-key",
     scheme_name="ApiKey",
     description="The full token, or the key id together with x-api-secret.",
@@ -59,8 +73,8 @@ _HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tr
 
 async def get_principal(
     request: Request,
-    _bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
-    _api_key: str | None = Security(api_key_scheme),
+    _bearer: None = Security(bearer_scheme),
+    _api_key: None = Security(api_key_scheme),
 ) -> Principal:
     """Dependency returning the authenticated principal."""
     return principal_of(request)
@@ -71,8 +85,8 @@ def require(*permissions: str) -> Callable[..., Awaitable[Principal]]:
 
     async def dependency(
         request: Request,
-        _bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
-        _api_key: str | None = Security(api_key_scheme),
+        _bearer: None = Security(bearer_scheme),
+        _api_key: None = Security(api_key_scheme),
     ) -> Principal:
         principal = principal_of(request)
         check_permissions(principal, permissions)
