@@ -42,3 +42,22 @@ def test_expired_idempotency_markers_leave_first(
     now[0] += 61
     post(ks, token, "later")  # the ten expired markers leave as the new one comes
     assert len(ks.admission.counters._idempotency) == 1
+
+
+@pytest.mark.redis
+def test_a_closed_event_loops_redis_client_is_let_go(
+    make_keystile: Callable[..., Keystile], redis_settings: dict[str, object]
+) -> None:
+    """Code that runs a loop per call (asyncio.run, async_to_sync) must not pile clients."""
+    import asyncio
+
+    ks = make_keystile(**redis_settings)
+    token = ks.keys.create("acct-1", "k").token
+
+    async def once() -> None:
+        principal = await ks.authenticate_async([("authorization", f"Bearer {token}")])
+        await ks.settle_async(principal, 200)
+
+    for _ in range(20):
+        asyncio.run(once())
+    assert len(ks.async_redis._by_loop) == 1  # the last loop's, kept until the next one

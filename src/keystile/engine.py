@@ -33,16 +33,13 @@ from .keys import KeyManager
 from .localcache import LocalCache
 from .metering import Meter, ThresholdEvent
 from .models import KeyRecord
-from .multiplex import LuaScript
 from .periods import PeriodPolicy
 from .principal import Principal
 from .quotas import QuotaManager, UsageReport
 from .redisio import AsyncRedis, SyncRedis
 from .rediskeys import (
-    FETCH_KNOWN_LUA,
     KIDS_READY,
     KIDS_RESEED_SECONDS,
-    SEED_DONE_LUA,
     RedisKeys,
 )
 from .sessions import SessionManager
@@ -500,6 +497,7 @@ class Keystile:
     #: How often an engine may start seeding the key-id set, and how long its lock may live.
     _KIDS_SEED_INTERVAL = 5.0
     _KIDS_SEED_LOCK_TTL = 120
+    _kids_seed_after = 0.0  # monotonic time before which no new seeding starts
 
     @staticmethod
     def _known_reply(reply: list[Any]) -> tuple[str | None, bool, bool]:
@@ -508,10 +506,7 @@ class Keystile:
 
     def _op_redis_fetch_known(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
         """``(snapshot or None, kid in the key-id set, set seeded)``: one EVALSHA."""
-        scripts = self.redis.scripts
-        script = scripts.get("fetch_known")
-        if script is None:
-            script = scripts["fetch_known"] = self.redis.client.register_script(FETCH_KNOWN_LUA)
+        script = self.redis.scripts["fetch_known"]
         keys = [self.redis_keys.snapshot(kid, digest), self.redis_keys.kids()]
         return self._known_reply(script(keys=keys, args=[kid, KIDS_READY]))
 
@@ -520,7 +515,7 @@ class Keystile:
         thread per engine at a time, started at most every few seconds; one engine of all
         that share the Redis does the work, under a lock key)."""
         now = time.monotonic()
-        if now < getattr(self, "_kids_seed_after", 0.0):
+        if now < self._kids_seed_after:
             return
         self._kids_seed_after = now + self._KIDS_SEED_INTERVAL
         if getattr(self.store, "all_kids", None) is None:
@@ -547,7 +542,7 @@ class Keystile:
                     client.sadd(keys.kids(), *kids[start : start + 1000])
                 seeded = "1"
             finally:
-                client.register_script(SEED_DONE_LUA)(
+                own.scripts["seed_done"](
                     keys=[keys.kids(), keys.kids_lock()],
                     args=[token, KIDS_READY, seeded, KIDS_RESEED_SECONDS],
                 )
@@ -617,11 +612,10 @@ class Keystile:
         )
         return value
 
-    _FETCH_KNOWN = LuaScript(FETCH_KNOWN_LUA)
 
     async def _aop_redis_fetch_known(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
         keys = [self.redis_keys.snapshot(kid, digest), self.redis_keys.kids()]
-        reply = await self.async_redis.client.evalsha(self._FETCH_KNOWN, keys, [kid, KIDS_READY])
+        reply = await self.async_redis.scripts["fetch_known"](keys=keys, args=[kid, KIDS_READY])
         return self._known_reply(reply)
 
     async def _aop_kids_seed(self) -> None:

@@ -10,7 +10,6 @@ import json
 import logging
 import re
 import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -389,7 +388,7 @@ class KeyManager:
     def _announce_later(self, delay: float = 0.5) -> None:
         engine = self._engine
         while True:
-            time.sleep(delay)
+            threading.Event().wait(delay)  # a background thread: nothing else waits on it
             with self._unannounced_lock:
                 kids = sorted(self._unannounced)
                 if not kids:

@@ -24,7 +24,7 @@ from .periods import Period
 from .stores.base import UsageDelta, UsageRow
 
 #: Without Redis, at most this many Idempotency-Key markers are kept (the oldest go first).
-IDEMPOTENCY_MARKERS = 100_000
+IDEMPOTENCY_MARKERS = 10_000
 #: Keep a period's Redis counter this long after the period ends (reports read it).
 USAGE_GRACE_SECONDS = 35 * 24 * 3600
 
@@ -265,7 +265,7 @@ class LocalCounters:
         self._usage: dict[tuple[str, str, str], dict[str, int]] = {}
         # In the order they were made, so the oldest (the first to expire: one ttl for all)
         # leave from the front.
-        self._idempotency: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._idempotency: OrderedDict[str, float] = OrderedDict()  # by request digest
 
     def has(self, counter: tuple[str, str, str]) -> bool:
         return counter in self._usage
@@ -296,7 +296,7 @@ class LocalCounters:
         with self._lock:
             usage = self._usage[charge.counter]
             used = usage["pages"]
-            idem = (charge.account_id, charge.idempotency) if charge.idempotency else None
+            idem = charge.idempotency  # its digest names the account too
             if idem is not None and self._idempotency.get(idem, 0.0) > now:
                 return Outcome("replay", used, limit)
             if limit is not None and used + charge.cost > limit:
@@ -323,7 +323,7 @@ class LocalCounters:
                         crossed.append(threshold)
             return Outcome("ok", after, limit, crossed=tuple(crossed))
 
-    def _remember(self, idem: tuple[str, str], until: float, now: float) -> None:
+    def _remember(self, idem: str, until: float, now: float) -> None:
         """Under the lock. Expired markers leave first; past the bound the oldest go too
         (such a retry is charged again), so memory stays bounded whatever the traffic."""
         markers = self._idempotency
@@ -342,7 +342,7 @@ class LocalCounters:
                 key_pages = charge.pages_field
                 usage[key_pages] = usage.get(key_pages, 0) + delta
             if forget_idempotency and charge.idempotency:
-                self._idempotency.pop((charge.account_id, charge.idempotency), None)
+                self._idempotency.pop(charge.idempotency, None)
 
 
 class UsageBuffer:

@@ -7,7 +7,6 @@ increment must not run twice.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -22,7 +21,7 @@ from .settings import Settings
 
 __all__ = ["AsyncRedis", "RedisKeys", "SyncRedis", "load_script"]
 
-SCRIPT_NAMES = ("adopt", "meter", "settle", "lease", "lease_report")
+SCRIPT_NAMES = ("adopt", "meter", "settle", "lease", "lease_report", "fetch_known", "seed_done")
 
 
 def load_script(name: str) -> str:
@@ -73,14 +72,18 @@ class AsyncRedis:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._by_loop: weakref.WeakKeyDictionary[
+        # Not weak: each client holds its loop. A closed loop's client is let go instead.
+        self._by_loop: dict[
             asyncio.AbstractEventLoop, tuple[RedisMultiplexer, dict[str, _Script]]
-        ] = weakref.WeakKeyDictionary()
+        ] = {}
 
     def _get(self) -> tuple[RedisMultiplexer, dict[str, _Script]]:
         loop = asyncio.get_running_loop()
         pair = self._by_loop.get(loop)
         if pair is None:
+            # Code that runs a loop per call (asyncio.run, async_to_sync) leaves closed ones.
+            for old in [old for old in self._by_loop if old.is_closed()]:
+                del self._by_loop[old]
             assert self.settings.redis_url
             client = RedisMultiplexer(self.settings.redis_url, timeout=self.settings.redis_timeout)
             scripts = {name: _Script(client, load_script(name)) for name in SCRIPT_NAMES}

@@ -46,33 +46,3 @@ KIDS_READY = "*ready"
 #: A seeded set lives this long, then is seeded anew from the store: the bound on how long a
 #: key that reached the store some other way (an older keystile, a script) stays unknown.
 KIDS_RESEED_SECONDS = 900
-
-#: The slow path's first Redis call for an API key (not a session). KEYS: the credential's
-#: snapshot, the key-id set; ARGV: the key id, KIDS_READY. Returns ``{0, 1}`` for an id the
-#: seeded set does not hold (refused: no snapshot read), else ``{member, ready, snapshot}``.
-#: (The two keys have different hash tags: on Redis Cluster this script needs both on one
-#: node.)
-FETCH_KNOWN_LUA = """
-local known = redis.call('SMISMEMBER', KEYS[2], ARGV[1], ARGV[2])
-if known[2] == 1 and known[1] == 0 then
-  return {0, 1}
-end
-return {known[1], known[2], redis.call('GET', KEYS[1])}
-"""
-
-#: Ends a seeding run. KEYS: the key-id set, the seeding lock; ARGV: the lock's token,
-#: KIDS_READY, "1" to mark the set seeded (else only let go of the lock), the set's lifetime
-#: in seconds. Marks nothing if
-#: the lock is no longer this run's: Redis lost it (FLUSHALL, eviction, expiry) after the
-#: store was read, so the set may miss an id added meanwhile.
-SEED_DONE_LUA = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return 0
-end
-redis.call('DEL', KEYS[2])
-if ARGV[3] == '1' then
-  redis.call('SADD', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-end
-return 1
-"""
