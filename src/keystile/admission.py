@@ -1,8 +1,11 @@
 """One request from headers to a metered principal, and its settlement after the response.
 
-Like :mod:`keystile.verification`, the steps yield their I/O for the engine to perform. With
-Redis, a credential this process knows costs exactly one Redis call: the meter script checks
-the key's state stamp and charges the quota at once.
+The common request takes :meth:`Admission.warm`: plain calls, no I/O, or one meter call that
+the engine makes and hands back (:class:`MeterCall`). Everything else takes
+:meth:`Admission.admit`, steps that yield their I/O for the engine to perform, like
+:mod:`keystile.verification`. In strict mode a credential this process knows costs exactly
+one Redis call (the meter script checks the key's state stamp and charges the quota at
+once); in fast mode none, its pages spent from a lease (:mod:`keystile.leases`).
 """
 
 from __future__ import annotations
@@ -173,9 +176,6 @@ class Admission:
         self.leases = LeaseBook() if settings.consistency == "fast" else None
         #: A crashed process's lease is forgiven this long after its last report.
         self.lease_ttl_ms = int(max(1.0, 3 * settings.usage_flush_interval) * 1000)
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), timezone.utc)
 
     def period_at(self, now: float) -> Period:
         # Computing a period costs tens of µs (zone maths); it changes once a month.
