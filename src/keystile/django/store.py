@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import functools
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -347,14 +348,26 @@ class DjangoStore:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+_LOCKED_RETRIES, _LOCKED_PAUSE = 50, 0.01  # half a second of a locked table at most
 
 
 def _database_errors(method: F) -> F:
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from django.db import Error as DatabaseError  # type: ignore[import-untyped,unused-ignore]
+        from django.db import OperationalError  # type: ignore[import-untyped,unused-ignore]
 
         try:
+            for _ in range(_LOCKED_RETRIES):
+                try:
+                    return method(*args, **kwargs)
+                except OperationalError as exc:
+                    # SQLite's shared in-memory database fails at once on a table another
+                    # thread reads (the flusher, the key-id seeding); a file database waits
+                    # for its turn. The failed statement changed nothing: try again.
+                    if "locked" not in str(exc).lower():
+                        raise
+                    threading.Event().wait(_LOCKED_PAUSE)
             return method(*args, **kwargs)
         except DatabaseError as exc:
             # The type, not the text: a driver's message may quote the values it was sent.
