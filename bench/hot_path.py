@@ -37,7 +37,7 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from keystile import Keystile  # noqa: E402
-from keystile.errors import ConfigError  # noqa: E402
+from keystile._core.errors import ConfigError  # noqa: E402
 from keystile.starlette import KeystileMiddleware  # noqa: E402
 
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}

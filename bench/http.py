@@ -337,7 +337,7 @@ def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
 def supports_consistency(env: BenchEnv) -> bool:
     """Whether this keystile accepts the "consistency" setting (it is being added)."""
     from keystile import Keystile
-    from keystile.errors import ConfigError
+    from keystile._core.errors import ConfigError
 
     probe = BenchEnv(env.tmp, env.redis_url or "redis://127.0.0.1:1/0", has_consistency=True)
     try:

@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from keystile import AuthError, Keystile
-from keystile.errors import TOO_MANY_ATTEMPTS
+from keystile._core.errors import TOO_MANY_ATTEMPTS
 from keystile.starlette import KeystileMiddleware, management_mount
 
 

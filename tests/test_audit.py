@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from keystile import InvalidInput, Keystile
-from keystile.audit import ACTIONS, SYSTEM_ACTOR, entry_to_dict
+from keystile._services.audit import ACTIONS, SYSTEM_ACTOR, entry_to_dict
 from keystile.starlette import KeystileMiddleware, management_mount
 from keystile.stores.base import AuditEntry
 

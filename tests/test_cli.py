@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from keystile import Keystile
-from keystile.tokens import TOKEN_PATTERN
+from keystile._core.tokens import TOKEN_PATTERN
 
 from .conftest import FAST_ARGON2
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from keystile import BackendError, ConfigError, Keystile, config
+from keystile import BackendError, ConfigError, Keystile
+from keystile._cli import config
 from keystile.stores import open_store
 from keystile.stores.sqlite import SQLiteStore
 

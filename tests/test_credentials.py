@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from keystile.credentials import MAX_ACCOUNT_LENGTH, Credentials, read_credentials
-from keystile.errors import (
+from keystile._core.credentials import MAX_ACCOUNT_LENGTH, Credentials, read_credentials
+from keystile._core.errors import (
     INVALID_API_KEY,
     MALFORMED_CREDENTIALS,
     MISSING_API_KEY,
     AuthError,
     ErrorSpec,
 )
-from keystile.tokens import ParsedToken, format_token, new_kid, new_secret
+from keystile._core.tokens import ParsedToken, format_token, new_kid, new_secret
 
 PREFIX = "sk"
 ENVS = ("live", "test")

@@ -18,8 +18,8 @@ from django.contrib.auth.models import User  # noqa: E402
 from django.test import Client, override_settings  # noqa: E402
 
 from keystile import Keystile  # noqa: E402
+from keystile._core.errors import AuthError  # noqa: E402
 from keystile.django import get_engine  # noqa: E402
-from keystile.errors import AuthError  # noqa: E402
 
 from .conftest import FAST_ARGON2  # noqa: E402
 from .test_django_store import clear_tables  # noqa: E402

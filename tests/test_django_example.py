@@ -27,7 +27,7 @@ project.configure()
 from django.test import Client, override_settings  # noqa: E402
 
 from keystile import Keystile  # noqa: E402
-from keystile.settings import load_settings  # noqa: E402
+from keystile._core.settings import load_settings  # noqa: E402
 
 from .conftest import FAST_ARGON2  # noqa: E402
 

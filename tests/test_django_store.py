@@ -21,8 +21,8 @@ project.setup_database()
 from django.test import override_settings  # noqa: E402
 
 from keystile import Keystile  # noqa: E402
-from keystile.errors import AuthError, InvalidInput  # noqa: E402
-from keystile.models import KeyRecord  # noqa: E402
+from keystile._core.errors import AuthError, InvalidInput  # noqa: E402
+from keystile._core.models import KeyRecord  # noqa: E402
 from keystile.stores.base import (  # noqa: E402
     AccountLimit,
     AuditEntry,
@@ -457,8 +457,8 @@ def test_database_errors_are_backend_errors(
 ) -> None:
     from django.db import OperationalError
 
+    from keystile._core.errors import BackendError
     from keystile.django.store import DjangoStore
-    from keystile.errors import BackendError
 
     store = DjangoStore()
 

@@ -2,7 +2,7 @@
 
 With Redis, a request with a credential this process knows costs exactly one Redis call:
 the meter script (EVALSHA), which compares the key's state stamp and charges the quota at
-once (see keystile.admission). Costs are counted, not timed: Redis commands by wrapping the
+once (see keystile._core.admission). Costs are counted, not timed: Redis commands by wrapping the
 client's ``execute_command``, argon2 runs by wrapping ``ks.hasher.verify``, store reads by
 wrapping ``store.get``.
 Engines that stand for separate processes share one store and one Redis (and its prefix)
@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 import redis
 
-from keystile import AuthError, BackendError, Keystile, tokens
-from keystile.rediskeys import KIDS_READY
+from keystile import AuthError, BackendError, Keystile
+from keystile._core import tokens
+from keystile._core.rediskeys import KIDS_READY
+from keystile._core.verification import NEGATIVE, Snapshot
 from keystile.stores import KeyStore, open_store
-from keystile.verification import NEGATIVE, Snapshot
 from tests.services import REDIS_MISSING, private_redis, service_missing
 
 pytestmark = pytest.mark.redis

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from keystile import errors
-from keystile.errors import (
+from keystile._core import errors
+from keystile._core.errors import (
     ACCOUNT_FORBIDDEN,
     BACKEND_UNAVAILABLE,
     ERRORS,
@@ -151,7 +151,7 @@ def test_exception_hierarchy() -> None:
 
 
 def test_errors_from_credentials_render() -> None:
-    from keystile.credentials import read_credentials
+    from keystile._core.credentials import read_credentials
 
     for headers, code, status in (
         ([], "AUTH_001", 401),

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import redis
 
-from keystile import AuthError, Keystile, engine
+from keystile import AuthError, Keystile
+from keystile._runtime import engine
 from keystile.stores import KeyStore, open_store
 
 from .faults import Proxy
@@ -202,7 +203,7 @@ def test_a_revoke_reaches_another_engines_cache_through_the_channel(
 
 
 def _parsed(token: str) -> Any:
-    from keystile.credentials import read_credentials
+    from keystile._core.credentials import read_credentials
 
     return read_credentials(bearer(token), "sk", ("live", "test")).token
 

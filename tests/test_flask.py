@@ -17,7 +17,7 @@ flask = pytest.importorskip("flask")
 from flask import Flask, Response, g, request  # noqa: E402
 
 from keystile import Keystile as Engine  # noqa: E402
-from keystile.errors import AuthError  # noqa: E402
+from keystile._core.errors import AuthError  # noqa: E402
 from keystile.flask import Keystile, cost, current_principal, requires  # noqa: E402
 
 from .conftest import FAST_ARGON2, Clock  # noqa: E402
@@ -195,7 +195,7 @@ def test_settings_or_engine_and_bad_settings(ks: Engine) -> None:
     extension.engine.close()
     app = Flask("bad")
     app.config["KEYSTILE"] = {"stor": "memory://"}
-    from keystile.errors import ConfigError
+    from keystile._core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="stor"):
         Keystile(app)

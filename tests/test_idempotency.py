@@ -17,7 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from keystile import Keystile, tokens
+from keystile import Keystile
+from keystile._core import tokens
 from keystile.starlette import KeystileMiddleware, _buffer_body
 
 from .behaviour.harness_sync import call_wsgi, server_environ

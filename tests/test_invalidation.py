@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from keystile.invalidation import InvalidationListener, invalidation_channel, publish
+from keystile._redis.invalidation import InvalidationListener, invalidation_channel, publish
 
 from .faults import Proxy
 from .services import free_port, redis_error

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from keystile import ApiKey, AuthError, CreatedKey, InvalidInput, Keystile, NotFound
-from keystile.errors import (
+from keystile._core.errors import (
     ACCOUNT_FORBIDDEN,
     EXPIRED_API_KEY,
     INVALID_API_KEY,
     ErrorSpec,
 )
-from keystile.tokens import format_token, new_secret, parse_token
+from keystile._core.tokens import format_token, new_secret, parse_token
 
 from .conftest import FAST_ARGON2, Clock
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from keystile.leases import LeaseBook, LeaseReport, report_args
-from keystile.redisio import load_script
+from keystile._core.leases import LeaseBook, LeaseReport, report_args
+from keystile._redis.scripts import load_script
 
 C = ("acct", "2026-07", "live")
 USAGE_TTL, LIMIT_TTL = 3600, 600

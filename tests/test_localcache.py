@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from keystile import AuthError, Keystile, tokens
-from keystile.errors import EXPIRED_API_KEY
-from keystile.localcache import LocalCache
+from keystile import AuthError, Keystile
+from keystile._core import tokens
+from keystile._core.errors import EXPIRED_API_KEY
+from keystile._core.localcache import LocalCache
 
 Make = Callable[..., Keystile]
 

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from keystile import CreatedKey, Keystile
-from keystile.management import MAX_BODY
+from keystile._http.management import MAX_BODY
 from keystile.starlette import KeystileMiddleware, management_mount
 
 from .conftest import Clock

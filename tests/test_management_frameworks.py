@@ -37,10 +37,10 @@ from starlette.routing import Route  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from keystile import CreatedKey, Keystile  # noqa: E402
+from keystile._http.management import MAX_BODY  # noqa: E402
 from keystile.django import views as django_views  # noqa: E402
 from keystile.flask import Keystile as FlaskKeystile  # noqa: E402
 from keystile.flask_management import management_blueprint  # noqa: E402
-from keystile.management import MAX_BODY  # noqa: E402
 from keystile.starlette import KeystileMiddleware, management_mount  # noqa: E402
 
 from .behaviour.harness_sync import _with_lifespan, server_environ  # noqa: E402

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from keystile import Keystile, metering
+from keystile import Keystile
+from keystile._core import metering
 
 
 def post(ks: Keystile, token: str, key: str) -> int:

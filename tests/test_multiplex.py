@@ -22,7 +22,7 @@ import pytest
 import redis
 import redis.exceptions as rx
 
-from keystile.multiplex import LuaScript, RedisMultiplexer
+from keystile._redis.multiplex import LuaScript, RedisMultiplexer
 
 from .services import free_port, redis_error, service_missing
 

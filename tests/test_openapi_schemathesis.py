@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from keystile import Keystile
-from keystile.management import ManagementAPI, openapi_document
+from keystile._http.management import ManagementAPI, openapi_document
 from keystile.starlette import KeystileMiddleware, management_mount
 
 try:
@@ -38,7 +38,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 
 
 def shipped_document() -> dict[str, Any]:
-    text = resources.files("keystile").joinpath("openapi.json").read_text(encoding="utf-8")
+    text = resources.files("keystile._http").joinpath("openapi.json").read_text(encoding="utf-8")
     document: dict[str, Any] = json.loads(text)
     return document
 

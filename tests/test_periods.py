@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from keystile.periods import Period, PeriodPolicy
+from keystile._core.periods import Period, PeriodPolicy
 
 UTC = timezone.utc
 US = timedelta(microseconds=1)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from keystile import Keystile, Principal
-from keystile.principal import grants, missing_permissions
+from keystile._core.principal import grants, missing_permissions
 
 
 def make_principal(*permissions: str, **overrides: object) -> Principal:

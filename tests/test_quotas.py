@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from keystile import AuthError, InvalidInput, Keystile, Principal
-from keystile.admission import RequestInfo
-from keystile.errors import QUOTA_EXCEEDED
-from keystile.metering import ThresholdEvent
+from keystile._core.admission import RequestInfo
+from keystile._core.errors import QUOTA_EXCEEDED
+from keystile._core.metering import ThresholdEvent
 
 from .conftest import Clock
 

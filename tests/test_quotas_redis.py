@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from keystile import AuthError, Keystile, Principal
-from keystile.errors import BACKEND_UNAVAILABLE, EXPIRED_API_KEY, QUOTA_EXCEEDED, render
-from keystile.metering import ThresholdEvent
+from keystile._core.errors import BACKEND_UNAVAILABLE, EXPIRED_API_KEY, QUOTA_EXCEEDED, render
+from keystile._core.metering import ThresholdEvent
 from keystile.stores.base import KeyStore
 from keystile.stores.sqlite import SQLiteStore
 

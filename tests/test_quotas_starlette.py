@@ -17,7 +17,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from keystile import Keystile
-from keystile.metering import ThresholdEvent
+from keystile._core.metering import ThresholdEvent
 from keystile.starlette import KeystileMiddleware, cost, requires
 
 from .conftest import Clock

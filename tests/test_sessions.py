@@ -21,7 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from keystile import CreatedKey, Keystile, tokens
+from keystile import CreatedKey, Keystile
+from keystile._core import tokens
 from keystile.starlette import KeystileMiddleware, management_mount, requires
 
 from .conftest import Clock
@@ -606,12 +607,12 @@ def test_the_failure_window_passes(limited: Keystile, monkeypatch: pytest.Monkey
     key = limited.keys.create(ACCT, "owner", permissions=PERMS)
     now = [1000.0]
 
-    class FakeTime:  # only keystile.loginlimits sees it
+    class FakeTime:  # only keystile._services.loginlimits sees it
         @staticmethod
         def monotonic() -> float:
             return now[0]
 
-    monkeypatch.setattr("keystile.loginlimits.time", FakeTime)
+    monkeypatch.setattr("keystile._services.loginlimits.time", FakeTime)
     with TestClient(build_app(limited), client=("10.0.0.4", 1)) as client:
         for _ in range(3):
             client.post("/v1/auth/login", headers={"x-api-key": wrong_token(key)})

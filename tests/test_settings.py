@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from keystile import ConfigError, Keystile, Settings
-from keystile.settings import Argon2Params, load_settings, redact_url
+from keystile._core.settings import Argon2Params, load_settings, redact_url
 
 from .conftest import FAST_ARGON2
 

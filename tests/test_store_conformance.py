@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from keystile import Keystile
-from keystile.errors import EXPIRED_API_KEY, AuthError, InvalidInput
-from keystile.models import KeyRecord
+from keystile._core.errors import EXPIRED_API_KEY, AuthError, InvalidInput
+from keystile._core.models import KeyRecord
 from keystile.stores import open_store
 from keystile.stores.base import (
     AccountLimit,
@@ -917,7 +917,7 @@ def test_postgres_works_for_a_role_that_cannot_create_tables(
 def test_postgres_errors_are_backend_errors(postgres_url: str, postgres_schema: str) -> None:
     import psycopg
 
-    from keystile.errors import BackendError
+    from keystile._core.errors import BackendError
     from keystile.stores.postgres import PostgresStore
 
     nowhere = PostgresStore("postgresql://127.0.0.1:1/none?connect_timeout=1", timeout=1.0)
@@ -1095,8 +1095,8 @@ def test_the_async_engine_on_postgres(
 
 def test_a_store_failure_is_a_503(clock: Clock) -> None:
     pytest.importorskip("psycopg_pool")
+    from keystile._core.tokens import format_token, new_kid, new_secret
     from keystile.stores.postgres import PostgresStore
-    from keystile.tokens import format_token, new_kid, new_secret
 
     store = PostgresStore("postgresql://127.0.0.1:1/none?connect_timeout=1", timeout=1.0)
     ks = Keystile({"argon2": FAST_ARGON2}, clock=clock, store=store)

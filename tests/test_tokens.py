@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from keystile import TOKEN_PATTERN, tokens
-from keystile.tokens import (
+from keystile import TOKEN_PATTERN
+from keystile._core import tokens
+from keystile._core.tokens import (
     ALPHABET,
     CHECKSUM_LENGTH,
     KEY_ID_PREFIX,

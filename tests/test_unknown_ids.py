@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from keystile import Keystile
-from keystile.rediskeys import KIDS_READY
+from keystile._core.rediskeys import KIDS_READY
 from keystile.stores import KeyStore, open_store
 from tests.test_engine_redis import (
     FAST_ARGON2,

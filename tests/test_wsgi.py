@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from keystile import Keystile
-from keystile.errors import INSUFFICIENT_PERMISSIONS, AuthError
+from keystile._core.errors import INSUFFICIENT_PERMISSIONS, AuthError
 from keystile.wsgi import (
     KeystileMiddleware,
     cost,

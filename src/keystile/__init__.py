@@ -4,13 +4,20 @@ argon2-hashed keys, Redis-cached verification in microseconds, monthly quotas, a
 middleware for Starlette/FastAPI, WSGI/Flask and Django.
 """
 
-from .engine import Keystile
-from .errors import AuthError, BackendError, ConfigError, InvalidInput, KeystileError, NotFound
-from .keys import CreatedKey, KeyPage
-from .models import ApiKey
-from .principal import Principal
-from .settings import Settings
-from .tokens import TOKEN_PATTERN
+from keystile._core.errors import (
+    AuthError,
+    BackendError,
+    ConfigError,
+    InvalidInput,
+    KeystileError,
+    NotFound,
+)
+from keystile._core.models import ApiKey
+from keystile._core.principal import Principal
+from keystile._core.settings import Settings
+from keystile._core.tokens import TOKEN_PATTERN
+from keystile._runtime.engine import Keystile
+from keystile._services.keys import CreatedKey, KeyPage
 
 __all__ = [
     "TOKEN_PATTERN",

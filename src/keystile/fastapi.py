@@ -19,9 +19,9 @@ from typing import Any
 from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 
-from .metering import check_route_cost
-from .principal import Principal, check_permissions
-from .starlette import KeystileMiddleware, engine_of, principal_of
+from keystile._core.metering import check_route_cost
+from keystile._core.principal import Principal, check_permissions
+from keystile.starlette import KeystileMiddleware, engine_of, principal_of
 
 __all__ = [
     "KeystileMiddleware",

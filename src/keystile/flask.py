@@ -27,11 +27,11 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, has_app_context, request
 
-from .engine import Keystile as Engine
-from .errors import MISSING_API_KEY, AuthError, render
-from .metering import check_route_cost
-from .principal import Principal, check_permissions
-from .wsgi import environ_headers, read_body
+from keystile._core.errors import MISSING_API_KEY, AuthError, render
+from keystile._core.metering import check_route_cost
+from keystile._core.principal import Principal, check_permissions
+from keystile._runtime.engine import Keystile as Engine
+from keystile.wsgi import environ_headers, read_body
 
 __all__ = ["Keystile", "cost", "current_principal", "requires"]
 

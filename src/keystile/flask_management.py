@@ -1,4 +1,4 @@
-"""The key management HTTP API as a Flask blueprint (see :mod:`keystile.management`).
+"""The key management HTTP API as a Flask blueprint (see :mod:`keystile._http.management`).
 
 ::
 
@@ -12,7 +12,7 @@ registration the blueprint tells the engine its real prefix (``url_prefix`` give
 
 Every path and method below the prefix reaches the API, which answers 404 and 405 (with
 ``Allow``) itself, as on every other framework; OPTIONS too (no automatic Flask answer). A
-body over :data:`~keystile.management.MAX_BODY` bytes is a 422, read no further.
+body over :data:`~keystile._http.management.MAX_BODY` bytes is a 422, read no further.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
-from .engine import Keystile as Engine
-from .flask import EXTENSION_KEY
-from .flask import Keystile as FlaskKeystile
-from .management import MAX_BODY, ApiRequest, ApiResponse, ManagementAPI
-from .principal import Principal
-from .wsgi import environ_headers
+from keystile._core.principal import Principal
+from keystile._http.management import MAX_BODY, ApiRequest, ApiResponse, ManagementAPI
+from keystile._runtime.engine import Keystile as Engine
+from keystile.flask import EXTENSION_KEY
+from keystile.flask import Keystile as FlaskKeystile
+from keystile.wsgi import environ_headers
 
 __all__ = ["management_blueprint"]
 

@@ -15,11 +15,11 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from .credentials import asgi_headers
-from .engine import Keystile, engine_from
-from .errors import MISSING_API_KEY, AuthError, render
-from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost
-from .principal import Principal, check_permissions
+from keystile._core.credentials import asgi_headers
+from keystile._core.errors import MISSING_API_KEY, AuthError, render
+from keystile._core.metering import IDEMPOTENT_BODY_LIMIT, check_route_cost
+from keystile._core.principal import Principal, check_permissions
+from keystile._runtime.engine import Keystile, engine_from
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -258,7 +258,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 def management_app(keystile: Keystile) -> ASGIApp:
     """The management HTTP API as an ASGI app; prefer :func:`management_mount`."""
-    from .management import MAX_BODY, ApiRequest, ManagementAPI
+    from keystile._http.management import MAX_BODY, ApiRequest, ManagementAPI
 
     api = ManagementAPI(keystile)
 

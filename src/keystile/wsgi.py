@@ -1,8 +1,8 @@
 """Any WSGI app: :class:`KeystileMiddleware`, :func:`requires` and :func:`cost`.
 
 Pure WSGI (PEP 3333). Exempt paths pass straight through; every other request is
-authenticated before the app runs, and the principal lands in ``environ["keystile.principal"]``
-(the engine in ``environ["keystile"]``). Refusals are rendered from keystile's one error table,
+authenticated before the app runs, and the principal lands in
+``environ["keystile.principal"]`` (the engine in ``environ["keystile"]``). Refusals are rendered from keystile's one error table,
 metered responses get the quota headers in ``start_response``, and the request is settled
 once the server closes the response body.
 
@@ -25,11 +25,11 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Protocol
 
-from .credentials import CREDENTIAL_HEADERS
-from .engine import Keystile, engine_from
-from .errors import MISSING_API_KEY, AuthError, render
-from .metering import IDEMPOTENT_BODY_LIMIT, check_route_cost
-from .principal import Principal, check_permissions
+from keystile._core.credentials import CREDENTIAL_HEADERS
+from keystile._core.errors import MISSING_API_KEY, AuthError, render
+from keystile._core.metering import IDEMPOTENT_BODY_LIMIT, check_route_cost
+from keystile._core.principal import Principal, check_permissions
+from keystile._runtime.engine import Keystile, engine_from
 
 __all__ = [
     "CREDENTIAL_HEADERS",

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from keystile import Keystile, tokens
-from keystile.keys import CreatedKey
+from keystile import Keystile
+from keystile._core import tokens
+from keystile._services.keys import CreatedKey
 
 from .harness import EXEMPT_PATHS, Harness, Result, error_of
 from .harness import HARNESSES as ASGI_HARNESSES

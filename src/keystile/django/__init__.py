@@ -18,9 +18,9 @@ The principal is ``request.principal`` and ``request.state.principal``; the engi
 ``engine.keys`` and ``engine.quotas``) is :func:`get_engine`.
 """
 
-from .conf import get_engine, reset_engine
-from .decorators import cost, engine_of, principal_of, requires
-from .middleware import KeystileMiddleware
+from keystile.django.conf import get_engine, reset_engine
+from keystile.django.decorators import cost, engine_of, principal_of, requires
+from keystile.django.middleware import KeystileMiddleware
 
 __all__ = [
     "KeystileMiddleware",

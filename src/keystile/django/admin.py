@@ -1,5 +1,5 @@
 """The admin for the ``django://`` store: list keys (masked), create one (token shown once),
-revoke. Every change goes through the engine's :class:`~keystile.keys.KeyManager`, which
+revoke. Every change goes through the engine's :class:`~keystile._services.keys.KeyManager`, which
 bumps the key's state version and tells Redis, so a revocation is enforced at once in every
 process; rows are never edited directly, and keys are not deleted here (revoked keys stay for
 audit).
@@ -18,17 +18,17 @@ from django.contrib import admin, messages  # type: ignore[import-untyped,unused
 from django.template.response import TemplateResponse  # type: ignore[import-untyped,unused-ignore]
 from django.urls import reverse  # type: ignore[import-untyped,unused-ignore]
 
-from ..errors import BackendError, InvalidInput, KeystileError
-from ..keys import (
+from keystile._core.errors import BackendError, InvalidInput, KeystileError
+from keystile._services.keys import (
     check_account,
     check_expiry,
     check_name,
     check_page_limit,
     check_permissions,
 )
-from .conf import get_engine
-from .models import Key
-from .store import DjangoStore, from_db
+from keystile.django.conf import get_engine
+from keystile.django.models import Key
+from keystile.django.store import DjangoStore, from_db
 
 CREATED_TEMPLATE = "keystile/admin/created_key.html"
 _TOKEN_ATTR = "_keystile_created"

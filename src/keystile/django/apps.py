@@ -16,8 +16,8 @@ class KeystileConfig(AppConfig):  # type: ignore[misc,unused-ignore]
         from django.core import checks  # type: ignore[import-untyped,unused-ignore]
         from django.core.signals import setting_changed  # type: ignore[import-untyped,unused-ignore]
 
-        from .checks import check_settings
-        from .conf import on_setting_changed
+        from keystile.django.checks import check_settings
+        from keystile.django.conf import on_setting_changed
 
         checks.register(check_settings, "keystile")
         setting_changed.connect(on_setting_changed, dispatch_uid="keystile.django.settings")

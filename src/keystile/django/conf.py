@@ -1,6 +1,6 @@
 """The process's engine for Django: built from ``settings.KEYSTILE`` on first use, then shared.
 
-``KEYSTILE`` is a settings dict (see :mod:`keystile.settings`) or a ready
+``KEYSTILE`` is a settings dict (see :mod:`keystile._core.settings`) or a ready
 :class:`keystile.Keystile` (for a custom clock or store). It is read lazily, on the first
 request or the first :func:`get_engine` call, so importing keystile never touches settings,
 and a change through ``override_settings`` builds a new engine on the next use.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..engine import Keystile
+from keystile._runtime.engine import Keystile
 
 _lock = threading.Lock()
 _engine: Keystile | None = None
@@ -41,7 +41,7 @@ def get_engine() -> Keystile:
 
             prefix = getattr(settings, "KEYSTILE_MANAGEMENT_PREFIX", None)
             if prefix is not None:
-                from .views import mount
+                from keystile.django.views import mount
 
                 mount(prefix, _engine)  # its login needs no key; its requests cost no pages
         return _engine

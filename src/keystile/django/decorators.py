@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction
 
-from ..engine import Keystile
-from ..errors import MISSING_API_KEY, AuthError
-from ..metering import check_route_cost
-from ..principal import Principal, check_permissions
-from .conf import get_engine
-from .middleware import refuse, refuse_async
+from keystile._core.errors import MISSING_API_KEY, AuthError
+from keystile._core.metering import check_route_cost
+from keystile._core.principal import Principal, check_permissions
+from keystile._runtime.engine import Keystile
+from keystile.django.conf import get_engine
+from keystile.django.middleware import refuse, refuse_async
 
 T = TypeVar("T")
 Check = Callable[[Any], None]

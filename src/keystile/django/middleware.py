@@ -21,13 +21,13 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from ..credentials import asgi_headers
-from ..engine import Keystile
-from ..errors import AuthError, render
-from ..metering import IDEMPOTENT_BODY_LIMIT
-from ..principal import Principal
-from ..wsgi import environ_headers
-from .conf import get_engine
+from keystile._core.credentials import asgi_headers
+from keystile._core.errors import AuthError, render
+from keystile._core.metering import IDEMPOTENT_BODY_LIMIT
+from keystile._core.principal import Principal
+from keystile._runtime.engine import Keystile
+from keystile.django.conf import get_engine
+from keystile.wsgi import environ_headers
 
 #: Set on keystile's own refusals, which are settled (refunded) when they are made.
 REFUSAL_MARK = "_keystile_refusal"

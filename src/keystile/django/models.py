@@ -3,14 +3,14 @@ and login sessions.
 
 Rows are written through :class:`keystile.django.store.DjangoStore` (the engine's store), never
 edited directly: a change must get a new state version and reach Redis, which only
-:class:`keystile.keys.KeyManager` (``engine.keys``) does.
+:class:`keystile._services.keys.KeyManager` (``engine.keys``) does.
 """
 
 from __future__ import annotations
 
 from django.db import models  # type: ignore[import-untyped,unused-ignore]
 
-from ..tokens import KEY_ID_PREFIX, mask
+from keystile._core.tokens import KEY_ID_PREFIX, mask
 
 
 class Key(models.Model):  # type: ignore[misc,unused-ignore]

@@ -5,8 +5,8 @@ versioned ``replace``, cursor pagination newest first with a total, a name searc
 ``%`` and ``_`` are plain characters, and usage writes that add up. Needs ``"keystile.django"``
 in ``INSTALLED_APPS`` and its migrations applied (``python manage.py migrate``).
 
-A database error (a lost connection, missing tables) raises :class:`~keystile.errors.BackendError`,
-as the other stores do, so the management API answers 503 and the CLI one line.
+A database error (a lost connection, missing tables) raises
+:class:`~keystile._core.errors.BackendError`, as the other stores do, so the management API answers 503 and the CLI one line.
 
 Django connections belong to threads: every call uses the calling thread's connection, which
 is what Django expects of request threads and of the worker threads the async engine uses.
@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from ..errors import BackendError, InvalidInput
-from ..models import KeyRecord
-from ..stores.base import (
+from keystile._core.errors import BackendError, InvalidInput
+from keystile._core.models import KeyRecord
+from keystile.stores.base import (
     AccountLimit,
     AuditEntry,
     Page,
@@ -40,7 +40,7 @@ UTC = timezone.utc
 
 
 def _models() -> Any:
-    from . import models  # the app registry must be ready: imported on first use
+    from keystile.django import models  # the app registry must be ready: imported on first use
 
     return models
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.urls import re_path  # type: ignore[import-untyped,unused-ignore]
 
-from . import views
+from keystile.django import views
 
 urlpatterns = [
     re_path(r"^(?P<rest>.*)\Z", views.api, name="keystile-management"),

@@ -1,4 +1,4 @@
-"""The key management HTTP API as a Django view (see :mod:`keystile.management`).
+"""The key management HTTP API as a Django view (see :mod:`keystile._http.management`).
 
 urls.py::
 
@@ -30,11 +30,11 @@ from django.views.decorators.csrf import (  # type: ignore[import-untyped,unused
     csrf_exempt,
 )
 
-from ..engine import Keystile
-from ..management import MAX_BODY, ApiRequest, ApiResponse, ManagementAPI
-from ..principal import Principal
-from .conf import get_engine
-from .middleware import request_headers
+from keystile._core.principal import Principal
+from keystile._http.management import MAX_BODY, ApiRequest, ApiResponse, ManagementAPI
+from keystile._runtime.engine import Keystile
+from keystile.django.conf import get_engine
+from keystile.django.middleware import request_headers
 
 __all__ = ["api", "management_view", "mount", "mounted"]
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .base import KeyStore, Page
+from keystile._core.errors import ConfigError
+from keystile.stores.base import KeyStore, Page
 
 __all__ = ["KeyStore", "Page", "open_store"]
 
 
 def open_store(url: str) -> KeyStore:
     if url.startswith("memory://"):
-        from .sqlite import SQLiteStore
+        from keystile.stores.sqlite import SQLiteStore
 
         return SQLiteStore(":memory:")
     if url.startswith("sqlite://"):
-        from .sqlite import SQLiteStore
+        from keystile.stores.sqlite import SQLiteStore
 
         path = url.removeprefix("sqlite://").removeprefix("/")
         if not path:
@@ -22,7 +22,7 @@ def open_store(url: str) -> KeyStore:
         return SQLiteStore(path)
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from .postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+            from keystile.stores.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise ConfigError(
                 "setting 'store': PostgreSQL needs the extra: pip install 'keystile[postgres]'"
@@ -31,7 +31,7 @@ def open_store(url: str) -> KeyStore:
         return store
     if url.startswith("django://"):
         try:
-            from ..django.store import DjangoStore  # type: ignore[import-not-found,unused-ignore]
+            from keystile.django.store import DjangoStore  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise ConfigError("setting 'store': 'django://' needs Django installed") from exc
         django_store: KeyStore = DjangoStore()

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from ..errors import InvalidInput
-from ..models import KeyRecord
+from keystile._core.errors import InvalidInput
+from keystile._core.models import KeyRecord
 
 #: The columns of a stored key, in the order every SQL store uses.
 KEY_COLUMNS: tuple[str, ...] = (

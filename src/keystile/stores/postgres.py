@@ -8,11 +8,11 @@ aware UTC datetimes, JSON is ``jsonb``. The tables are created on first use
 ``?options=-csearch_path%3Dmyschema``.
 
 A failed database call (server unreachable, no pooled connection within ``timeout``, a
-refused statement) raises :class:`~keystile.errors.BackendError` (the management API answers
+refused statement) raises :class:`~keystile._core.errors.BackendError` (the management API answers
 503, the CLI one line), with the psycopg exception (``psycopg.OperationalError``,
 ``psycopg_pool.PoolTimeout``, ...) as its ``__cause__``. Its message never holds the
-password. A URL that cannot be parsed is a :class:`~keystile.errors.ConfigError`; input
-PostgreSQL cannot take, or a bad cursor, raises :class:`~keystile.errors.InvalidInput`.
+password. A URL that cannot be parsed is a :class:`~keystile._core.errors.ConfigError`; input
+PostgreSQL cannot take, or a bad cursor, raises :class:`~keystile._core.errors.InvalidInput`.
 Needs the extra: ``pip install 'keystile[postgres]'``.
 """
 
@@ -36,10 +36,10 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from ..errors import BackendError, ConfigError, InvalidInput
-from ..models import KeyRecord
-from ..settings import redact_url
-from .base import (
+from keystile._core.errors import BackendError, ConfigError, InvalidInput
+from keystile._core.models import KeyRecord
+from keystile._core.settings import redact_url
+from keystile.stores.base import (
     BAD_CURSOR,
     KEY_COLUMNS,
     AccountLimit,

@@ -1,9 +1,9 @@
 """The embedded store: SQLite in a file (default) or in memory (``memory://``).
 
 A failed database call (``database is locked`` past the busy timeout, a file that is not a
-database, a full disk) raises :class:`~keystile.errors.BackendError`, with the ``sqlite3``
+database, a full disk) raises :class:`~keystile._core.errors.BackendError`, with the ``sqlite3``
 error as its ``__cause__``. A file in a directory that does not exist is a
-:class:`~keystile.errors.ConfigError`.
+:class:`~keystile._core.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import BackendError, ConfigError, InvalidInput
-from ..models import KeyRecord
-from .base import (
+from keystile._core.errors import BackendError, ConfigError, InvalidInput
+from keystile._core.models import KeyRecord
+from keystile.stores.base import (
     KEY_COLUMNS,
     AccountLimit,
     AuditEntry,
@@ -194,7 +194,7 @@ class SQLiteStore:
     """Keys, usage, limits, audit and sessions in one SQLite file (or ``":memory:"``).
 
     A write waits at most ``timeout`` seconds for another process's lock on the file, then
-    fails with :class:`~keystile.errors.BackendError` (``database is locked``).
+    fails with :class:`~keystile._core.errors.BackendError` (``database is locked``).
     """
 
     def __init__(self, path: str, *, timeout: float = 5.0) -> None:

@@ -30,8 +30,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from .audit import entry_to_dict
-from .errors import (
+from keystile._core.errors import (
     BACKEND_UNAVAILABLE,
     INSUFFICIENT_PERMISSIONS,
     INVALID_API_KEY,
@@ -45,12 +44,13 @@ from .errors import (
     NotFound,
     render,
 )
-from .keys import CreatedKey, check_permissions
-from .models import ApiKey
-from .principal import Principal, missing_permissions
+from keystile._core.models import ApiKey
+from keystile._core.principal import Principal, missing_permissions
+from keystile._services.audit import entry_to_dict
+from keystile._services.keys import CreatedKey, check_permissions
 
 if TYPE_CHECKING:
-    from .engine import Keystile
+    from keystile._runtime.engine import Keystile
 
 MAX_BODY = 64 * 1024
 #: Paths under the mount that need no principal: the middleware lets them through.
@@ -466,4 +466,4 @@ class ManagementAPI:
 
 def openapi_document() -> str:
     """The OpenAPI 3.1 description of this API, shipped in the package."""
-    return resources.files("keystile").joinpath("openapi.json").read_text()
+    return resources.files("keystile._http").joinpath("openapi.json").read_text()

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .settings import Settings
+from keystile._core.errors import ConfigError
+from keystile._core.settings import Settings
 
 if sys.version_info >= (3, 11):
     import tomllib

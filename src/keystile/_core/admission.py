@@ -3,9 +3,9 @@
 The common request takes :meth:`Admission.warm`: plain calls, no I/O, or one meter call that
 the engine makes and hands back (:class:`MeterCall`). Everything else takes
 :meth:`Admission.admit`, steps that yield their I/O for the engine to perform, like
-:mod:`keystile.verification`. In strict mode a credential this process knows costs exactly
+:mod:`keystile._core.verification`. In strict mode a credential this process knows costs exactly
 one Redis call (the meter script checks the key's state stamp and charges the quota at
-once); in fast mode none, its pages spent from a lease (:mod:`keystile.leases`).
+once); in fast mode none, its pages spent from a lease (:mod:`keystile._core.leases`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-from .credentials import IDEMPOTENCY_HEADER, Credentials
-from .errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
-from .leases import LeaseBook, LeaseReport, report_args
-from .localcache import LocalCache
-from .metering import (
+from keystile._core.credentials import IDEMPOTENCY_HEADER, Credentials
+from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
+from keystile._core.leases import LeaseBook, LeaseReport, report_args
+from keystile._core.localcache import LocalCache
+from keystile._core.metering import (
     USAGE_GRACE_SECONDS,
     Charge,
     LocalCounters,
@@ -40,12 +40,12 @@ from .metering import (
     rebuild_fields,
     thresholds_by_points,
 )
-from .periods import Period, PeriodPolicy
-from .principal import Principal
-from .rediskeys import RedisKeys
-from .settings import Settings
-from .stores.base import AccountLimit
-from .verification import SessionIdle, Snapshot, Steps, Verifier, principal_of
+from keystile._core.periods import Period, PeriodPolicy
+from keystile._core.principal import Principal
+from keystile._core.rediskeys import RedisKeys
+from keystile._core.settings import Settings
+from keystile._core.verification import SessionIdle, Snapshot, Steps, Verifier, principal_of
+from keystile.stores.base import AccountLimit
 
 log = logging.getLogger("keystile")
 _NO_ROW: Any = object()

@@ -1,6 +1,6 @@
 """The :class:`Keystile` engine every adapter shares, and the two drivers of its steps.
 
-:mod:`keystile.verification` says what to do; this module does the I/O, blocking
+:mod:`keystile._core.verification` says what to do; this module does the I/O, blocking
 (:meth:`Keystile.authenticate`) or without blocking the event loop
 (:meth:`Keystile.authenticate_async`: argon2 and blocking store calls go to a thread).
 """
@@ -21,33 +21,33 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import tokens
-from .admission import Admission, MeterCall, RequestInfo
-from .audit import AuditLog
-from .credentials import Credentials, read_credentials
-from .errors import TOO_MANY_ATTEMPTS, AuthError, BackendError
-from .flusher import Flusher
-from .hashing import HasherBusy, SecretHasher
-from .invalidation import InvalidationListener, invalidation_channel
-from .keys import KeyManager
-from .localcache import LocalCache
-from .metering import Meter, ThresholdEvent
-from .models import KeyRecord
-from .periods import PeriodPolicy
-from .principal import Principal
-from .quotas import QuotaManager, UsageReport
-from .redisio import AsyncRedis, SyncRedis
-from .rediskeys import (
+from keystile._core import tokens
+from keystile._core.admission import Admission, MeterCall, RequestInfo
+from keystile._core.credentials import Credentials, read_credentials
+from keystile._core.errors import TOO_MANY_ATTEMPTS, AuthError, BackendError
+from keystile._core.localcache import LocalCache
+from keystile._core.metering import Meter, ThresholdEvent
+from keystile._core.models import KeyRecord
+from keystile._core.periods import PeriodPolicy
+from keystile._core.principal import Principal
+from keystile._core.rediskeys import (
     KIDS_READY,
     KIDS_RESEED_SECONDS,
     RedisKeys,
 )
-from .sessions import SessionManager
-from .settings import Settings, load_settings
-from .singleflight import AsyncSingleFlight, SyncSingleFlight
-from .stores import KeyStore, open_store
-from .stores.base import AccountLimit, SessionRecord, UsageRow
-from .verification import Snapshot, Steps, Verifier
+from keystile._core.settings import Settings, load_settings
+from keystile._core.verification import Snapshot, Steps, Verifier
+from keystile._redis.invalidation import InvalidationListener, invalidation_channel
+from keystile._redis.scripts import AsyncRedis, SyncRedis
+from keystile._runtime.flusher import Flusher
+from keystile._runtime.hashing import HasherBusy, SecretHasher
+from keystile._runtime.singleflight import AsyncSingleFlight, SyncSingleFlight
+from keystile._services.audit import AuditLog
+from keystile._services.keys import KeyManager
+from keystile._services.quotas import QuotaManager, UsageReport
+from keystile._services.sessions import SessionManager
+from keystile.stores import KeyStore, open_store
+from keystile.stores.base import AccountLimit, SessionRecord, UsageRow
 
 log = logging.getLogger("keystile")
 T = TypeVar("T")
@@ -157,7 +157,7 @@ class Keystile:
     def mount_management(self, prefix: str) -> None:
         """Where an adapter mounted the management API: its public paths skip
         authentication, and its requests cost no pages (still counted as requests)."""
-        from .management import PUBLIC_PATHS
+        from keystile._http.management import PUBLIC_PATHS
 
         prefix = prefix.rstrip("/")
         for path in PUBLIC_PATHS:

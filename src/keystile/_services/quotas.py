@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .admission import resolve_limit
-from .errors import BackendError, InvalidInput
-from .keys import check_account
-from .stores.base import AccountLimit, UsageRow
-from .tokens import KEY_ID_PREFIX
+from keystile._core.admission import resolve_limit
+from keystile._core.errors import BackendError, InvalidInput
+from keystile._core.tokens import KEY_ID_PREFIX
+from keystile._services.keys import check_account
+from keystile.stores.base import AccountLimit, UsageRow
 
 if TYPE_CHECKING:
-    from .engine import Keystile
+    from keystile._runtime.engine import Keystile
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Redis for keystile: the Lua scripts (package files, registered once) and the clients.
 
-Key names live in :mod:`keystile.rediskeys`. Clients never retry on their own: a timed out
+Key names live in :mod:`keystile._core.rediskeys`. Clients never retry on their own: a timed out
 increment must not run twice.
 """
 
@@ -15,9 +15,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .multiplex import LuaScript, RedisMultiplexer
-from .rediskeys import RedisKeys
-from .settings import Settings
+from keystile._core.rediskeys import RedisKeys
+from keystile._core.settings import Settings
+from keystile._redis.multiplex import LuaScript, RedisMultiplexer
 
 __all__ = ["AsyncRedis", "RedisKeys", "SyncRedis", "load_script"]
 
@@ -25,7 +25,7 @@ SCRIPT_NAMES = ("adopt", "meter", "settle", "lease", "lease_report", "fetch_know
 
 
 def load_script(name: str) -> str:
-    return resources.files("keystile").joinpath("lua", f"{name}.lua").read_text()
+    return resources.files("keystile._redis").joinpath("lua", f"{name}.lua").read_text()
 
 
 def _options(settings: Settings) -> dict[str, Any]:

@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
-from .audit import entry_to_dict
-from .config import load_config
-from .engine import Keystile
-from .errors import BackendError, ConfigError, InvalidInput, NotFound
-from .keys import CreatedKey
-from .models import ApiKey
-from .settings import Settings, load_settings, redact_url
+from keystile._cli.config import load_config
+from keystile._core.errors import BackendError, ConfigError, InvalidInput, NotFound
+from keystile._core.models import ApiKey
+from keystile._core.settings import Settings, load_settings, redact_url
+from keystile._runtime.engine import Keystile
+from keystile._services.audit import entry_to_dict
+from keystile._services.keys import CreatedKey
 
 EXIT_OK, EXIT_BACKEND, EXIT_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 3
 
@@ -467,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = load_config(args.config)
         if args.command == "demo":
-            from .demo import run_demo
+            from keystile._cli.demo import run_demo
 
             if args.store is not None and args.store.startswith("django://"):
                 _setup_django()

@@ -9,7 +9,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from .tokens import KEY_ID_PREFIX, mask
+from keystile._core.tokens import KEY_ID_PREFIX, mask
 
 EMPTY_META: Mapping[str, Any] = MappingProxyType({})
 

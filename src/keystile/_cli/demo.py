@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .engine import Keystile
+from keystile._runtime.engine import Keystile
 
 DEMO_ACCOUNT = "acct_demo"
 
@@ -18,7 +18,7 @@ def build_demo_app(keystile: Keystile) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from .starlette import KeystileMiddleware, management_mount, requires
+    from keystile.starlette import KeystileMiddleware, management_mount, requires
 
     async def index(request: Request) -> JSONResponse:
         return JSONResponse({"service": "keystile demo", "try": "/v1/whoami"})

@@ -7,12 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidInput
-from .keys import check_account
-from .stores.base import AuditEntry
+from keystile._core.errors import InvalidInput
+from keystile._services.keys import check_account
+from keystile.stores.base import AuditEntry
 
 if TYPE_CHECKING:
-    from .engine import Keystile
+    from keystile._runtime.engine import Keystile
 
 log = logging.getLogger("keystile")
 

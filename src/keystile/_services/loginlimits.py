@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from .errors import BackendError
+from keystile._core.errors import BackendError
 
 if TYPE_CHECKING:
-    from .engine import Keystile
+    from keystile._runtime.engine import Keystile
 
 KNOWN_SECRET_TTL = 30 * 24 * 3600
 _LOCAL_LIMIT = 100_000  # entries kept without Redis; the oldest go first

@@ -1,6 +1,6 @@
 """The settings dict: defaults, validation, and the frozen :class:`Settings` built from it.
 
-Every key is checked at construction; a mistake raises :class:`~keystile.errors.ConfigError`
+Every key is checked at construction; a mistake raises :class:`~keystile._core.errors.ConfigError`
 naming the key and what is allowed, so a typo never silently falls back to a default.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import ConfigError
+from keystile._core.errors import ConfigError
 
 _NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 POLICIES = ("fail_closed", "degrade")
@@ -49,7 +49,7 @@ class Settings:
     #: leases, so a warm key costs no round trip (see the README's consistency table).
     consistency: str = "strict"
     last_used_interval: float = 60.0
-    # Quotas (see keystile.quotas).
+    # Quotas (see keystile._services.quotas).
     monthly_page_limit: int | None = None
     test_page_limit: int | None = 1000
     plans: Mapping[str, int | None] = field(default_factory=dict)
@@ -288,7 +288,7 @@ def load_settings(raw: Mapping[str, Any] | Settings | None) -> Settings:
         raise ConfigError("setting 'secret' is required when 'redis_url' is set")
     if settings.secret is not None and len(settings.secret) < 16:
         raise ConfigError("setting 'secret': expected at least 16 characters")
-    from .periods import PeriodPolicy
+    from keystile._core.periods import PeriodPolicy
 
     try:
         PeriodPolicy(settings.billing_anchor_day, settings.billing_timezone)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .metering import Meter, QuotaStatus
+    from keystile._core.metering import Meter, QuotaStatus
 
 
 @lru_cache(maxsize=1024)
@@ -32,7 +32,7 @@ def missing_permissions(held: Iterable[str], wanted: Iterable[str]) -> list[str]
 
 def check_permissions(principal: Principal, permissions: Iterable[str]) -> None:
     """Raise AUTH_004 naming what is missing; every adapter's ``requires`` calls this."""
-    from .errors import INSUFFICIENT_PERMISSIONS, AuthError
+    from keystile._core.errors import INSUFFICIENT_PERMISSIONS, AuthError
 
     missing = missing_permissions(principal.permissions, permissions)
     if missing:

@@ -7,7 +7,7 @@ import threading
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .settings import Argon2Params
+from keystile._core.settings import Argon2Params
 
 
 class HasherBusy(Exception):

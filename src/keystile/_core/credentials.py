@@ -16,8 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from .errors import INVALID_API_KEY, MALFORMED_CREDENTIALS, MISSING_API_KEY, AuthError
-from .tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken, parse_pair, parse_token
+from keystile._core.errors import INVALID_API_KEY, MALFORMED_CREDENTIALS, MISSING_API_KEY, AuthError
+from keystile._core.tokens import (
+    KEY_ID_PREFIX,
+    SESSION_ENVIRONMENT,
+    ParsedToken,
+    parse_pair,
+    parse_token,
+)
 
 #: Longer values are refused before any parsing; real tokens are under 100 characters.
 MAX_VALUE_LENGTH = 512

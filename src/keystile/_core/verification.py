@@ -1,9 +1,9 @@
 """How a credential is verified, written once without I/O.
 
 The steps are generators that ``yield`` the I/O they need as ``(operation, args)`` and receive
-its result; :mod:`keystile.engine` drives them with blocking calls (WSGI, Django, CLI) or with
-``await`` (ASGI). A failed Redis or store call is thrown back in as :class:`BackendError`, so the
-policy for it lives here too.
+its result; :mod:`keystile._runtime.engine` drives them with blocking calls (WSGI, Django, CLI)
+or with ``await`` (ASGI). A failed Redis or store call is thrown back in as
+:class:`BackendError`, so the policy for it lives here too.
 
 Order (cheapest refusal first): checksum (done by the caller, no I/O) -> in-process cache ->
 Redis -> store -> argon2 -> state -> account -> permissions (left to the endpoint).
@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from keystile._core.errors import (
     ACCOUNT_FORBIDDEN,
     BACKEND_UNAVAILABLE,
     EXPIRED_API_KEY,
@@ -29,15 +29,15 @@ from .errors import (
     AuthError,
     BackendError,
 )
-from .localcache import LocalCache
-from .models import KeyRecord
-from .principal import Principal
-from .settings import Settings
-from .stores.base import SessionRecord, fingerprint
-from .tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken
+from keystile._core.localcache import LocalCache
+from keystile._core.models import KeyRecord
+from keystile._core.principal import Principal
+from keystile._core.settings import Settings
+from keystile._core.tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken
+from keystile.stores.base import SessionRecord, fingerprint
 
 if TYPE_CHECKING:
-    from .metering import Meter
+    from keystile._core.metering import Meter
 
 log = logging.getLogger("keystile")
 
@@ -188,7 +188,7 @@ class Verifier:
 
         ``checked`` is False for a snapshot from this process's cache while Redis is in use:
         its state stamp still has to be compared, which the caller folds into its one Redis
-        call (see :mod:`keystile.admission`).
+        call (see :mod:`keystile._core.admission`).
         """
         cached = self.local.get(digest)
         if cached == NEGATIVE:

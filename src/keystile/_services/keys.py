@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from . import tokens
-from .errors import BackendError, InvalidInput, NotFound
-from .invalidation import publish
-from .models import ApiKey, KeyRecord, new_version
-from .stores.base import KeyStore
+from keystile._core import tokens
+from keystile._core.errors import BackendError, InvalidInput, NotFound
+from keystile._core.models import ApiKey, KeyRecord, new_version
+from keystile._redis.invalidation import publish
+from keystile.stores.base import KeyStore
 
 if TYPE_CHECKING:
-    from .engine import Keystile
+    from keystile._runtime.engine import Keystile
 
 _ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _PERMISSION = re.compile(r"[A-Za-z0-9_.:*/-]{1,100}")

@@ -6,7 +6,7 @@ revoked, rolled or deleted: every check of a session reads its key's state, and 
 those changes publishes a new state stamp, so the next request anywhere sees it.
 
 Login is the one place argon2 runs on purpose, so failed logins are limited per client and per
-key id, without locking out the owner's known secret (:mod:`keystile.loginlimits`).
+key id, without locking out the owner's known secret (:mod:`keystile._services.loginlimits`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from . import tokens
-from .credentials import read_credentials
-from .errors import (
+from keystile._core import tokens
+from keystile._core.credentials import read_credentials
+from keystile._core.errors import (
     INVALID_API_KEY,
     MALFORMED_CREDENTIALS,
     TOO_MANY_ATTEMPTS,
@@ -27,14 +27,14 @@ from .errors import (
     BackendError,
     NotFound,
 )
-from .loginlimits import FailureCounter, KnownSecrets
-from .principal import Principal
-from .stores.base import SessionRecord, fingerprint
-from .tokens import SESSION_ENVIRONMENT
-from .verification import Snapshot, session_digest
+from keystile._core.principal import Principal
+from keystile._core.tokens import SESSION_ENVIRONMENT
+from keystile._core.verification import Snapshot, session_digest
+from keystile._services.loginlimits import FailureCounter, KnownSecrets
+from keystile.stores.base import SessionRecord, fingerprint
 
 if TYPE_CHECKING:
-    from .engine import Keystile
+    from keystile._runtime.engine import Keystile
 
 log = logging.getLogger("keystile")
 

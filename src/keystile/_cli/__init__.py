@@ -1,0 +1,1 @@
+"""The ``keystile`` command."""

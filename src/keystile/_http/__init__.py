@@ -1,0 +1,1 @@
+"""HTTP without a framework: the exchange every adapter drives, and the management API."""

@@ -1,0 +1,1 @@
+"""The managers behind ``ks.keys``, ``ks.quotas``, ``ks.audit`` and ``ks.sessions``."""
