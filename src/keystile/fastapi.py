@@ -32,6 +32,7 @@ __all__ = [
     "require",
 ]
 
+
 class _DocumentedBearer(HTTPBearer):
     """The scheme for the OpenAPI document only: the middleware has already decided, so
     reading the header again on every request would be wasted work."""

@@ -2,9 +2,9 @@
 
 Pure WSGI (PEP 3333). Exempt paths pass straight through; every other request is
 authenticated before the app runs, and the principal lands in
-``environ["keystile.principal"]`` (the engine in ``environ["keystile"]``). Refusals are rendered from keystile's one error table,
-metered responses get the quota headers in ``start_response``, and the request is settled
-once the server closes the response body.
+``environ["keystile.principal"]`` (the engine in ``environ["keystile"]``). Refusals are
+rendered from keystile's one error table, metered responses get the quota headers in
+``start_response``, and the request is settled once the server closes the response body.
 
 Header names in a WSGI environ are ambiguous: ``X-Api-Key`` and ``X_Api_Key`` both arrive as
 ``HTTP_X_API_KEY``, and a header sent twice arrives as one value joined with ``,``. The

@@ -612,7 +612,6 @@ class Keystile:
         )
         return value
 
-
     async def _aop_redis_fetch_known(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
         keys = [self.redis_keys.snapshot(kid, digest), self.redis_keys.kids()]
         reply = await self.async_redis.scripts["fetch_known"](keys=keys, args=[kid, KIDS_READY])

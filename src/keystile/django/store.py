@@ -6,7 +6,8 @@ versioned ``replace``, cursor pagination newest first with a total, a name searc
 in ``INSTALLED_APPS`` and its migrations applied (``python manage.py migrate``).
 
 A database error (a lost connection, missing tables) raises
-:class:`~keystile._core.errors.BackendError`, as the other stores do, so the management API answers 503 and the CLI one line.
+:class:`~keystile._core.errors.BackendError`, as the other stores do, so the management API
+answers 503 and the CLI one line.
 
 Django connections belong to threads: every call uses the calling thread's connection, which
 is what Django expects of request threads and of the worker threads the async engine uses.
