@@ -5,12 +5,14 @@ middleware for Starlette/FastAPI, WSGI/Flask and Django.
 """
 
 from keystile._core.errors import (
+    ApiError,
     AuthError,
     BackendError,
     ConfigError,
     InvalidInput,
     KeystileError,
     NotFound,
+    RequestError,
 )
 from keystile._core.models import ApiKey
 from keystile._core.principal import Principal
@@ -21,6 +23,7 @@ from keystile._services.keys import CreatedKey, KeyPage
 
 __all__ = [
     "TOKEN_PATTERN",
+    "ApiError",
     "ApiKey",
     "AuthError",
     "BackendError",
@@ -32,6 +35,7 @@ __all__ = [
     "KeystileError",
     "NotFound",
     "Principal",
+    "RequestError",
     "Settings",
 ]
 __version__ = "0.1.0"

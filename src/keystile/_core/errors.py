@@ -93,8 +93,9 @@ class BackendError(KeystileError):
     record: Any = None
 
 
-class AuthError(KeystileError):
-    """A request is refused. Carries the spec plus an optional more precise message."""
+class ApiError(KeystileError):
+    """An answer with one of the codes above. Carries the spec plus an optional more precise
+    message; :func:`render` turns it into status, headers and body."""
 
     def __init__(
         self,
@@ -119,6 +120,16 @@ class AuthError(KeystileError):
         return self.spec.status
 
 
+class AuthError(ApiError):
+    """A request is refused: its credential, permissions, account or quota (``AUTH_*``,
+    ``BILLING_*``, ``SVC_*``)."""
+
+
+class RequestError(ApiError):
+    """A request keystile cannot serve as asked, whoever sent it: no such route or resource,
+    a method the route lacks, invalid input (``REQ_*``: 404, 405, 422)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Rendered:
     status: int
@@ -126,7 +137,7 @@ class Rendered:
     body: bytes
 
 
-def _www_authenticate(error: AuthError) -> str:
+def _www_authenticate(error: ApiError) -> str:
     # RFC 6750 3.1: no error attribute when the request carried no credentials at all.
     if error.spec is MISSING_API_KEY:
         return 'Bearer realm="api"'
@@ -134,7 +145,7 @@ def _www_authenticate(error: AuthError) -> str:
     return f'Bearer realm="api", error="{kind}"'
 
 
-def render(error: AuthError) -> Rendered:
+def render(error: ApiError) -> Rendered:
     """Status, headers and JSON body for ``error``: the only place they are decided."""
     detail = {"code": error.spec.code, "type": error.spec.type, "message": error.message}
     if error.field is not None:

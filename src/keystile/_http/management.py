@@ -38,10 +38,12 @@ from keystile._core.errors import (
     METHOD_NOT_ALLOWED,
     MISSING_API_KEY,
     NOT_FOUND,
+    ApiError,
     AuthError,
     BackendError,
     InvalidInput,
     NotFound,
+    RequestError,
     render,
 )
 from keystile._core.models import ApiKey
@@ -87,8 +89,8 @@ def _json(status: int, data: Any) -> ApiResponse:
     )
 
 
-def _invalid(field: str, message: str) -> AuthError:
-    return AuthError(INVALID_REQUEST, f"{field}: {message}", field=field)
+def _invalid(field: str, message: str) -> RequestError:
+    return RequestError(INVALID_REQUEST, f"{field}: {message}", field=field)
 
 
 def _body(request: ApiRequest, allowed: Mapping[str, type | tuple[type, ...]]) -> dict[str, Any]:
@@ -195,18 +197,18 @@ class ManagementAPI:
                     continue
                 handler = methods.get(request.method.upper())
                 if handler is None:
-                    error = AuthError(METHOD_NOT_ALLOWED, headers={"allow": ", ".join(methods)})
+                    error = RequestError(METHOD_NOT_ALLOWED, headers={"allow": ", ".join(methods)})
                     raise error
                 return handler(request, *match.groups())
-            raise AuthError(NOT_FOUND)
-        except AuthError as error:
+            raise RequestError(NOT_FOUND)
+        except ApiError as error:
             rendered = render(error)
             return ApiResponse(rendered.status, rendered.headers, rendered.body)
         except InvalidInput as error:
             rendered = render(_invalid(error.field, str(error).split(": ", 1)[-1]))
             return ApiResponse(rendered.status, rendered.headers, rendered.body)
         except NotFound:
-            rendered = render(AuthError(NOT_FOUND))
+            rendered = render(RequestError(NOT_FOUND))
             return ApiResponse(rendered.status, rendered.headers, rendered.body)
         except BackendError:
             rendered = render(AuthError(BACKEND_UNAVAILABLE))
@@ -231,9 +233,9 @@ class ManagementAPI:
         try:
             key = self.engine.keys.get(key_id)
         except NotFound:
-            raise AuthError(NOT_FOUND, "No such API key.") from None
+            raise RequestError(NOT_FOUND, "No such API key.") from None
         if key.account_id != caller.account_id:
-            raise AuthError(NOT_FOUND, "No such API key.")
+            raise RequestError(NOT_FOUND, "No such API key.")
         return key
 
     def _no_escalation(
