@@ -44,8 +44,8 @@ from keystile._core.periods import Period, PeriodPolicy
 from keystile._core.principal import Principal
 from keystile._core.rediskeys import RedisKeys
 from keystile._core.settings import Settings
+from keystile._core.store import AccountLimit
 from keystile._core.verification import SessionIdle, Snapshot, Steps, Verifier, principal_of
-from keystile.stores.base import AccountLimit
 
 log = logging.getLogger("keystile")
 _NO_ROW: Any = object()

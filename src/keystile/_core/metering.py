@@ -21,7 +21,7 @@ from typing import Any
 
 from keystile._core.errors import QUOTA_EXCEEDED, AuthError, InvalidInput
 from keystile._core.periods import Period
-from keystile.stores.base import UsageDelta, UsageRow
+from keystile._core.store import UsageDelta, UsageRow
 
 #: Without Redis, at most this many Idempotency-Key markers are kept (the oldest go first).
 IDEMPOTENCY_MARKERS = 10_000

@@ -33,8 +33,8 @@ from keystile._core.localcache import LocalCache
 from keystile._core.models import KeyRecord
 from keystile._core.principal import Principal
 from keystile._core.settings import Settings
+from keystile._core.store import SessionRecord, fingerprint
 from keystile._core.tokens import KEY_ID_PREFIX, SESSION_ENVIRONMENT, ParsedToken
-from keystile.stores.base import SessionRecord, fingerprint
 
 if TYPE_CHECKING:
     from keystile._core.metering import Meter

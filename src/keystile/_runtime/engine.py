@@ -36,6 +36,7 @@ from keystile._core.rediskeys import (
     RedisKeys,
 )
 from keystile._core.settings import Settings, load_settings
+from keystile._core.store import AccountLimit, SessionRecord, UsageRow
 from keystile._core.verification import Snapshot, Steps, Verifier
 from keystile._redis.invalidation import InvalidationListener, invalidation_channel
 from keystile._redis.scripts import AsyncRedis, SyncRedis
@@ -47,7 +48,6 @@ from keystile._services.keys import KeyManager
 from keystile._services.quotas import QuotaManager, UsageReport
 from keystile._services.sessions import SessionManager
 from keystile.stores import KeyStore, open_store
-from keystile.stores.base import AccountLimit, SessionRecord, UsageRow
 
 log = logging.getLogger("keystile")
 T = TypeVar("T")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from keystile._core.errors import InvalidInput
+from keystile._core.store import AuditEntry
 from keystile._services.keys import check_account
-from keystile.stores.base import AuditEntry
 
 if TYPE_CHECKING:
     from keystile._runtime.engine import Keystile

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from keystile._core import tokens
 from keystile._core.errors import BackendError, InvalidInput, NotFound
 from keystile._core.models import ApiKey, KeyRecord, new_version
+from keystile._core.store import KeyStore
 from keystile._redis.invalidation import publish
-from keystile.stores.base import KeyStore
 
 if TYPE_CHECKING:
     from keystile._runtime.engine import Keystile

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from keystile._core.admission import resolve_limit
 from keystile._core.errors import BackendError, InvalidInput
+from keystile._core.store import AccountLimit, UsageRow
 from keystile._core.tokens import KEY_ID_PREFIX
 from keystile._services.keys import check_account
-from keystile.stores.base import AccountLimit, UsageRow
 
 if TYPE_CHECKING:
     from keystile._runtime.engine import Keystile

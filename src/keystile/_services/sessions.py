@@ -28,10 +28,10 @@ from keystile._core.errors import (
     NotFound,
 )
 from keystile._core.principal import Principal
+from keystile._core.store import SessionRecord, fingerprint
 from keystile._core.tokens import SESSION_ENVIRONMENT
 from keystile._core.verification import Snapshot, session_digest
 from keystile._services.loginlimits import FailureCounter, KnownSecrets
-from keystile.stores.base import SessionRecord, fingerprint
 
 if TYPE_CHECKING:
     from keystile._runtime.engine import Keystile

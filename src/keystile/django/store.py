@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from keystile._core.errors import BackendError, InvalidInput
 from keystile._core.models import KeyRecord
-from keystile.stores.base import (
+from keystile._core.store import (
     AccountLimit,
     AuditEntry,
     Page,
@@ -118,7 +118,7 @@ def to_record(row: Any) -> KeyRecord:
 
 
 class DjangoStore:
-    """The :class:`~keystile.stores.base.KeyStore` protocol on Django models."""
+    """The :class:`~keystile._core.store.KeyStore` protocol on Django models."""
 
     blocking = True
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keystile._core.errors import ConfigError
-from keystile.stores.base import KeyStore, Page
+from keystile._core.store import KeyStore, Page
 
 __all__ = ["KeyStore", "Page", "open_store"]
 

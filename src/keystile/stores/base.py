@@ -1,204 +1,33 @@
-"""The contract every key store keeps. Stores are synchronous; async code calls them in a thread."""
+"""The contract every key store keeps (defined in the core; re-exported here for store authors)."""
 
-from __future__ import annotations
-
-import base64
-import binascii
-import builtins
-import hashlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Protocol
-
-from keystile._core.errors import InvalidInput
-from keystile._core.models import KeyRecord
-
-#: The columns of a stored key, in the order every SQL store uses.
-KEY_COLUMNS: tuple[str, ...] = (
-    "kid",
-    "token_prefix",
-    "last4",
-    "name",
-    "account_id",
-    "owner",
-    "permissions",
-    "environment",
-    "accounts",
-    "created_at",
-    "expires_at",
-    "last_used_at",
-    "revoked_at",
-    "enabled",
-    "meta",
-    "secret_hash",
-    "previous_hash",
-    "previous_expires_at",
-    "version",
-    "page_limit",
+from keystile._core.store import (
+    BAD_CURSOR,
+    KEY_COLUMNS,
+    AccountLimit,
+    AuditEntry,
+    KeyStore,
+    Page,
+    SessionRecord,
+    UsageDelta,
+    UsageRow,
+    decode_cursor,
+    encode_cursor,
+    fingerprint,
+    like_escape,
 )
 
-
-BAD_CURSOR = "not a cursor returned by a previous page"
-
-
-def encode_cursor(created_at: datetime, kid: str) -> str:
-    """A page's position (newest first: creation time, then key id), opaque to clients."""
-    raw = f"{created_at.astimezone(timezone.utc).isoformat()}|{kid}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, kid = raw.split("|", 1)
-        at = datetime.fromisoformat(created)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor", BAD_CURSOR) from None
-    if at.tzinfo is None or "\x00" in kid:  # no database text holds a NUL
-        raise InvalidInput("cursor", BAD_CURSOR)
-    return at, kid
-
-
-def like_escape(text: str) -> str:
-    """``text`` for a LIKE pattern (with ``ESCAPE '\\'``): ``%`` and ``_`` match themselves."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def fingerprint(secret_hash: str) -> str:
-    """Names a key's current secret without holding its hash: a roll changes it."""
-    return hashlib.sha256(secret_hash.encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: Sequence[KeyRecord]
-    total: int
-    next_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class UsageDelta:
-    """Pages and requests to add to one key's counters for one period."""
-
-    account_id: str
-    period: str
-    environment: str
-    kid: str
-    pages: int
-    requests: int
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    period: str
-    environment: str
-    kid: str
-    pages: int
-    requests: int
-
-
-@dataclass(frozen=True, slots=True)
-class AccountLimit:
-    """An account's own limit: ``pages`` (None = unlimited) or a ``plan`` name from settings."""
-
-    pages: int | None
-    plan: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One management action: who did what to which key or account, never a secret."""
-
-    at: datetime
-    account_id: str
-    actor: str
-    action: str
-    target: str | None
-    details: Mapping[str, Any]
-    id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
-    """A login session. Only a digest of its secret is kept."""
-
-    sid: str
-    kid: str
-    account_id: str
-    secret_digest: str
-    key_hash_fingerprint: str  # the key's secret hash at login: a roll ends the session
-    created_at: datetime
-    expires_at: datetime
-    idle_timeout: float
-    last_seen_at: datetime
-    ended_at: datetime | None = None
-
-
-class KeyStore(Protocol):
-    #: False when calls never touch a disk or network, so async code may call them inline.
-    blocking: bool
-
-    def insert(self, record: KeyRecord) -> None: ...
-
-    def get(self, kid: str) -> KeyRecord | None: ...
-
-    def replace(self, record: KeyRecord, expected_version: str) -> bool:
-        """Write ``record`` if the stored version is still ``expected_version``."""
-        ...
-
-    def set_hash(self, kid: str, old_hash: str, new_hash: str) -> None:
-        """Rehash without changing the version: the secret itself did not change, so the
-        key's sessions move to the new hash's fingerprint in the same transaction."""
-        ...
-
-    def delete(self, kid: str) -> bool: ...
-
-    def all_kids(self) -> builtins.list[str]:
-        """Every stored key id (revoked ones too): seeds Redis's set of existing key ids."""
-        ...
-
-    def list(
-        self,
-        account_id: str,
-        *,
-        search: str | None,
-        environment: str | None,
-        include_revoked: bool,
-        limit: int,
-        cursor: str | None,
-    ) -> Page: ...
-
-    def touch(self, last_used: Mapping[str, datetime]) -> None:
-        """Record last use of several keys in one write (batched by the engine)."""
-        ...
-
-    def add_usage(self, deltas: Sequence[UsageDelta]) -> None:
-        """Add to the durable usage counters (an upsert that sums)."""
-        ...
-
-    def usage(self, account_id: str, periods: Sequence[str]) -> builtins.list[UsageRow]: ...
-
-    def get_limit(self, account_id: str) -> AccountLimit | None: ...
-
-    def set_limit(self, account_id: str, limit: AccountLimit | None) -> None:
-        """Set the account's own limit; None goes back to the settings' default."""
-        ...
-
-    def add_audit(self, entry: AuditEntry) -> None: ...
-
-    def list_audit(
-        self, account_id: str, *, action: str | None, limit: int, cursor: str | None
-    ) -> tuple[builtins.list[AuditEntry], str | None]:
-        """Newest first; the cursor is opaque."""
-        ...
-
-    def insert_session(self, session: SessionRecord) -> None: ...
-
-    def get_session(self, sid: str) -> SessionRecord | None: ...
-
-    def end_session(self, sid: str, at: datetime) -> bool: ...
-
-    def touch_sessions(self, last_seen: Mapping[str, datetime]) -> None: ...
-
-    def close(self) -> None: ...
+__all__ = [
+    "BAD_CURSOR",
+    "KEY_COLUMNS",
+    "AccountLimit",
+    "AuditEntry",
+    "KeyStore",
+    "Page",
+    "SessionRecord",
+    "UsageDelta",
+    "UsageRow",
+    "decode_cursor",
+    "encode_cursor",
+    "fingerprint",
+    "like_escape",
+]

@@ -39,7 +39,7 @@ from psycopg_pool import ConnectionPool, PoolClosed
 from keystile._core.errors import BackendError, ConfigError, InvalidInput
 from keystile._core.models import KeyRecord
 from keystile._core.settings import redact_url
-from keystile.stores.base import (
+from keystile._core.store import (
     BAD_CURSOR,
     KEY_COLUMNS,
     AccountLimit,

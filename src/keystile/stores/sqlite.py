@@ -22,7 +22,7 @@ from typing import Any
 
 from keystile._core.errors import BackendError, ConfigError, InvalidInput
 from keystile._core.models import KeyRecord
-from keystile.stores.base import (
+from keystile._core.store import (
     KEY_COLUMNS,
     AccountLimit,
     AuditEntry,
