@@ -39,10 +39,14 @@ def make_keystile() -> Iterator[Callable[..., Keystile]]:
     """Factory for engines on an in-memory store; ``make_keystile(redis_url=...)`` etc."""
     made: list[Keystile] = []
 
-    def make(clock: Callable[[], float] | None = None, **settings: Any) -> Keystile:
+    def make(
+        clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] | None = None,
+        **settings: Any,
+    ) -> Keystile:
         settings.setdefault("store", "memory://")
         settings.setdefault("argon2", FAST_ARGON2)
-        engine = Keystile(settings, clock=clock)
+        engine = Keystile(settings, clock=clock, monotonic=monotonic)
         made.append(engine)
         return engine
 

@@ -495,16 +495,16 @@ def test_revoke_between_adopt_and_snapshot_set_is_still_seen_next_request(
     """The worst interleaving: B's adopt passed, then A revokes, then B stores its snapshot."""
     a, b = engines(), engines()
     key = a.keys.create("acct-1", "k")
-    original = b._op_redis_adopt
+    original = b.redis.adopt
 
     def adopt_then_revoke(account_id: str, kid: str, version: str, *rest: str) -> str:
         current = original(account_id, kid, version, *rest)
         a.keys.revoke(key.key_id)
         return current
 
-    monkeypatch.setattr(b, "_op_redis_adopt", adopt_then_revoke)
+    monkeypatch.setattr(b.redis, "adopt", adopt_then_revoke)
     auth(b, key.token)  # verified before the revoke landed: may pass this once
-    monkeypatch.setattr(b, "_op_redis_adopt", original)
+    monkeypatch.setattr(b.redis, "adopt", original)
     assert auth(b, key.token) == "AUTH_003"
     assert auth(engines(), key.token) == "AUTH_003"
 
@@ -676,7 +676,7 @@ def test_single_flight_late_joiner_uses_the_finished_flight(
     key = ks.keys.create("acct-1", "k")
     argon2 = count_argon2(monkeypatch, ks)
     late_missed, first_done = threading.Event(), threading.Event()
-    original = ks._op_redis_fetch_known  # an API key's first Redis call (not a session's)
+    original = ks.redis.fetch_known  # an API key's first Redis call (not a session's)
 
     def fetch(kid: str, digest: str) -> Any:
         value = original(kid, digest)
@@ -685,7 +685,7 @@ def test_single_flight_late_joiner_uses_the_finished_flight(
             first_done.wait(10)  # ... which completes before this one goes on
         return value
 
-    monkeypatch.setattr(ks, "_op_redis_fetch_known", fetch)
+    monkeypatch.setattr(ks.redis, "fetch_known", fetch)
     results: list[Any] = []
     late = threading.Thread(target=lambda: results.append(auth(ks, key.token)), name="late")
     late.start()

@@ -312,7 +312,7 @@ def test_a_crashed_engine_loses_at_most_its_lease_and_never_against_the_customer
     limit = 100
     # A short flush interval makes a short lease ttl (1 s): the crash heals within the test.
     crashed = engines(monthly_page_limit=limit, usage_flush_interval=0.2)
-    crashed._flusher.stop()  # the crash: from here on, no flush and no lease report, ever
+    crashed.batches.stop()  # the crash: from here on, no flush and no lease report, ever
     crashed.flush = lambda: None  # type: ignore[method-assign]
     engine._UNCLOSED.discard(crashed)
     token = crashed.keys.create(ACCOUNT, "k").token

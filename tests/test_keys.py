@@ -221,7 +221,7 @@ INVALID_CREATE = [
     ("environment", {"environment": "sess"}),
     ("environment", {"environment": "LIVE"}),
     ("environment", {"environment": ""}),
-    ("environment", {"environment": None}),
+    ("environment", {"environment": 7}),
     ("expires_at", {"expires_at": _NAIVE}),
     ("expires_at", {"expires_at": _PAST}),
     ("expires_at", {"expires_at": "2099-01-01T00:00:00Z"}),
@@ -260,6 +260,14 @@ def test_create_validation_names_the_field(
     assert str(info.value).startswith(f"{field}: ")
     # Nothing was written.
     assert ks.keys.list(ACCT, include_revoked=True).total == 0
+
+
+def test_create_defaults_to_the_first_configured_environment(make_keystile: Any) -> None:
+    staging_first = make_keystile(environments=["staging", "live"])
+    created = staging_first.keys.create(ACCT, "ci")
+    assert created.key.environment == "staging"
+    assert created.token.startswith("sk_staging_")
+    assert staging_first.keys.create(ACCT, "ci", environment="live").key.environment == "live"
 
 
 def test_expiry_exactly_now_is_refused(ks: Keystile) -> None:

@@ -824,10 +824,10 @@ def test_django_mount_reads_the_setting_and_is_idempotent(ks: Keystile) -> None:
         assert django_views.mounted("/v1")  # building the engine mounted it from the setting
         django_views.mount()
         assert django_views.mounted("/v1/") and django_views.mounted("v1")
-        before = ks.admission.management_prefixes
+        before = ks.admission.management_mounts
         django_views.mount()
         django_views.mount("/v1/", ks)
-        assert ks.admission.management_prefixes == before
+        assert ks.admission.management_mounts == before
         assert ks.is_exempt("/v1/auth/login") and ks.is_exempt("/v1/openapi.json")
     with django_settings(ks), pytest.raises(ValueError, match="KEYSTILE_MANAGEMENT_PREFIX"):
         django_views.mount()

@@ -818,17 +818,17 @@ class LostReply:
     """The meter script runs in Redis, but its reply never arrives (a timeout)."""
 
     def __init__(self, ks: Keystile, monkeypatch: pytest.MonkeyPatch) -> None:
-        original = ks._op_redis_meter
+        original = ks.redis.scripts["meter"]  # below the gateway: its error policy applies
         self.lost = 0
 
-        def meter_then_time_out(*args: Any) -> Any:
+        def meter_then_time_out(**call: Any) -> Any:
             if self.lost:
                 self.lost -= 1
-                original(*args)
+                original(**call)
                 raise redis.TimeoutError("Timeout reading from socket (simulated)")
-            return original(*args)
+            return original(**call)
 
-        monkeypatch.setattr(ks, "_op_redis_meter", meter_then_time_out)
+        monkeypatch.setitem(ks.redis.scripts, "meter", meter_then_time_out)
 
 
 @pytest.mark.parametrize("policy", ["degrade", "fail_closed"])

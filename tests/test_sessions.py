@@ -603,16 +603,14 @@ def test_a_roll_racing_a_login_leaves_no_session_of_the_old_secret(
     assert rolled and login(client, {"x-api-key": rolled[0].token})
 
 
-def test_the_failure_window_passes(limited: Keystile, monkeypatch: pytest.MonkeyPatch) -> None:
-    key = limited.keys.create(ACCT, "owner", permissions=PERMS)
+def test_the_failure_window_passes(make_keystile: Make, clock: Clock) -> None:
     now = [1000.0]
-
-    class FakeTime:  # only keystile._services.loginlimits sees it
-        @staticmethod
-        def monotonic() -> float:
-            return now[0]
-
-    monkeypatch.setattr("keystile._services.loginlimits.time", FakeTime)
+    limited = make_keystile(
+        clock=clock,
+        monotonic=lambda: now[0],
+        **session_settings(login_max_failures=3, login_failure_window=60),
+    )
+    key = limited.keys.create(ACCT, "owner", permissions=PERMS)
     with TestClient(build_app(limited), client=("10.0.0.4", 1)) as client:
         for _ in range(3):
             client.post("/v1/auth/login", headers={"x-api-key": wrong_token(key)})

@@ -200,19 +200,19 @@ def test_seeding_keeps_a_key_created_meanwhile(
 def test_redis_failing_the_check_never_refuses_a_real_key(
     engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def down(kid: str, digest: str) -> Any:
+    def down(**call: Any) -> Any:
         raise redis.ConnectionError("down")
 
     degrade = seeded(engines(on_backend_error="degrade"))
     key = degrade.keys.create("acct-1", "real")
-    monkeypatch.setattr(degrade, "_op_redis_fetch_known", down)
+    monkeypatch.setitem(degrade.redis.scripts, "fetch_known", down)  # below the gateway
     assert auth(degrade, key.token).key_id == key.key_id  # from the store, as before
     store = count_store(monkeypatch, degrade.store)
     assert auth(degrade, unknown_token()) == "AUTH_002"
     assert len(store) == 1  # the old path: the store says it does not exist
 
     closed = engines(on_backend_error="fail_closed")
-    monkeypatch.setattr(closed, "_op_redis_fetch_known", down)
+    monkeypatch.setitem(closed.redis.scripts, "fetch_known", down)
     assert auth(closed, key.token) == "SVC_001"  # the existing answer, not AUTH_002
 
 

@@ -25,7 +25,14 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
 from keystile._core.principal import Principal
-from keystile._http.management import MAX_BODY, ApiRequest, ApiResponse, ManagementAPI
+from keystile._http.management import (
+    MAX_BODY,
+    PUBLIC_PATHS,
+    ROUTE,
+    ApiRequest,
+    ApiResponse,
+    ManagementAPI,
+)
 from keystile._runtime.engine import Keystile as Engine
 from keystile.flask import EXTENSION_KEY
 from keystile.flask import Keystile as FlaskKeystile
@@ -129,7 +136,7 @@ def management_blueprint(
         api = apis.get(app)
         if api is None or api.engine is not engine:
             apis[app] = ManagementAPI(engine)
-        engine.mount_management(state.url_prefix or "")
+        engine.mount_management(state.url_prefix or "", public_paths=PUBLIC_PATHS, route=ROUTE)
         if state.url_prefix:  # the prefix itself, no slash after it
             state.add_url_rule("", "api_root", view, **options)
         state.add_url_rule(f"/<{CONVERTER}:rest>", "api", view, **options)

@@ -294,7 +294,9 @@ def management_mount(path: str, keystile: Keystile) -> Any:
     """
     from starlette.routing import Mount
 
-    keystile.mount_management(path)
+    from keystile._http.management import PUBLIC_PATHS, ROUTE
+
+    keystile.mount_management(path, public_paths=PUBLIC_PATHS, route=ROUTE)
     mount = Mount(path, app=management_app(keystile))  # type: ignore[arg-type]
     # Starlette's "{path:path}" is ".*" without DOTALL: a %0A in an id would miss the mount
     # and get a text 404 instead of the API's JSON one.

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -55,13 +54,6 @@ _UNREAD = object()  # the body has not been read (yet)
 _OK = Outcome("ok")
 #: A lease takes at most 1/8 of what is left under the limit: near it, single pages.
 LEASE_SPREAD = 8
-
-# The management API's routes (ManagementAPI._routes): only these cost nothing, never an app's
-# own routes that happen to share the mount prefix.
-MANAGEMENT_ROUTE = re.compile(
-    r"/(?:auth/login|auth/logout|apikeys(?:/[^/]+(?:/roll)?)?|usage|audit|openapi\.json)"
-)
-
 
 class RequestInfo:
     """What a ``page_cost`` callable sees of a request (read-only by convention: a plain
@@ -145,6 +137,7 @@ class Admission:
         periods: PeriodPolicy,
         clock: Callable[[], float],
         keys: RedisKeys,
+        monotonic: Callable[[], float],
     ) -> None:
         self.settings = settings
         self.verifier = verifier
@@ -157,10 +150,11 @@ class Admission:
         #: Redis counters a failed call may or may not have changed (a timeout hides which):
         #: never retried blindly, they are rebuilt from the store once Redis answers again.
         self.uncertain = UncertainCounters()
-        self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, time.monotonic)
+        self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, monotonic)
         self._period: tuple[Period, float, float] | None = None
-        #: Where the management API is mounted: its own routes there cost no pages.
-        self.management_prefixes: tuple[str, ...] = ()
+        #: Where the management API is mounted, with the pattern of its routes: they cost no
+        #: pages there (an app's own routes under the same prefix still do).
+        self.management_mounts: tuple[tuple[str, re.Pattern[str]], ...] = ()
         self.counted = frozenset(settings.counted_statuses)
         self.by_points = thresholds_by_points(settings.quota_thresholds)
         # The meter script's arguments that never change.
@@ -187,14 +181,14 @@ class Admission:
 
     def is_management(self, path: str) -> bool:
         """A route of the management API under one of its mount prefixes: free of pages."""
-        for prefix in self.management_prefixes:
+        for prefix, route in self.management_mounts:
             rest = path[len(prefix) :].rstrip("/")
-            if path.startswith(prefix + "/") and MANAGEMENT_ROUTE.fullmatch(rest):
+            if path.startswith(prefix + "/") and route.fullmatch(rest):
                 return True
         return False
 
     def cost_of(self, request: RequestInfo) -> int:
-        if self.management_prefixes and self.is_management(request.path):
+        if self.management_mounts and self.is_management(request.path):
             return 0
         cost = self.settings.page_cost
         if callable(cost):

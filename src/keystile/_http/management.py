@@ -57,6 +57,10 @@ if TYPE_CHECKING:
 MAX_BODY = 64 * 1024
 #: Paths under the mount that need no principal: the middleware lets them through.
 PUBLIC_PATHS = ("/auth/login", "/openapi.json")
+#: Every route's path under the mount prefix.
+ROUTE = re.compile(
+    r"/(?:auth/login|auth/logout|apikeys(?:/[^/]+(?:/roll)?)?|usage|audit|openapi\.json)"
+)
 
 _KEY_PATH = re.compile(r"/apikeys/([^/]+)")
 _ROLL_PATH = re.compile(r"/apikeys/([^/]+)/roll")

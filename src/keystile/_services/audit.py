@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
 from keystile._core.errors import InvalidInput
-from keystile._core.store import AuditEntry
-from keystile._services.keys import check_account
-
-if TYPE_CHECKING:
-    from keystile._runtime.engine import Keystile
+from keystile._core.keyfields import check_account
+from keystile._core.store import AuditEntry, KeyStore
 
 log = logging.getLogger("keystile")
 
@@ -49,8 +47,9 @@ def entry_to_dict(entry: AuditEntry) -> dict[str, Any]:
 
 
 class AuditLog:
-    def __init__(self, engine: Keystile) -> None:
-        self._engine = engine
+    def __init__(self, store: KeyStore, now: Callable[[], datetime]) -> None:
+        self._store = store
+        self._now = now
 
     def record(
         self,
@@ -61,9 +60,10 @@ class AuditLog:
         details: Mapping[str, Any] | None = None,
     ) -> None:
         """Write one entry. A failure is logged, not raised: the action itself happened."""
-        assert action in ACTIONS, action
+        if action not in ACTIONS:  # a bug in keystile, not bad input
+            raise ValueError(f"unknown audit action {action!r}")
         entry = AuditEntry(
-            at=self._engine.now(),
+            at=self._now(),
             account_id=account_id,
             actor=actor or SYSTEM_ACTOR,
             action=action,
@@ -71,8 +71,8 @@ class AuditLog:
             details=dict(details or {}),
         )
         try:
-            self._engine.store.add_audit(entry)
-        except Exception as exc:
+            self._store.add_audit(entry)
+        except Exception as exc:  # the action happened: a lost entry must not undo or fail it
             log.error("keystile: could not write audit entry %s (%s)", action, type(exc).__name__)
 
     def list(
@@ -87,7 +87,7 @@ class AuditLog:
             raise InvalidInput("action", f"expected one of {', '.join(ACTIONS)}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
             raise InvalidInput("limit", "expected an integer from 1 to 200")
-        items, next_cursor = self._engine.store.list_audit(
+        items, next_cursor = self._store.list_audit(
             account_id, action=action, limit=limit, cursor=cursor or None
         )
         return AuditPage(items, next_cursor)

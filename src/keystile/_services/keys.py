@@ -8,25 +8,34 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
+from keystile._backends.backends import Backends
 from keystile._core import tokens
 from keystile._core.errors import BackendError, InvalidInput, NotFound
+from keystile._core.keyfields import (
+    check_account,
+    check_expiry,
+    check_meta,
+    check_name,
+    check_page_limit,
+    check_permissions,
+)
 from keystile._core.models import ApiKey, KeyRecord, new_version
-from keystile._core.store import KeyStore
-from keystile._redis.invalidation import publish
+from keystile._services.audit import AuditLog
 
-if TYPE_CHECKING:
-    from keystile._runtime.engine import Keystile
+__all__ = [
+    "CreatedKey",
+    "KeyManager",
+    "KeyPage",
+    "check_account",
+    "check_permissions",
+]
 
-_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
-_PERMISSION = re.compile(r"[A-Za-z0-9_.:*/-]{1,100}")
-MAX_META_BYTES = 4096
+
 MAX_LIST_LIMIT = 100
 _UNSET: Any = object()
 log = logging.getLogger("keystile")
@@ -52,70 +61,6 @@ class KeyPage:
     next_cursor: str | None
 
 
-def check_account(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not _ACCOUNT.fullmatch(value):
-        raise InvalidInput(field, "expected 1-128 characters of letters, digits and _.:@-")
-    return value
-
-
-def check_name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise InvalidInput("name", "expected a non-empty string of at most 200 characters")
-    if not value.isprintable():
-        raise InvalidInput("name", "must not contain control characters")
-    return value.strip()
-
-
-def check_permissions(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise InvalidInput("permissions", "expected a list of permission names")
-    items = list(value)
-    if len(items) > 200:
-        raise InvalidInput("permissions", "at most 200 permissions")
-    for item in items:
-        if not isinstance(item, str) or not _PERMISSION.fullmatch(item):
-            raise InvalidInput("permissions", f"invalid permission {item!r}")
-    return tuple(dict.fromkeys(items))
-
-
-def check_expiry(value: Any, now: datetime, *, future: bool) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise InvalidInput("expires_at", "expected a timezone-aware datetime or None")
-    try:
-        utc: datetime = value.astimezone(timezone.utc)  # 9999-12-31T23:59-23:59 is not a date
-        utc.timestamp()
-    except (OverflowError, ValueError):
-        raise InvalidInput("expires_at", "out of range") from None
-    if future and utc <= now:
-        raise InvalidInput("expires_at", "must be in the future")
-    return utc
-
-
-def check_meta(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise InvalidInput("meta", "expected a JSON object")
-    try:
-        encoded = json.dumps(dict(value), allow_nan=False)
-    except (TypeError, ValueError):
-        raise InvalidInput("meta", "must be JSON-serialisable") from None
-    if len(encoded.encode()) > MAX_META_BYTES:
-        raise InvalidInput("meta", f"at most {MAX_META_BYTES} bytes of JSON")
-    loaded: dict[str, Any] = json.loads(encoded)
-    return loaded
-
-
-def check_page_limit(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput("page_limit", "expected a whole number of pages >= 0, or None")
-    return value
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -125,16 +70,15 @@ def _jsonable(value: Any) -> Any:
 
 
 class KeyManager:
-    def __init__(self, engine: Keystile) -> None:
-        self._engine = engine
-        #: Ids of keys created while Redis could not be told: a thread retries until it can.
-        self._unannounced: set[str] = set()
-        self._unannounced_lock = threading.Lock()
-        self._announcer: threading.Thread | None = None
+    """``ks.keys``: every change is saved in the store, then made known (the key's caches
+    here, its version stamp in Redis, in fast mode the invalidation channel), then audited."""
 
-    @property
-    def _store(self) -> KeyStore:
-        return self._engine.store
+    def __init__(self, backends: Backends, audit: AuditLog) -> None:
+        self._backends = backends
+        self._settings = backends.settings
+        self._store = backends.store
+        self._now = backends.clocks.now
+        self._audit_log = audit
 
     def _kid(self, key_id: Any) -> str:
         kid = tokens.parse_key_id(key_id) if isinstance(key_id, str) else None
@@ -150,15 +94,15 @@ class KeyManager:
 
     def _new_secret(self, kid: str, environment: str) -> tuple[str, str, str]:
         secret = tokens.new_secret(kid)
-        token = tokens.format_token(self._engine.settings.token_prefix, environment, kid, secret)
-        return token, secret, self._engine.hasher.hash(secret)
+        token = tokens.format_token(self._settings.token_prefix, environment, kid, secret)
+        return token, secret, self._backends.hasher.hash(secret)
 
     def create(
         self,
         account_id: str,
         name: str,
         permissions: Iterable[str] = (),
-        environment: str = "live",
+        environment: str | None = None,
         expires_at: datetime | None = None,
         owner: str | None = None,
         accounts: Iterable[str] = (),
@@ -166,9 +110,12 @@ class KeyManager:
         page_limit: int | None = None,
         actor: str | None = None,
     ) -> CreatedKey:
-        settings = self._engine.settings
-        now = self._engine.now()
+        """A new key; ``environment`` defaults to the first configured one."""
+        settings = self._settings
+        now = self._now()
         check_account("account_id", account_id)
+        if environment is None:
+            environment = settings.environments[0]
         if environment not in settings.environments:
             raise InvalidInput("environment", f"expected one of {list(settings.environments)}")
         if owner is not None and (not isinstance(owner, str) or len(owner) > 200):
@@ -236,7 +183,7 @@ class KeyManager:
             raise InvalidInput("limit", f"expected an integer from 1 to {MAX_LIST_LIMIT}")
         if search is not None and (not isinstance(search, str) or len(search) > 200):
             raise InvalidInput("search", "expected a string of at most 200 characters")
-        if environment is not None and environment not in self._engine.settings.environments:
+        if environment is not None and environment not in self._settings.environments:
             raise InvalidInput("environment", "unknown environment")
         page = self._store.list(
             account_id,
@@ -266,7 +213,7 @@ class KeyManager:
         if permissions is not _UNSET:
             changes["permissions"] = check_permissions(permissions)
         if expires_at is not _UNSET:
-            changes["expires_at"] = check_expiry(expires_at, self._engine.now(), future=False)
+            changes["expires_at"] = check_expiry(expires_at, self._now(), future=False)
         if meta is not _UNSET:
             changes["meta"] = check_meta(meta)
         if enabled is not _UNSET:
@@ -283,7 +230,7 @@ class KeyManager:
 
     def revoke(self, key_id: str, actor: str | None = None) -> ApiKey:
         """Refused from the next request on, everywhere; kept for audit; cannot be undone."""
-        now = self._engine.now()
+        now = self._now()
         revoked_here: list[bool] = []
 
         def revoke_changes(record: KeyRecord) -> dict[str, Any]:
@@ -314,7 +261,7 @@ class KeyManager:
                 "last4": token[-4:],
                 "previous_hash": record.secret_hash if grace else None,
                 "previous_expires_at": (
-                    self._engine.now() + timedelta(seconds=grace_seconds) if grace else None
+                    self._now() + timedelta(seconds=grace_seconds) if grace else None
                 ),
             }
 
@@ -346,7 +293,7 @@ class KeyManager:
     def _audit(
         self, action: str, record: KeyRecord, actor: str | None, details: dict[str, Any]
     ) -> None:
-        self._engine.audit.record(action, record.account_id, actor, record.key_id, details)
+        self._audit_log.record(action, record.account_id, actor, record.key_id, details)
 
     def _change(self, key_id: str, compute: Any) -> KeyRecord:
         for _ in range(5):
@@ -360,78 +307,30 @@ class KeyManager:
                 return updated
         raise BackendError("the key kept changing concurrently; try again")
 
-    # -- the set of existing key ids in Redis (refuses unknown ids without a store read) ----
+    # -- making a change known ---------------------------------------------------------------
 
     def _announce(self, kid: str) -> None:
-        """Add a new key's id to Redis's key-id set, whether or not the set is seeded yet
-        (a seeding run only adds, so the id stays in). Should Redis be down, the key still
-        works wherever Redis is down (the lookup falls back to the store), and a thread
-        retries until Redis answers; only in the moments between Redis coming back and that
-        retry can a seeded set refuse the new id."""
-        engine = self._engine
-        if not engine.has_redis:
-            return
-        try:
-            engine.redis.client.sadd(engine.redis_keys.kids(), kid)
-        except Exception as exc:
-            log.warning(
-                "keystile: could not add key id to Redis, will retry (%s)", type(exc).__name__
-            )
-            with self._unannounced_lock:
-                self._unannounced.add(kid)
-                if self._announcer is None or not self._announcer.is_alive():
-                    self._announcer = threading.Thread(
-                        target=self._announce_later, name="keystile-announce", daemon=True
-                    )
-                    self._announcer.start()
-
-    def _announce_later(self, delay: float = 0.5) -> None:
-        engine = self._engine
-        while True:
-            threading.Event().wait(delay)  # a background thread: nothing else waits on it
-            with self._unannounced_lock:
-                kids = sorted(self._unannounced)
-                if not kids:
-                    self._announcer = None
-                    return
-            try:
-                engine.redis.client.sadd(engine.redis_keys.kids(), *kids)
-            except Exception:
-                delay = min(delay * 2, 5.0)
-                continue
-            with self._unannounced_lock:
-                self._unannounced.difference_update(kids)
+        if self._backends.key_ids is not None:
+            self._backends.key_ids.announce(kid)
 
     def _forget_kid(self, kid: str) -> None:
-        """A deleted key's id leaves the set (if this fails, a stale member only costs the
-        store lookup an unknown id cost before the set existed)."""
-        engine = self._engine
-        if not engine.has_redis:
-            return
-        with self._unannounced_lock:
-            self._unannounced.discard(kid)
-        try:
-            engine.redis.client.srem(engine.redis_keys.kids(), kid)
-        except Exception as exc:
-            log.warning("keystile: could not remove key id from Redis (%s)", type(exc).__name__)
+        if self._backends.key_ids is not None:
+            self._backends.key_ids.forget(kid)
 
     def _publish(self, record: KeyRecord) -> None:
         """Make every process see ``record``'s new state on its next request."""
-        engine = self._engine
-        engine.local.drop_group(record.kid)
-        if not engine.has_redis:
+        backends = self._backends
+        backends.local.drop_group(record.kid)
+        if backends.redis is None:
             return
         try:
-            engine.redis.client.set(
-                engine.redis_keys.state(record.account_id, record.kid), record.version
+            backends.redis.announce_state(
+                record.account_id, record.kid, record.version, push=backends.fast
             )
-            if engine.listener is not None:
-                # Fast mode: processes trust their caches while they hear this channel.
-                publish(engine.redis.client, engine.invalidation_channel, record.kid)
-        except Exception as exc:
+        except BackendError as exc:
             error = BackendError(
                 "saved, but Redis could not be told: other processes may use the old state "
-                f"for up to cache_ttl={engine.settings.cache_ttl}s ({type(exc).__name__})"
+                f"for up to cache_ttl={self._settings.cache_ttl}s ({exc})"
             )
             error.record = record
             raise error from exc

@@ -11,66 +11,40 @@ through. That digest is the same keyed HMAC the verification cache uses, kept fo
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
-from keystile._core.errors import BackendError
-
-if TYPE_CHECKING:
-    from keystile._runtime.engine import Keystile
+from keystile._backends.backends import Backends
 
 KNOWN_SECRET_TTL = 30 * 24 * 3600
 _LOCAL_LIMIT = 100_000  # entries kept without Redis; the oldest go first
 
 
-@contextmanager
-def _redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        raise BackendError(f"login limits unavailable ({type(exc).__name__})") from exc
-
-
 class FailureCounter:
-    """Failed logins per subject in a fixed window: in Redis when there is one, else here."""
+    """Failed logins per subject in a fixed window: in Redis when there is one, else here.
+    A Redis failure is :class:`~keystile.BackendError` (the gateway's policy)."""
 
-    def __init__(self, engine: Keystile) -> None:
-        self._engine = engine
+    def __init__(self, backends: Backends) -> None:
+        self._redis = backends.redis
+        self._window = backends.settings.login_failure_window
+        self._monotonic = backends.clocks.monotonic
         self._lock = threading.Lock()
         self._local: dict[str, tuple[float, int]] = {}
 
-    def _key(self, subject: str) -> str:
-        digest = hashlib.sha256(subject.encode("utf-8", "replace")).hexdigest()[:32]
-        return f"{self._engine.settings.redis_prefix}:login:{digest}"
-
     def count(self, subject: str) -> int:
-        engine = self._engine
-        if engine.has_redis:
-            with _redis_errors():
-                return int(engine.redis.client.get(self._key(subject)) or 0)
+        if self._redis is not None:
+            return self._redis.login_failures(subject)
         with self._lock:
             start, failures = self._local.get(subject, (0.0, 0))
-            window = engine.settings.login_failure_window
-            return failures if time.monotonic() - start < window else 0
+            return failures if self._monotonic() - start < self._window else 0
 
     def add(self, *subjects: str) -> None:
-        engine = self._engine
-        window = engine.settings.login_failure_window
-        if engine.has_redis:
-            with _redis_errors():
-                pipe = engine.redis.client.pipeline()
-                for subject in subjects:
-                    pipe.incr(self._key(subject))
-                    pipe.expire(self._key(subject), window, nx=True)
-                pipe.execute()
+        window = self._window
+        if self._redis is not None:
+            self._redis.add_login_failures(subjects, window)
             return
         with self._lock:
-            now = time.monotonic()
+            now = self._monotonic()
             for subject in subjects:
                 start, failures = self._local.get(subject, (now, 0))
                 if now - start >= window:
@@ -84,35 +58,28 @@ class FailureCounter:
 class KnownSecrets:
     """Per key id, the credential digest of its last successful login."""
 
-    def __init__(self, engine: Keystile) -> None:
-        self._engine = engine
+    def __init__(self, backends: Backends) -> None:
+        self._redis = backends.redis
+        self._monotonic = backends.clocks.monotonic
         self._lock = threading.Lock()
         self._local: dict[str, tuple[float, str]] = {}
 
-    def _key(self, kid: str) -> str:
-        return f"{self._engine.settings.redis_prefix}:login-known:{kid}"
-
     def remember(self, kid: str, digest: str) -> None:
-        engine = self._engine
-        if engine.has_redis:
-            with _redis_errors():
-                engine.redis.client.set(self._key(kid), digest, ex=KNOWN_SECRET_TTL)
+        if self._redis is not None:
+            self._redis.remember_login(kid, digest, KNOWN_SECRET_TTL)
             return
         with self._lock:
             self._local.pop(kid, None)  # re-insert: dict order is the age order
-            self._local[kid] = (time.monotonic() + KNOWN_SECRET_TTL, digest)
+            self._local[kid] = (self._monotonic() + KNOWN_SECRET_TTL, digest)
             while len(self._local) > _LOCAL_LIMIT:
                 del self._local[next(iter(self._local))]
 
     def matches(self, kid: str, digest: str) -> bool:
-        engine = self._engine
-        if engine.has_redis:
-            with _redis_errors():
-                known = engine.redis.client.get(self._key(kid))
-            known_digest = known.decode() if isinstance(known, bytes) else known
+        if self._redis is not None:
+            known_digest = self._redis.known_login(kid)
         else:
             with self._lock:
                 expires, known_digest = self._local.get(kid, (0.0, None))
-                if expires <= time.monotonic():
+                if expires <= self._monotonic():
                     known_digest = None
         return known_digest is not None and hmac.compare_digest(known_digest, digest)

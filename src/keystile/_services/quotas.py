@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from keystile._backends.backends import Backends
 from keystile._core.admission import resolve_limit
 from keystile._core.errors import BackendError, InvalidInput
+from keystile._core.keyfields import check_account
+from keystile._core.localcache import LocalCache
+from keystile._core.metering import UsageBuffer
+from keystile._core.periods import PeriodPolicy
 from keystile._core.store import AccountLimit, UsageRow
 from keystile._core.tokens import KEY_ID_PREFIX
-from keystile._services.keys import check_account
-
-if TYPE_CHECKING:
-    from keystile._runtime.engine import Keystile
+from keystile._services.audit import AuditLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +76,24 @@ def _check_pages(pages: Any) -> int | None:
 
 
 class QuotaManager:
-    def __init__(self, engine: Keystile) -> None:
-        self._engine = engine
+    """``ks.quotas``. ``limits`` and ``buffer`` are admission's: a changed limit leaves its
+    cache, and a report counts the charges not yet flushed to the store."""
+
+    def __init__(
+        self,
+        backends: Backends,
+        audit: AuditLog,
+        periods: PeriodPolicy,
+        limits: LocalCache[AccountLimit | None],
+        buffer: UsageBuffer,
+    ) -> None:
+        self._backends = backends
+        self._settings = backends.settings
+        self._store = backends.store
+        self._audit = audit
+        self._periods = periods
+        self._limits = limits
+        self._buffer = buffer
 
     def set_limit(self, account_id: str, pages: int | None, actor: str | None = None) -> None:
         """The account's own monthly page limit (None: unlimited, still metered)."""
@@ -85,8 +103,8 @@ class QuotaManager:
     def set_plan(self, account_id: str, plan: str, actor: str | None = None) -> None:
         """Put the account on a plan named in the ``plans`` setting."""
         check_account("account_id", account_id)
-        if plan not in self._engine.settings.plans:
-            known = ", ".join(sorted(self._engine.settings.plans)) or "none configured"
+        if plan not in self._settings.plans:
+            known = ", ".join(sorted(self._settings.plans)) or "none configured"
             raise InvalidInput("plan", f"unknown plan {plan!r} (plans: {known})")
         self._write(account_id, AccountLimit(None, plan), actor)
 
@@ -96,27 +114,26 @@ class QuotaManager:
         self._write(account_id, None, actor)
 
     def limit(self, account_id: str, environment: str | None = None) -> int | None:
-        env = environment or self._engine.settings.environments[0]
-        row = self._engine.store.get_limit(account_id)
-        return resolve_limit(self._engine.settings, row, env)
+        env = environment or self._settings.environments[0]
+        row = self._store.get_limit(account_id)
+        return resolve_limit(self._settings, row, env)
 
     def _write(self, account_id: str, limit: AccountLimit | None, actor: str | None) -> None:
-        engine = self._engine
-        engine.store.set_limit(account_id, limit)
+        self._store.set_limit(account_id, limit)
         details: dict[str, Any] = {"pages": None, "plan": None, "default": True}
         if limit is not None:
             details = {"pages": limit.pages, "plan": limit.plan, "default": False}
-        engine.audit.record("limit.change", account_id, actor, None, details)
-        engine.admission.limits.drop(account_id)
-        if not engine.has_redis:
+        self._audit.record("limit.change", account_id, actor, None, details)
+        self._limits.drop(account_id)
+        redis = self._backends.redis
+        if redis is None:
             return
-        keys = [engine.redis_keys.limit(account_id, env) for env in engine.settings.environments]
         try:
-            engine.redis.client.delete(*keys)  # the next request seeds the new limit
-        except Exception as exc:
+            redis.drop_limits(account_id, self._settings.environments)
+        except BackendError as exc:
             raise BackendError(
                 "saved, but Redis could not be told: the old limit may apply for up to "
-                f"cache_ttl={engine.settings.cache_ttl}s ({type(exc).__name__})"
+                f"cache_ttl={self._settings.cache_ttl}s ({exc})"
             ) from exc
 
     def usage(
@@ -124,16 +141,15 @@ class QuotaManager:
     ) -> UsageReport:
         """Totals and per-key breakdown for ``month`` ("YYYY-MM", default this one) and the
         12 months up to it. Includes charges not yet written to the store."""
-        engine = self._engine
         check_account("account_id", account_id)
-        env = environment or engine.settings.environments[0]
-        if env not in engine.settings.environments:
+        env = environment or self._settings.environments[0]
+        if env not in self._settings.environments:
             raise InvalidInput(
-                "environment", f"expected one of {list(engine.settings.environments)}"
+                "environment", f"expected one of {list(self._settings.environments)}"
             )
-        policy = engine.periods
+        policy = self._periods
         if month is None:
-            period = policy.period_at(engine.now())
+            period = policy.period_at(self._backends.clocks.now())
         else:
             try:
                 period = policy.period_for_label(month)
@@ -144,7 +160,7 @@ class QuotaManager:
         except ValueError:  # history before year 1
             raise InvalidInput("month", "too early for 12 months of history") from None
         labels = [p.label for p in periods]
-        rows = [r for r in engine.store.usage(account_id, labels) if r.environment == env]
+        rows = [r for r in self._store.usage(account_id, labels) if r.environment == env]
         for label in labels:
             rows.extend(self._unflushed(account_id, label, env))
         live = self._live_counter(account_id, period.label, env)
@@ -183,17 +199,15 @@ class QuotaManager:
         )
 
     def _unflushed(self, account_id: str, period: str, env: str) -> list[UsageRow]:
-        pending = self._engine.admission.buffer.pending(account_id, period, env)
+        pending = self._buffer.pending(account_id, period, env)
         return [UsageRow(d.period, d.environment, d.kid, d.pages, d.requests) for d in pending]
 
     def _live_counter(self, account_id: str, period: str, env: str) -> dict[str, int] | None:
-        engine = self._engine
-        if not engine.has_redis:
+        redis = self._backends.redis
+        if redis is None:
             return None
         try:
-            raw: dict[str, str] = engine.redis.client.hgetall(  # type: ignore[assignment]
-                engine.redis_keys.usage(account_id, period, env)
-            )
-        except Exception:
+            raw = redis.counter(account_id, period, env)
+        except BackendError:
             return None  # the store's figures, a few seconds behind, are the next best
         return {k: int(v) for k, v in raw.items() if not k.startswith("th:")} or None

@@ -12,13 +12,13 @@ key id, without locking out the owner's known secret (:mod:`keystile._services.l
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
 
+from keystile._backends.backends import Backends
 from keystile._core import tokens
-from keystile._core.credentials import read_credentials
+from keystile._core.credentials import Credentials, read_credentials
 from keystile._core.errors import (
     INVALID_API_KEY,
     MALFORMED_CREDENTIALS,
@@ -31,10 +31,12 @@ from keystile._core.principal import Principal
 from keystile._core.store import SessionRecord, fingerprint
 from keystile._core.tokens import SESSION_ENVIRONMENT
 from keystile._core.verification import Snapshot, session_digest
+from keystile._services.audit import AuditLog
+from keystile._services.keys import KeyManager
 from keystile._services.loginlimits import FailureCounter, KnownSecrets
 
-if TYPE_CHECKING:
-    from keystile._runtime.engine import Keystile
+#: What the engine verifies a credential with: the principal and the snapshot it read.
+Verify = Callable[[Credentials], tuple[Principal, Snapshot]]
 
 log = logging.getLogger("keystile")
 
@@ -55,29 +57,36 @@ class Session:
 
 
 class SessionManager:
-    def __init__(self, engine: Keystile) -> None:
-        self._engine = engine
-        self.failures = FailureCounter(engine)
-        self.known = KnownSecrets(engine)
+    """``ks.sessions``: log in with a key credential for a session token; log out."""
+
+    def __init__(
+        self, backends: Backends, audit: AuditLog, keys: KeyManager, verify: Verify
+    ) -> None:
+        self._backends = backends
+        self._settings = backends.settings
+        self._store = backends.store
+        self._now = backends.clocks.now
+        self._audit = audit
+        self._keys = keys
+        self._verify = verify
+        self.failures = FailureCounter(backends)
+        self.known = KnownSecrets(backends)
 
     def _limited(self, subject: str, limit: int) -> AuthError | None:
         if self.failures.count(subject) < limit:
             return None
-        window = self._engine.settings.login_failure_window
+        window = self._settings.login_failure_window
         return AuthError(
             TOO_MANY_ATTEMPTS, "Too many failed logins; retry later.", {"retry-after": str(window)}
         )
 
     def login(self, headers: Iterable[tuple[str, str]], client: str | None = None) -> Session:
         """Blocking. Verifies a key credential (either form) and opens a session for it."""
-        engine = self._engine
-        settings = engine.settings
+        settings = self._settings
         client_subject = f"client:{client or '-'}"
         client_refused = self._limited(client_subject, settings.login_max_failures)
         try:
-            creds = read_credentials(
-                list(headers), engine.settings.token_prefix, engine.settings.environments
-            )
+            creds = read_credentials(list(headers), settings.token_prefix, settings.environments)
         except AuthError as error:
             if client_refused:
                 raise client_refused from None
@@ -87,7 +96,7 @@ class SessionManager:
         if creds.token.environment == SESSION_ENVIRONMENT:
             raise AuthError(MALFORMED_CREDENTIALS, "Log in with an API key, not a session token.")
         kid = creds.token.kid
-        digest = engine.digest(creds.token)
+        digest = self._backends.digest(creds.token)
         # A limit, per client (a shared NAT address too) or per key, never stops the secret
         # that last logged in to this key: it is the owner's.
         refused = client_refused or self._limited(f"key:{kid}", settings.login_max_failures_per_key)
@@ -95,7 +104,7 @@ class SessionManager:
             raise refused
         for _attempt in (1, 2):  # a change in between: verify once more
             try:
-                principal, snapshot = engine.verify_with_snapshot(creds)
+                principal, snapshot = self._verify(creds)
             except AuthError as error:
                 if error.spec is INVALID_API_KEY:
                     self.failures.add(client_subject, f"key:{kid}")
@@ -109,22 +118,21 @@ class SessionManager:
                 return session
             # This process's cached snapshot is older than the store (another process
             # changed the key, or logged a session out): check against the store.
-            engine.local.drop(digest)
+            self._backends.local.drop(digest)
         # Changed twice while logging in (revoked, rolled, updated): no session on a stale read.
         raise AuthError(INVALID_API_KEY)
 
     def _open(self, principal: Principal, verified: Snapshot) -> Session | None:
         """The session, or None when the key changed since it was verified (a roll or revoke
         racing this login): its hash would not be the one the secret matched."""
-        engine = self._engine
-        settings = engine.settings
+        settings = self._settings
         kid = principal.key_id.removeprefix(tokens.KEY_ID_PREFIX)
-        record = engine.store.get(kid)
+        record = self._store.get(kid)
         if record is None:
             raise AuthError(INVALID_API_KEY)
         if record.version != verified.version:
             return None
-        now = engine.now()
+        now = self._now()
         expires = now + timedelta(seconds=settings.session_ttl)
         if record.expires_at is not None:
             expires = min(expires, record.expires_at)  # never outlives its key
@@ -133,7 +141,7 @@ class SessionManager:
         sid = tokens.new_kid()
         secret = tokens.new_secret(sid)
         token = tokens.format_token(settings.token_prefix, SESSION_ENVIRONMENT, sid, secret)
-        engine.store.insert_session(
+        self._store.insert_session(
             SessionRecord(
                 sid=sid,
                 kid=kid,
@@ -146,7 +154,7 @@ class SessionManager:
                 last_seen_at=now,
             )
         )
-        engine.audit.record(
+        self._audit.record(
             "session.login",
             principal.account_id,
             principal.key_id,
@@ -159,18 +167,17 @@ class SessionManager:
 
     def logout(self, principal: Principal) -> None:
         """End the principal's session, in every process from the next request on."""
-        engine = self._engine
         sid = principal.session_id
         if sid is None:
             raise AuthError(MALFORMED_CREDENTIALS, "Log out needs a session token.")
-        session = engine.store.get_session(sid)
+        session = self._store.get_session(sid)
         if session is None:
             raise NotFound("no such session")
-        engine.store.end_session(sid, engine.now())
+        self._store.end_session(sid, self._now())
         # Cached session snapshots carry their key's state stamp: a new stamp sends every
         # process back to the store, which now says the session has ended.
-        engine.keys.touch(principal.key_id)
-        engine.audit.record(
+        self._keys.touch(principal.key_id)
+        self._audit.record(
             "session.logout",
             principal.account_id,
             principal.key_id,

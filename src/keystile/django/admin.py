@@ -19,7 +19,7 @@ from django.template.response import TemplateResponse  # type: ignore[import-unt
 from django.urls import reverse  # type: ignore[import-untyped,unused-ignore]
 
 from keystile._core.errors import BackendError, InvalidInput, KeystileError
-from keystile._services.keys import (
+from keystile._core.keyfields import (
     check_account,
     check_expiry,
     check_name,

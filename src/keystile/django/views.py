@@ -31,7 +31,14 @@ from django.views.decorators.csrf import (  # type: ignore[import-untyped,unused
 )
 
 from keystile._core.principal import Principal
-from keystile._http.management import MAX_BODY, ApiRequest, ApiResponse, ManagementAPI
+from keystile._http.management import (
+    MAX_BODY,
+    PUBLIC_PATHS,
+    ROUTE,
+    ApiRequest,
+    ApiResponse,
+    ManagementAPI,
+)
 from keystile._runtime.engine import Keystile
 from keystile.django.conf import get_engine
 from keystile.django.middleware import request_headers
@@ -53,7 +60,7 @@ def _clean(prefix: str) -> str:
 def mounted(prefix: str, engine: Keystile | None = None) -> bool:
     """Whether the engine knows the management API is under ``prefix``."""
     engine = engine if engine is not None else get_engine()
-    return _clean(prefix) in engine.admission.management_prefixes
+    return engine.management_mounted(_clean(prefix))
 
 
 def mount(prefix: str | None = None, engine: Keystile | None = None) -> None:
@@ -68,7 +75,7 @@ def mount(prefix: str | None = None, engine: Keystile | None = None) -> None:
             raise ValueError(f"mount(): no prefix given and no {PREFIX_SETTING} setting")
     engine = engine if engine is not None else get_engine()
     if not mounted(prefix, engine):
-        engine.mount_management(_clean(prefix))
+        engine.mount_management(_clean(prefix), public_paths=PUBLIC_PATHS, route=ROUTE)
 
 
 def _api(engine: Keystile) -> ManagementAPI:

@@ -7,6 +7,8 @@ import threading
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from keystile._core.errors import TOO_MANY_ATTEMPTS, AuthError
+from keystile._core.models import KeyRecord
 from keystile._core.settings import Argon2Params
 
 
@@ -59,3 +61,30 @@ class SecretHasher:
 
     def __repr__(self) -> str:
         return "SecretHasher()"
+
+
+def match_secret(
+    hasher: SecretHasher, record: KeyRecord, secret: str, now: float
+) -> tuple[str | None, str | None]:
+    """Which stored hash ``secret`` matches (the current one, or the previous one within its
+    grace), and a new hash when the settings ask for a stronger one.
+
+    Refuses with a fast 429 when every argon2 slot stays busy (a flood of cold or wrong keys,
+    or of logins) rather than letting requests queue without end."""
+    try:
+        if hasher.verify(record.secret_hash, secret):
+            new_hash = None
+            if hasher.needs_rehash(record.secret_hash):
+                new_hash = hasher.hash(secret)
+            return record.secret_hash, new_hash
+        grace = record.previous_expires_at
+        in_grace = record.previous_hash and grace and grace.timestamp() > now
+        if in_grace and hasher.verify(record.previous_hash or "", secret):
+            return record.previous_hash, None
+    except HasherBusy:
+        raise AuthError(
+            TOO_MANY_ATTEMPTS,
+            "Too many key checks in progress; retry shortly.",
+            {"retry-after": "1"},
+        ) from None
+    return None, None

@@ -1,0 +1,253 @@
+"""Every Redis call keystile makes, and the one policy for a failed one.
+
+The policy: a Redis error or a socket error becomes :class:`BackendError`, named by the
+operation and chained to the cause; anything else is a bug and goes on up. The callers decide
+what a :class:`BackendError` means where they are (a 503, a fallback, a retry later), never
+which exceptions count as Redis failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from keystile._core.errors import BackendError
+from keystile._core.rediskeys import KIDS_READY, RedisKeys
+from keystile._core.settings import Settings
+from keystile._redis.invalidation import invalidation_channel
+from keystile._redis.scripts import AsyncRedis, SyncRedis
+
+#: What counts as Redis failing (redis-py raises ``OSError`` subclasses for some socket errors).
+REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+def backend_error(operation: str, exc: BaseException) -> BackendError:
+    error = BackendError(f"redis {operation} failed: {type(exc).__name__}")
+    error.__cause__ = exc
+    return error
+
+
+def _known_reply(reply: list[Any]) -> tuple[str | None, bool, bool]:
+    """The fetch_known script's reply: ``(snapshot or None, member, seeded)``."""
+    return (reply[2] if len(reply) > 2 else None), reply[0] == 1, reply[1] == 1
+
+
+class RedisGateway:
+    """A blocking client (made on first use) and one pipelined asyncio client per event loop,
+    behind methods named for what keystile asks of Redis."""
+
+    def __init__(self, settings: Settings, keys: RedisKeys) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.channel = invalidation_channel(settings.redis_prefix)
+        self._sync: SyncRedis | None = None
+        self.aio = AsyncRedis(settings)
+
+    @property
+    def sync(self) -> SyncRedis:
+        if self._sync is None:
+            self._sync = SyncRedis(self.settings)
+        return self._sync
+
+    @property
+    def client(self) -> redis.Redis:
+        """The blocking redis-py client (tests and tools look at Redis through it)."""
+        return self.sync.client
+
+    @property
+    def scripts(self) -> dict[str, Any]:
+        return self.sync.scripts
+
+    # -- the request path, blocking ---------------------------------------------------------
+
+    def version(self, account_id: str, kid: str) -> str | None:
+        try:
+            value: str | None = self.sync.client.get(self.keys.state(account_id, kid))  # type: ignore[assignment]
+        except REDIS_ERRORS as exc:
+            raise backend_error("version", exc) from exc
+        return value
+
+    def fetch(self, kid: str, digest: str) -> str | None:
+        try:
+            value: str | None = self.sync.client.get(self.keys.snapshot(kid, digest))  # type: ignore[assignment]
+        except REDIS_ERRORS as exc:
+            raise backend_error("fetch", exc) from exc
+        return value
+
+    def fetch_known(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
+        """``(snapshot or None, kid in the key-id set, set seeded)``: one EVALSHA."""
+        keys = [self.keys.snapshot(kid, digest), self.keys.kids()]
+        return _known_reply(self._script("fetch_known", keys, [kid, KIDS_READY]))
+
+    def adopt(self, account_id: str, kid: str, version: str, stale: str) -> str:
+        keys = [self.keys.state(account_id, kid)]
+        return str(self._script("adopt", keys, [version, stale]))
+
+    def put(self, kid: str, digest: str, value: str, ttl: int) -> None:
+        try:
+            self.sync.client.set(self.keys.snapshot(kid, digest), value, ex=ttl)
+        except REDIS_ERRORS as exc:
+            raise backend_error("put", exc) from exc
+
+    def meter(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = self._script("meter", keys, args)
+        return reply
+
+    def lease(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = self._script("lease", keys, args)
+        return reply
+
+    def settle(self, keys: list[str], args: list[Any]) -> None:
+        self._script("settle", keys, args)
+
+    def lease_report(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = self._script("lease_report", keys, args)
+        return reply
+
+    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self.sync.scripts[name](keys=keys, args=args)
+        except REDIS_ERRORS as exc:
+            raise backend_error(name, exc) from exc
+
+    # -- the request path, async ------------------------------------------------------------
+
+    async def version_async(self, account_id: str, kid: str) -> str | None:
+        value: str | None = await self._command("version", "GET", self.keys.state(account_id, kid))
+        return value
+
+    async def fetch_async(self, kid: str, digest: str) -> str | None:
+        value: str | None = await self._command("fetch", "GET", self.keys.snapshot(kid, digest))
+        return value
+
+    async def fetch_known_async(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
+        keys = [self.keys.snapshot(kid, digest), self.keys.kids()]
+        return _known_reply(await self._script_async("fetch_known", keys, [kid, KIDS_READY]))
+
+    async def adopt_async(self, account_id: str, kid: str, version: str, stale: str) -> str:
+        keys = [self.keys.state(account_id, kid)]
+        return str(await self._script_async("adopt", keys, [version, stale]))
+
+    async def put_async(self, kid: str, digest: str, value: str, ttl: int) -> None:
+        await self._command("put", "SET", self.keys.snapshot(kid, digest), value, "EX", ttl)
+
+    async def meter_async(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = await self._script_async("meter", keys, args)
+        return reply
+
+    async def lease_async(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = await self._script_async("lease", keys, args)
+        return reply
+
+    async def settle_async(self, keys: list[str], args: list[Any]) -> None:
+        await self._script_async("settle", keys, args)
+
+    async def _command(self, operation: str, *command: Any) -> Any:
+        try:
+            return await self.aio.client.execute_command(*command)
+        except REDIS_ERRORS as exc:
+            raise backend_error(operation, exc) from exc
+
+    async def _script_async(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self.aio.scripts[name](keys=keys, args=args)
+        except REDIS_ERRORS as exc:
+            raise backend_error(name, exc) from exc
+
+    # -- key changes, quotas, usage ---------------------------------------------------------
+
+    def announce_state(self, account_id: str, kid: str, version: str, *, push: bool) -> None:
+        """A key's new version stamp; with ``push`` (fast mode) also on the invalidation
+        channel, which processes trusting their caches listen to."""
+        try:
+            self.sync.client.set(self.keys.state(account_id, kid), version)
+            if push:
+                # Plain PUBLISH: Redis Cluster forwards it to every node's subscribers.
+                self.sync.client.publish(self.channel, kid)
+        except REDIS_ERRORS as exc:
+            raise backend_error("announce_state", exc) from exc
+
+    def add_kids(self, kids: Iterable[str]) -> None:
+        members = list(kids)
+        try:
+            for start in range(0, len(members), 1000):
+                self.sync.client.sadd(self.keys.kids(), *members[start : start + 1000])
+        except REDIS_ERRORS as exc:
+            raise backend_error("add_kids", exc) from exc
+
+    def remove_kid(self, kid: str) -> None:
+        try:
+            self.sync.client.srem(self.keys.kids(), kid)
+        except REDIS_ERRORS as exc:
+            raise backend_error("remove_kid", exc) from exc
+
+    def drop_limits(self, account_id: str, environments: Iterable[str]) -> None:
+        """The account's cached limits leave Redis: the next request seeds the new ones."""
+        try:
+            self.sync.client.delete(*(self.keys.limit(account_id, e) for e in environments))
+        except REDIS_ERRORS as exc:
+            raise backend_error("drop_limits", exc) from exc
+
+    def forget_counter(self, account_id: str, period: str, environment: str) -> None:
+        """A counter a failed call left uncertain: the next request rebuilds it."""
+        try:
+            self.sync.client.delete(self.keys.usage(account_id, period, environment))
+        except REDIS_ERRORS as exc:
+            raise backend_error("forget_counter", exc) from exc
+
+    def counter(self, account_id: str, period: str, environment: str) -> dict[str, str]:
+        try:
+            raw: dict[str, str] = self.sync.client.hgetall(  # type: ignore[assignment]
+                self.keys.usage(account_id, period, environment)
+            )
+        except REDIS_ERRORS as exc:
+            raise backend_error("counter", exc) from exc
+        return raw
+
+    # -- login limits -----------------------------------------------------------------------
+
+    def _login_key(self, subject: str) -> str:
+        digest = hashlib.sha256(subject.encode("utf-8", "replace")).hexdigest()[:32]
+        return f"{self.keys.prefix}:login:{digest}"
+
+    def login_failures(self, subject: str) -> int:
+        try:
+            return int(self.sync.client.get(self._login_key(subject)) or 0)
+        except REDIS_ERRORS as exc:
+            raise backend_error("login_failures", exc) from exc
+
+    def add_login_failures(self, subjects: Iterable[str], window: int) -> None:
+        try:
+            pipe = self.sync.client.pipeline()
+            for subject in subjects:
+                pipe.incr(self._login_key(subject))
+                pipe.expire(self._login_key(subject), window, nx=True)
+            pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise backend_error("add_login_failures", exc) from exc
+
+    def remember_login(self, kid: str, digest: str, ttl: int) -> None:
+        try:
+            self.sync.client.set(f"{self.keys.prefix}:login-known:{kid}", digest, ex=ttl)
+        except REDIS_ERRORS as exc:
+            raise backend_error("remember_login", exc) from exc
+
+    def known_login(self, kid: str) -> str | None:
+        try:
+            known = self.sync.client.get(f"{self.keys.prefix}:login-known:{kid}")
+        except REDIS_ERRORS as exc:
+            raise backend_error("known_login", exc) from exc
+        return known.decode() if isinstance(known, bytes) else known
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+
+    async def aclose(self) -> None:
+        """Let go of this event loop's connection (others keep theirs)."""
+        await self.aio.aclose()

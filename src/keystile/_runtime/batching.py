@@ -1,0 +1,111 @@
+"""What requests leave to be written later, in batches: last-use times, session use, usage
+charges, lease reports and the counters a Redis failure left uncertain."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+
+from keystile._backends.backends import Backends
+from keystile._core.admission import Admission
+from keystile._core.errors import BackendError
+from keystile._core.verification import Verifier
+from keystile._runtime.flusher import Flusher
+
+log = logging.getLogger("keystile")
+
+
+class BatchedWrites:
+    def __init__(self, backends: Backends, admission: Admission, verifier: Verifier) -> None:
+        self._backends = backends
+        self._admission = admission
+        self._verifier = verifier
+        self._last_used: dict[str, float] = {}
+        self._last_used_lock = threading.Lock()
+        settings = backends.settings
+        interval = min(settings.last_used_interval, settings.usage_flush_interval)
+        self._flusher = Flusher(self.flush, interval)
+        self._idle = True
+
+    def note_use(self, kid: str) -> None:
+        # No lock: one dict store is atomic, and a use noted into a batch just taken by the
+        # flusher is noted again by the key's next request.
+        self._last_used[kid] = self._backends.clocks.wall()
+        if self._idle:
+            self._idle = False
+            self._flusher.start()
+
+    def flush(self) -> None:
+        """Write batched last-use times and usage to the store; have Redis rebuild the
+        counters an outage left uncertain."""
+        # Leases first: should Redis have lost a counter meanwhile, it is rebuilt from the
+        # store, which then does not hold this flush yet (an error in the customer's favour).
+        self._report_leases()
+        store = self._backends.store
+        with self._last_used_lock:
+            taken, self._last_used = self._last_used, {}
+        batch = {kid: datetime.fromtimestamp(at, timezone.utc) for kid, at in taken.items()}
+        try:
+            if batch:
+                store.touch(batch)
+        except Exception as exc:  # a lost last_used_at is not worth failing a request for
+            log.warning("keystile: could not record last use (%s)", type(exc).__name__)
+        self._flush_sessions()
+        deltas = self._admission.buffer.take()
+        if deltas:
+            try:
+                store.add_usage(deltas)
+            except Exception as exc:
+                self._admission.buffer.give_back(deltas)
+                log.warning("keystile: could not write usage, will retry (%s)", type(exc).__name__)
+        self._reconcile()
+
+    def stop(self) -> None:
+        self._flusher.stop()
+
+    def _report_leases(self) -> None:
+        """Fast mode: report the pages spent from leases and give every unused page back."""
+        redis, admission = self._backends.redis, self._admission
+        if redis is None or admission.leases is None:
+            return
+        calls = admission.lease_reports(keep=False)
+        for index, (report, keys, args) in enumerate(calls):
+            try:
+                reply = redis.lease_report(keys, args)
+            except BackendError as exc:
+                admission.leases.give_back(r for r, _, _ in calls[index:])
+                log.warning("keystile: could not report leases, will retry (%s)", exc)
+                return
+            admission.lease_reported(report, reply)
+
+    def _flush_sessions(self) -> None:
+        seen = self._verifier.session_seen
+        if not seen:
+            return
+        batch = {sid: datetime.fromtimestamp(at, timezone.utc) for sid, at in list(seen.items())}
+        try:
+            self._backends.store.touch_sessions(batch)
+        except Exception as exc:
+            log.warning("keystile: could not record session use (%s)", type(exc).__name__)
+            return
+        # Forget sessions idle for longer than any session may live.
+        cutoff = self._backends.clocks.wall() - self._backends.settings.session_ttl
+        for sid, at in list(seen.items()):
+            if at < cutoff:
+                seen.pop(sid, None)
+
+    def _reconcile(self) -> None:
+        """Counters a failed Redis call may have changed leave Redis: the next request
+        rebuilds each from the store plus this process's unflushed charges, which are exact.
+        Re-sending the increments instead could count a timed-out one twice."""
+        redis = self._backends.redis
+        if redis is None:
+            return
+        counters = self._admission.uncertain.take()
+        for index, (account_id, period, environment) in enumerate(counters):
+            try:
+                redis.forget_counter(account_id, period, environment)
+            except BackendError:
+                self._admission.uncertain.give_back(counters[index:])
+                return

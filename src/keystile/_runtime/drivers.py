@@ -1,0 +1,178 @@
+"""The two drivers of the core's steps: one with blocking calls (WSGI, Django, the CLI), one
+with ``await`` (ASGI). A step yields ``(operation, args)``; the driver looks the operation up
+in its table, runs it, and sends back the result or throws in the failure.
+
+A failed store call, and a failed Redis call (the gateway's :class:`BackendError`), go back
+into the steps, where the core decides what they mean; anything else is a bug, or a refusal
+(:class:`AuthError`), and goes on up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from keystile._backends.backends import Backends
+from keystile._backends.hashing import match_secret
+from keystile._core import tokens
+from keystile._core.errors import AuthError, BackendError
+from keystile._core.models import KeyRecord
+from keystile._core.verification import Snapshot, Steps, Verifier
+from keystile._runtime.singleflight import AsyncSingleFlight, SyncSingleFlight
+
+
+def as_backend_error(operation: str, exc: Exception) -> BackendError:
+    """What to throw back into the steps for ``exc``, or ``exc`` itself raised."""
+    if isinstance(exc, BackendError):
+        return exc
+    if operation.startswith("store_") and not isinstance(exc, AuthError):
+        error = BackendError(f"{operation} failed: {type(exc).__name__}")
+        error.__cause__ = exc
+        return error
+    raise exc
+
+
+def _late(owner: Any, name: str) -> Callable[..., Any]:
+    """``owner.name`` looked up at each call, so that a method swapped in later (a test's
+    fault, a wrapped store) is the one that runs. Only the cold path pays for it."""
+
+    def call(*args: Any) -> Any:
+        return getattr(owner, name)(*args)
+
+    return call
+
+
+def _read_body(reader: Callable[[], bytes | None]) -> bytes | None:
+    return reader()
+
+
+async def _read_body_async(reader: Callable[[], Any]) -> bytes | None:
+    body = reader()
+    result: bytes | None = await body if inspect.isawaitable(body) else body
+    return result
+
+
+class SyncDriver:
+    def __init__(self, backends: Backends, verifier: Verifier) -> None:
+        self._verifier = verifier
+        self._flights = SyncSingleFlight()
+        store, redis = backends.store, backends.redis
+        hasher, wall = backends.hasher, backends.clocks.wall
+
+        def argon2_verify(record: KeyRecord, secret: str) -> tuple[str | None, str | None]:
+            return match_secret(hasher, record, secret, wall())
+
+        #: Operation name -> the call that does it (tests swap entries to inject faults).
+        self.ops: dict[str, Callable[..., Any]] = {
+            "store_get": _late(store, "get"),
+            "store_set_hash": _late(store, "set_hash"),
+            "store_usage": _late(store, "usage"),
+            "store_get_limit": _late(store, "get_limit"),
+            "store_get_session": _late(store, "get_session"),
+            "argon2_verify": argon2_verify,
+            "request_body": _read_body,
+            "single_flight": self._single_flight,
+        }
+        if redis is not None and backends.key_ids is not None:
+            self.ops.update(
+                redis_version=_late(redis, "version"),
+                redis_fetch=_late(redis, "fetch"),
+                redis_fetch_known=_late(redis, "fetch_known"),
+                redis_adopt=_late(redis, "adopt"),
+                redis_put=_late(redis, "put"),
+                redis_meter=_late(redis, "meter"),
+                redis_lease=_late(redis, "lease"),
+                redis_settle=_late(redis, "settle"),
+                kids_seed=backends.key_ids.seed_soon,
+            )
+
+    def run(self, steps: Steps) -> Any:
+        ops = self.ops
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                operation, args = steps.throw(error) if error else steps.send(result)
+            except StopIteration as done:
+                return done.value
+            result, error = None, None
+            try:
+                result = ops[operation](*args)
+            except Exception as exc:
+                error = as_backend_error(operation, exc)
+
+    def _single_flight(self, digest: str, token: tokens.ParsedToken) -> Snapshot:
+        snapshot: Snapshot = self._flights.run(
+            digest, lambda: self.run(self._verifier.slow(token, digest))
+        )
+        return snapshot
+
+
+def _threaded(blocking: bool, fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``fn`` as an awaitable call: in a worker thread when it blocks (a store on disk or
+    over the network), else inline (an in-memory store)."""
+    if blocking:
+
+        async def in_thread(*args: Any) -> Any:
+            return await asyncio.to_thread(fn, *args)
+
+        return in_thread
+
+    async def inline(*args: Any) -> Any:
+        return fn(*args)
+
+    return inline
+
+
+class AsyncDriver:
+    def __init__(self, backends: Backends, verifier: Verifier, sync: SyncDriver) -> None:
+        self._verifier = verifier
+        self._flights = AsyncSingleFlight()
+        store, redis = backends.store, backends.redis
+        blocking = store.blocking
+        seed = None if backends.key_ids is None else backends.key_ids.seed_soon
+        self.ops: dict[str, Callable[..., Awaitable[Any]]] = {
+            "store_get": _threaded(blocking, _late(store, "get")),
+            "store_set_hash": _threaded(blocking, _late(store, "set_hash")),
+            "store_usage": _threaded(blocking, _late(store, "usage")),
+            "store_get_limit": _threaded(blocking, _late(store, "get_limit")),
+            "store_get_session": _threaded(blocking, _late(store, "get_session")),
+            "argon2_verify": _threaded(True, sync.ops["argon2_verify"]),
+            "request_body": _read_body_async,
+            "single_flight": self._single_flight,
+        }
+        if redis is not None and seed is not None:
+            self.ops.update(
+                redis_version=_late(redis, "version_async"),
+                redis_fetch=_late(redis, "fetch_async"),
+                redis_fetch_known=_late(redis, "fetch_known_async"),
+                redis_adopt=_late(redis, "adopt_async"),
+                redis_put=_late(redis, "put_async"),
+                redis_meter=_late(redis, "meter_async"),
+                redis_lease=_late(redis, "lease_async"),
+                redis_settle=_late(redis, "settle_async"),
+                kids_seed=_threaded(False, seed),  # only starts a thread
+            )
+
+    async def run(self, steps: Steps) -> Any:
+        ops = self.ops
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                operation, args = steps.throw(error) if error else steps.send(result)
+            except StopIteration as done:
+                return done.value
+            result, error = None, None
+            try:
+                result = await ops[operation](*args)
+            except Exception as exc:
+                error = as_backend_error(operation, exc)
+
+    async def _single_flight(self, digest: str, token: tokens.ParsedToken) -> Snapshot:
+        snapshot: Snapshot = await self._flights.run(
+            digest, lambda: self.run(self._verifier.slow(token, digest))
+        )
+        return snapshot
