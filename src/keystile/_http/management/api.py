@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from keystile._core.errors import (
@@ -45,21 +46,15 @@ def _created(created: CreatedKey) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ManagementAPI:
-    """Blocking (store, argon2): async adapters run :meth:`handle` in a thread."""
+    """The API over the engine's managers. Blocking (store, argon2): async adapters run
+    :meth:`handle` in a thread."""
 
-    def __init__(
-        self,
-        *,
-        keys: KeyManager,
-        sessions: SessionManager,
-        quotas: QuotaManager,
-        audit: AuditLog,
-    ) -> None:
-        self.keys = keys
-        self.sessions = sessions
-        self.quotas = quotas
-        self.audit = audit
+    keys: KeyManager
+    sessions: SessionManager
+    quotas: QuotaManager
+    audit: AuditLog
 
     def handle(self, request: ApiRequest) -> ApiResponse:
         """Every failure is a JSON error from the core table; never a 500 for input."""
