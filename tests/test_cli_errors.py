@@ -213,6 +213,75 @@ def test_cli_django_store_outside_a_django_project(env: dict[str, str]) -> None:
     one_line_error(done, 2, "store", "no_such_project.settings")
 
 
+def django_project(tmp_path: Path, installed: list[str], engine: str) -> dict[str, str]:
+    """A settings module ``cliproj.settings`` on the path, and the variables that select it."""
+    package = tmp_path / "cliproj"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    database = {"ENGINE": engine, "NAME": str(tmp_path / "django.db")}
+    (package / "settings.py").write_text(
+        f"SECRET_KEY = 'cli-tests'\nUSE_TZ = True\nINSTALLED_APPS = {installed!r}\n"
+        f"DATABASES = {{'default': {database!r}}}\n"
+    )
+    return {
+        "KEYSTILE_STORE": "django://",
+        "DJANGO_SETTINGS_MODULE": "cliproj.settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+def test_cli_django_project_without_keystile_installed(env: dict[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    project = django_project(tmp_path, [], "django.db.backends.sqlite3")
+    done = run(env, "keys", "list", "--account", "a1", **project)
+    one_line_error(done, 2, "store", "INSTALLED_APPS")
+
+
+def test_cli_django_project_misconfigured(env: dict[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    project = django_project(tmp_path, ["keystile.django"], "django.db.backends.no_such_backend")
+    done = run(env, "keys", "list", "--account", "a1", **project)
+    one_line_error(done, 2, "store", "misconfigured", "no_such_backend")
+
+
+def test_cli_django_project_before_and_after_migrate(env: dict[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    installed = ["django.contrib.contenttypes", "django.contrib.auth", "keystile.django"]
+    project = django_project(tmp_path, installed, "django.db.backends.sqlite3")
+    done = run(env, "keys", "list", "--account", "a1", **project)
+    one_line_error(done, 1, "Django store", "migrate")
+    migrate = [sys.executable, "-m", "django", "migrate", "--verbosity", "0"]
+    migrated = subprocess.run(
+        migrate, env={**env, **project}, capture_output=True, text=True, timeout=120
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    done = run(env, "--json", "keys", "create", "--account", "a1", "--name", "dj", **project)
+    assert done.returncode == 0, done.stderr
+    listing = run(env, "--json", "keys", "list", "--account", "a1", **project)
+    assert [k["name"] for k in json.loads(listing.stdout)["items"]] == ["dj"]
+
+
+def test_django_errors_become_keystile_errors() -> None:
+    pytest.importorskip("django")
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db import OperationalError
+
+    from keystile.django.cli import keystile_error
+
+    misconfigured = keystile_error(ImproperlyConfigured("no ENGINE\nmore detail"))
+    assert isinstance(misconfigured, ConfigError)
+    assert str(misconfigured) == "setting 'store': the Django project is misconfigured: no ENGINE"
+    missing = keystile_error(OperationalError("no such table: keystile_key"))
+    assert isinstance(missing, BackendError)
+    assert str(missing) == (
+        "Django store: OperationalError: no such table: keystile_key "
+        "(run python manage.py migrate?)"
+    )
+    leaky = keystile_error(OperationalError("cannot reach postgresql://u:hunter2@db/x"))
+    assert leaky is not None and "hunter2" not in str(leaky)
+    assert keystile_error(RuntimeError("not Django's")) is None
+
+
 def test_postgres_store_on_an_unreachable_server_raises_backend_error() -> None:
     psycopg = pytest.importorskip("psycopg")
     from keystile.stores.postgres import PostgresStore

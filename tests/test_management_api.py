@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from keystile import CreatedKey, Keystile
-from keystile._http.management import MAX_BODY
+from keystile._http.management import MAX_BODY, ApiRequest, ManagementAPI, openapi_document
 from keystile.starlette import KeystileMiddleware, management_mount
 
 from .conftest import Clock
@@ -1059,6 +1059,30 @@ def test_without_a_key_everything_but_login_and_the_document_is_401(
 def test_login_and_the_document_need_no_key(client: TestClient) -> None:
     assert client.get("/v1/openapi.json").status_code == 200
     assert_error(client.post("/v1/auth/login"), 401, "AUTH_001")  # login checks it itself
+
+
+def test_the_api_is_built_from_the_managers_alone(ks: Keystile) -> None:
+    """No engine and no adapter: the four managers, and requests handed to ``handle``."""
+    with pytest.raises(TypeError):
+        ManagementAPI(ks)  # type: ignore[arg-type, call-arg]
+    api = ManagementAPI(keys=ks.keys, sessions=ks.sessions, quotas=ks.quotas, audit=ks.audit)
+    created = ks.keys.create(ACCT, "reader", permissions=["readApiKeys"])
+    reader = ks.authenticate([("x-api-key", created.token)])
+
+    def answer(method: str, path: str, principal: Any = reader) -> tuple[int, Any]:
+        response = api.handle(ApiRequest(method, path, "", [], b"", principal))
+        return response.status, response.body
+
+    status, body = answer("GET", "/apikeys/")
+    assert status == 200
+    assert [key["id"] for key in json.loads(body)["items"]] == [created.key_id]
+    assert answer("GET", "/openapi.json", None) == (200, openapi_document().encode())
+    status, body = answer("GET", "/apikeys", None)
+    assert (status, json.loads(body)["error"]["code"]) == (401, "AUTH_001")
+    status, body = answer("DELETE", "/usage")
+    assert (status, json.loads(body)["error"]["code"]) == (405, "REQ_003")
+    status, body = answer("GET", "/openapi-json")
+    assert (status, json.loads(body)["error"]["code"]) == (404, "REQ_002")
 
 
 # -- billing ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from keystile import Keystile
-from keystile._http.management import ManagementAPI, openapi_document
+from keystile._http.management import ROUTE, ROUTES, openapi_document
 from keystile.starlette import KeystileMiddleware, management_mount
 
 try:
@@ -60,19 +60,38 @@ def test_document_is_valid_openapi_3_1() -> None:
     assert json.loads(openapi_document()) == document
 
 
-def test_document_lists_every_route_and_only_those(make_keystile: Callable[..., Keystile]) -> None:
+def test_document_lists_every_route_and_only_those() -> None:
     """Each documented path, instantiated, reaches the route ManagementAPI serves it with (the
     first pattern that matches, as ``handle`` routes), with the same methods; and every route is
     documented."""
-    routes = ManagementAPI(make_keystile())._routes
     reached: set[str] = set()
     for path, item in shipped_document()["paths"].items():
         sample = re.sub(r"\{[^}]+\}", "key_AAAAAAAAAAAAAAAA", path)
-        pattern, methods = next((p, m) for p, m in routes if p.fullmatch(sample))
+        pattern, methods = next((p, m) for p, m in ROUTES if p.fullmatch(sample))
         documented = {method.upper() for method in item if method in HTTP_METHODS}
         assert documented == set(methods), path
         reached.add(pattern.pattern)
-    assert reached == {pattern.pattern for pattern, _ in routes}
+    assert reached == {pattern.pattern for pattern, _ in ROUTES}
+
+
+def test_route_matches_every_documented_path_and_nothing_else() -> None:
+    """``ROUTE`` (what admission counts as the management API's, free of pages) is the route
+    table's paths: every documented one, and no app route that merely shares the prefix."""
+    for path in shipped_document()["paths"]:
+        assert ROUTE.fullmatch(re.sub(r"\{[^}]+\}", "key_AAAAAAAAAAAAAAAA", path)), path
+    for path in (
+        "",
+        "/",
+        "/apikeys/a/b",
+        "/apikeys/a/roll/b",
+        "/usage/x",
+        "/auditx",
+        "/v1/extract",
+        "/openapi_json",
+        "/auth",
+        "/auth/login/again",
+    ):
+        assert ROUTE.fullmatch(path) is None, path
 
 
 def test_document_operations_describe_permissions_and_errors() -> None:

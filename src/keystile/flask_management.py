@@ -134,8 +134,10 @@ def management_blueprint(
                 "authenticates this app's requests with"
             )
         api = apis.get(app)
-        if api is None or api.engine is not engine:
-            apis[app] = ManagementAPI(engine)
+        if api is None or api.keys is not engine.keys:
+            apis[app] = ManagementAPI(
+                keys=engine.keys, sessions=engine.sessions, quotas=engine.quotas, audit=engine.audit
+            )
         engine.mount_management(state.url_prefix or "", public_paths=PUBLIC_PATHS, route=ROUTE)
         if state.url_prefix:  # the prefix itself, no slash after it
             state.add_url_rule("", "api_root", view, **options)

@@ -260,7 +260,9 @@ def management_app(keystile: Keystile) -> ASGIApp:
     """The management HTTP API as an ASGI app; prefer :func:`management_mount`."""
     from keystile._http.management import MAX_BODY, ApiRequest, ManagementAPI
 
-    api = ManagementAPI(keystile)
+    api = ManagementAPI(
+        keys=keystile.keys, sessions=keystile.sessions, quotas=keystile.quotas, audit=keystile.audit
+    )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

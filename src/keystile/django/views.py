@@ -81,7 +81,9 @@ def mount(prefix: str | None = None, engine: Keystile | None = None) -> None:
 def _api(engine: Keystile) -> ManagementAPI:
     api = _apis.get(engine)
     if api is None:
-        api = _apis[engine] = ManagementAPI(engine)
+        api = _apis[engine] = ManagementAPI(
+            keys=engine.keys, sessions=engine.sessions, quotas=engine.quotas, audit=engine.audit
+        )
     return api
 
 

@@ -1,0 +1,180 @@
+"""The ``keystile`` command's actions on an open engine: each reads its flags, calls the
+engine's managers, and hands the result to :mod:`keystile._cli.output`."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from keystile._cli.exits import EXIT_BACKEND, CliError
+from keystile._cli.output import (
+    Output,
+    show_audit,
+    show_created,
+    show_key,
+    show_key_page,
+    show_usage,
+)
+from keystile._core.settings import redact_url
+from keystile._runtime.engine import Keystile
+
+#: A command: the engine, the parsed flags, where to print.
+Command = Callable[[Keystile, argparse.Namespace, Output], None]
+
+#: The longest ``--expires-in-days`` (a century): beyond it, ask for no expiry instead.
+MAX_EXPIRY_DAYS = 36_500
+
+
+def _cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in this environment (containers)
+        return "cli"
+
+
+#: Who the audit log says acted, for changes made from the command line.
+ACTOR = _cli_actor()
+
+
+def _parse_expiry(args: argparse.Namespace, engine: Keystile) -> datetime | None:
+    days = getattr(args, "expires_in_days", None)
+    if days is not None:
+        if not math.isfinite(days) or not 0 < days <= MAX_EXPIRY_DAYS:
+            raise CliError(
+                f"--expires-in-days: expected a number of days above 0 and at most "
+                f"{MAX_EXPIRY_DAYS}, got {days!r}"
+            )
+        return engine.now() + timedelta(days=days)
+    raw = getattr(args, "expires_at", None)
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--expires-at: not an ISO 8601 date/time: {raw!r}") from None
+    if parsed.tzinfo is None:
+        raise CliError("--expires-at: give a time zone, e.g. 2027-01-01T00:00:00Z")
+    return parsed
+
+
+def _parse_meta(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise CliError('--meta: expected a JSON object, e.g. \'{"team": "data"}\'') from None
+    if not isinstance(meta, dict):
+        raise CliError("--meta: expected a JSON object")
+    return meta
+
+
+def keys_create(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    created = engine.keys.create(
+        args.account,
+        args.name,
+        permissions=args.permission or (),
+        environment=args.env,
+        expires_at=_parse_expiry(args, engine),
+        owner=args.owner,
+        accounts=args.acts_for or (),
+        meta=_parse_meta(args.meta),
+        actor=ACTOR,
+    )
+    show_created(out, created, "Created")
+
+
+def keys_list(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    page = engine.keys.list(
+        args.account,
+        search=args.search,
+        environment=args.env,
+        include_revoked=args.all,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+    show_key_page(out, page, engine.now())
+
+
+def keys_show(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    show_key(out, engine.keys.get(args.key_id), engine.now())
+
+
+def keys_update(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    changes: dict[str, Any] = {}
+    if args.name is not None:
+        changes["name"] = args.name
+    if args.permission is not None:
+        changes["permissions"] = [] if args.permission == [""] else args.permission
+    if args.expires_at is not None or args.expires_in_days is not None:
+        changes["expires_at"] = _parse_expiry(args, engine)
+    if args.no_expiry:
+        changes["expires_at"] = None
+    if args.meta is not None:
+        changes["meta"] = _parse_meta(args.meta)
+    if args.enable or args.disable:
+        changes["enabled"] = bool(args.enable)
+    if not changes:
+        raise CliError("keys update: nothing to change (see keystile keys update --help)")
+    show_key(out, engine.keys.update(args.key_id, actor=ACTOR, **changes), engine.now())
+
+
+def keys_revoke(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    key = engine.keys.revoke(args.key_id, actor=ACTOR)
+    if out.as_json:
+        out.json(key.to_dict())
+    else:
+        out.line(f"Revoked {key.id} ({key.preview}); it is refused from the next request on.")
+
+
+def keys_delete(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    engine.keys.delete(args.key_id, actor=ACTOR)
+    if out.as_json:
+        out.json({"deleted": args.key_id})
+    else:
+        out.line(f"Deleted {args.key_id}.")
+
+
+def keys_roll(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    created = engine.keys.roll(args.key_id, grace_seconds=args.grace, actor=ACTOR)
+    show_created(out, created, "Rolled")
+    if args.grace and not out.as_json:
+        out.line(f"The previous secret keeps working for {args.grace} seconds.")
+
+
+def usage(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    report = engine.quotas.usage(args.account, month=args.month, environment=args.env)
+    show_usage(out, report)
+
+
+def audit(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    page = engine.audit.list(args.account, action=args.action, limit=args.limit, cursor=args.cursor)
+    show_audit(out, page)
+
+
+def check_config(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    settings = engine.settings
+    report = {
+        "store": redact_url(settings.store),
+        "redis": "configured" if settings.redis_url else "none (in-process cache)",
+    }
+    # Opening is not enough (PostgreSQL connects on first use, Django's tables may be
+    # missing): one read of a key that does not exist. A failure is a BackendError.
+    engine.store.get("keystile-check-config")
+    if settings.redis_url:
+        try:
+            engine.redis.client.ping()
+            report["redis"] = "reachable"
+        except Exception as exc:
+            raise CliError(
+                f"redis_url: cannot reach Redis ({type(exc).__name__})", EXIT_BACKEND
+            ) from None
+    if out.as_json:
+        out.json({"ok": True, **report})
+    else:
+        out.line(f"Settings are valid. Store: {report['store']}. Redis: {report['redis']}.")
