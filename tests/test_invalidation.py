@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from keystile._redis.invalidation import InvalidationListener, invalidation_channel, publish
+from keystile._redis.invalidation import InvalidationListener, invalidation_channel
 
 from .faults import Proxy
 from .services import free_port, redis_error
@@ -115,7 +115,7 @@ def test_channel_name_is_under_the_prefix() -> None:
 def test_publish_reaches_every_listener(listen, redis_url, redis_client, channel) -> None:
     a, b = listen(redis_url, channel), listen(redis_url, channel)
     assert a.wait_healthy(WAIT) and b.wait_healthy(WAIT)
-    publish(redis_client, channel, "kid-1")
+    redis_client.publish(channel, "kid-1")  # what the gateway sends for a key change
     assert a.wait_for(("kid", "kid-1")) and b.wait_for(("kid", "kid-1"))
 
 
@@ -144,11 +144,11 @@ def test_dropped_channel_falls_back_then_resyncs(listen, proxy, redis_client, ch
     proxy.mode = "refuse"
     proxy.cut()
     assert eventually(lambda: not listener.healthy)
-    publish(redis_client, channel, "while-down")  # nobody is subscribed through the proxy
+    redis_client.publish(channel, "while-down")  # nobody is subscribed through the proxy
     proxy.mode = "pass"
     assert listener.wait_for(("healthy", True), after=mark)
     assert came_back_after_resync(listener.events[mark:])
-    publish(redis_client, channel, "after")
+    redis_client.publish(channel, "after")
     assert listener.wait_for(("kid", "after"))
     assert ("kid", "while-down") not in listener.events
 
@@ -163,7 +163,7 @@ def test_missing_pong_falls_back_until_restored(listen, proxy, redis_client, cha
     proxy.mode = "pass"
     assert listener.wait_for(("healthy", True), after=mark)
     assert came_back_after_resync(listener.events[mark:])  # a new connection
-    publish(redis_client, channel, "after")
+    redis_client.publish(channel, "after")
     assert listener.wait_for(("kid", "after"))
 
 
@@ -180,7 +180,7 @@ def test_stalled_listener_thread_turns_unhealthy_itself(listen, redis_url, redis
     )
     assert listener.wait_healthy(WAIT)
     mark = len(listener.events)
-    publish(redis_client, channel, "stall")
+    redis_client.publish(channel, "stall")
     assert entered.wait(WAIT)
     time.sleep(0.05)  # lets the pong of a ping already in flight reach the socket
     offset[0] += 10.0  # the stall "lasted" far beyond heartbeat + timeout
@@ -228,8 +228,8 @@ def test_callback_errors_are_logged_and_survived(listen, redis_url, redis_client
     listener = listen(redis_url, channel, on_invalidate=on_invalidate, on_resync=on_resync)
     assert listener.wait_healthy(WAIT)
     assert len(resyncs) == 2
-    publish(redis_client, channel, "boom-kid")
-    publish(redis_client, channel, "next-kid")
+    redis_client.publish(channel, "boom-kid")
+    redis_client.publish(channel, "next-kid")
     assert listener.wait_for(("kid", "next-kid"))
     assert listener.healthy
     records = [r for r in caplog.records if r.name == "keystile"]
@@ -266,7 +266,7 @@ def test_password_url_is_passed_through(listen, password_redis, redis_prefix, ca
     listener = listen(password_redis.replace("//", "//:s3cret@"), channel)
     assert listener.wait_healthy(WAIT)
     with redis.Redis.from_url(password_redis.replace("//", "//:s3cret@")) as client:
-        publish(client, channel, "kid-auth")
+        client.publish(channel, "kid-auth")
     assert listener.wait_for(("kid", "kid-auth"))
     assert eventually(lambda: "channel lost (AuthenticationError)" in caplog.text)
     assert not wrong.healthy and "resync" not in wrong.events

@@ -47,11 +47,6 @@ def invalidation_channel(prefix: str) -> str:
     return f"{prefix}:invalidate"
 
 
-def publish(client: redis.Redis, channel: str, kid: str) -> None:
-    """Tell every process that ``kid`` changed. Raises redis errors to the caller."""
-    client.publish(channel, kid)
-
-
 class _Lost(Exception):
     """The connection can no longer vouch for the stream: reconnect and resync."""
 

@@ -25,7 +25,7 @@ from keystile._core import tokens
 from keystile._core.admission import Admission, MeterCall, RequestInfo
 from keystile._core.credentials import Credentials, read_credentials
 from keystile._core.errors import BackendError
-from keystile._core.metering import Meter, ThresholdEvent
+from keystile._core.metering import Meter
 from keystile._core.periods import PeriodPolicy
 from keystile._core.principal import Principal
 from keystile._core.settings import Settings, load_settings
@@ -34,6 +34,7 @@ from keystile._core.verification import Snapshot, Verifier
 from keystile._redis.invalidation import InvalidationListener
 from keystile._runtime.batching import BatchedWrites
 from keystile._runtime.drivers import AsyncDriver, SyncDriver
+from keystile._runtime.thresholds import fire_thresholds
 from keystile._services.audit import AuditLog
 from keystile._services.keys import KeyManager
 from keystile._services.quotas import QuotaManager, UsageReport
@@ -323,23 +324,7 @@ class Keystile:
         return [] if meter.limit is None else self.admission.headers(meter)
 
     def _fire_thresholds(self, meter: Meter, crossed: tuple[float, ...]) -> None:
-        hook = self.settings.on_quota_threshold
-        status = meter.status
-        if hook is None or status.limit is None:
-            return
-        for threshold in crossed:
-            event = ThresholdEvent(
-                meter.charge_info.account_id,
-                meter.charge_info.environment,
-                status.period,
-                threshold,
-                status.limit,
-                status.used,
-            )
-            try:
-                hook(event)
-            except Exception:  # the app's hook must never fail a request
-                log.exception("keystile: on_quota_threshold hook failed")
+        fire_thresholds(self.settings.on_quota_threshold, meter, crossed)
 
     def _note_use(self, kid: str) -> None:
         self.batches.note_use(kid)

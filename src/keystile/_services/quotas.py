@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from keystile._backends.backends import Backends
-from keystile._core.admission import resolve_limit
+from keystile._core.charging import resolve_limit
 from keystile._core.errors import BackendError, InvalidInput
 from keystile._core.keyfields import check_account
 from keystile._core.localcache import LocalCache

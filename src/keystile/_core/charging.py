@@ -1,0 +1,394 @@
+"""How a charge reaches its counter, and how it is settled after the response.
+
+In strict mode a charge is one call of ``meter.lua`` in Redis; in fast mode pages come from a
+lease this process holds (:mod:`keystile._core.leases`); without Redis, from this process's
+counters, seeded from the store. Failures follow ``on_backend_error``. Like the rest of the
+core, nothing here does I/O: the steps yield it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError
+from keystile._core.leases import LeaseBook, LeaseReport, report_args
+from keystile._core.localcache import LocalCache
+from keystile._core.metering import (
+    USAGE_GRACE_SECONDS,
+    Charge,
+    LocalCounters,
+    Meter,
+    Outcome,
+    QuotaStatus,
+    UsageBuffer,
+    encode_rebuild,
+    exceeded_error,
+    parse_script_reply,
+    rebuild_fields,
+)
+from keystile._core.rediskeys import RedisKeys
+from keystile._core.settings import Settings
+from keystile._core.store import AccountLimit
+from keystile._core.verification import Snapshot, Steps, Verifier
+
+log = logging.getLogger("keystile")
+#: Cached for an account with no limit row of its own (None means "not cached").
+NO_ROW: Any = object()
+_OK = Outcome("ok")
+#: A lease takes at most 1/8 of what is left under the limit: near it, single pages.
+LEASE_SPREAD = 8
+
+
+def resolve_limit(settings: Settings, row: AccountLimit | None, environment: str) -> int | None:
+    if environment != settings.environments[0]:
+        return settings.test_page_limit  # test keys never touch the live allowance
+    if row is None:
+        return settings.monthly_page_limit
+    if row.plan is not None:
+        return settings.plans.get(row.plan, settings.monthly_page_limit)
+    return row.pages
+
+
+class Charging:
+    """Admission's half after verification (:class:`~keystile._core.admission.Admission`
+    builds the state it reads)."""
+
+    settings: Settings
+    verifier: Verifier
+    keys: RedisKeys
+    clock: Callable[[], float]
+    has_redis: bool
+    counters: LocalCounters
+    buffer: UsageBuffer
+    uncertain: UncertainCounters
+    limits: LocalCache[AccountLimit | None]
+    leases: LeaseBook | None
+    lease_ttl_ms: int
+    counted: frozenset[int]
+    by_points: Any
+    _script_tail: tuple[Any, ...]
+
+    def headers(self, meter: Meter) -> list[tuple[str, str]]:
+        if meter.limit is None:
+            return []
+        period = meter.charge_info.period
+        window = int((period.end - period.start).total_seconds())
+        return meter.status.headers(self.clock(), window)
+
+    def meter_call(
+        self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str, now: float
+    ) -> tuple[list[str], list[Any]]:
+        """``meter.lua``'s keys and arguments; ``unchecked``: a snapshot whose state stamp to
+        compare in the same call."""
+        keys = self.keys
+        account = charge.account_id
+        usage = keys.usage(account, charge.period.label, charge.environment)
+        idem = keys.idempotency(account, charge.idempotency) if charge.idempotency else usage
+        state = keys.state(unchecked.account_id, unchecked.kid) if unchecked else usage
+        thresholds, idem_ttl, limit_ttl = self._script_tail
+        args: list[Any] = [
+            charge.kid,
+            charge.cost,
+            unchecked.version if unchecked else "",
+            "" if charge.key_limit is None else charge.key_limit,
+            seed,
+            rebuild,
+            int(charge.period.end.timestamp() - now) + USAGE_GRACE_SECONDS,
+            thresholds,
+            idem_ttl,
+            limit_ttl,
+            "1" if charge.idempotency else "0",
+            "1" if charge.count_request else "0",
+        ]
+        return [usage, keys.limit(account, charge.environment), idem, state], args
+
+    def meter(self, charge: Charge, unchecked: Snapshot | None, lease: bool = True) -> Steps:
+        """Check and charge; ``unchecked`` is a snapshot whose stamp to compare at once.
+        ``lease``: in fast mode, may be spent from a lease (not when the request's first
+        pages were charged in Redis directly: a refund must go back where they came from)."""
+        if (
+            lease
+            and self.leases is not None
+            and unchecked is None
+            and charge.idempotency is None
+            and charge.key_limit is None
+        ):
+            return (yield from self._lease_meter(charge))
+        if not self.has_redis:
+            limit = yield from self._limit(charge.account_id, charge.environment)
+            if not self.counters.has(charge.counter):
+                rows = yield from self._store_usage(charge)
+                self.counters.seed(
+                    charge.account_id,
+                    charge.period.label,
+                    charge.environment,
+                    rows,
+                    limit,
+                    self.settings.quota_thresholds,
+                )
+            outcome = self.counters.meter(
+                charge,
+                limit,
+                self.settings.quota_thresholds,
+                self.clock(),
+                self.settings.idempotency_ttl,
+            )
+            self._record(charge, outcome)
+            return outcome
+        seed, rebuild = "", ""
+        for _ in range(3):
+            keys, args = self.meter_call(charge, unchecked, seed, rebuild, self.clock())
+            try:
+                reply = yield ("redis_meter", (keys, args))
+            except BackendError as exc:
+                return self._redis_failed(charge, exc)
+            parsed = parse_script_reply(reply, self.by_points)
+            if parsed == "need_limit":
+                limit = yield from self._limit(charge.account_id, charge.environment)
+                seed = "none" if limit is None else str(limit)
+            elif parsed == "need_usage":
+                rebuild = encode_rebuild((yield from self._store_usage(charge)))
+                # The rebuilt counter holds every charge this process recorded, including
+                # those admitted while Redis was down: nothing left to reconcile.
+                self.uncertain.discard(charge)
+            elif isinstance(parsed, Outcome):
+                self._record(charge, parsed)
+                return parsed
+            else:
+                return Outcome("stale")
+        raise AuthError(BACKEND_UNAVAILABLE)
+
+    def _spend_lease(self, charge: Charge) -> Outcome | None:
+        """Fast mode: the charge out of this process's lease, or None when it is short."""
+        assert self.leases is not None
+        counter = charge.counter
+        if self.leases.spend(counter, charge.kid, charge.cost, charge.count_request) is None:
+            return None
+        self._record(charge, _OK)
+        used, limit = self.leases.view(counter)
+        return Outcome("ok", used, limit, leased=True)
+
+    def _lease_meter(self, charge: Charge) -> Steps:
+        """Fast mode: spend from the lease; when it is short, take a block from the Redis
+        counter (``lease.lua``), which never leases past the limit."""
+        assert self.leases is not None
+        leases = self.leases
+        outcome = self._spend_lease(charge)
+        if outcome is not None:
+            return outcome
+        counter = charge.counter
+        keys = self.keys
+        names = [
+            keys.usage(*counter),
+            keys.limit(charge.account_id, charge.environment),
+            keys.leases(*counter),
+        ]
+        seed, rebuild = "", ""
+        for _ in range(4):
+            args = [
+                leases.holder,
+                leases.want(counter, charge.cost),
+                seed,
+                rebuild,
+                int(charge.period.end.timestamp() - self.clock()) + USAGE_GRACE_SECONDS,
+                self.settings.cache_ttl,
+                self.lease_ttl_ms,
+                self._script_tail[0],
+                LEASE_SPREAD,
+                leases.need(counter, charge.cost),
+            ]
+            try:
+                reply = yield ("redis_lease", (names, args))
+            except BackendError as exc:
+                return self._redis_failed(charge, exc)
+            kind = reply[0]
+            if kind == "need_limit":
+                limit = yield from self._limit(charge.account_id, charge.environment)
+                seed = "none" if limit is None else str(limit)
+            elif kind == "need_usage":
+                rebuild = encode_rebuild((yield from self._store_usage(charge)))
+                self.uncertain.discard(charge)
+            elif kind == "exceeded":
+                limit = None if int(reply[2]) < 0 else int(reply[2])
+                return Outcome("exceeded", int(reply[1]), limit)
+            else:
+                limit = None if int(reply[3]) < 0 else int(reply[3])
+                leases.grant(counter, int(reply[1]), int(reply[2]), limit, int(reply[5]))
+                outcome = self._spend_lease(charge)
+                if outcome is not None:
+                    marks = str(reply[4])
+                    if marks:
+                        crossed = tuple(self.by_points[int(t)] for t in marks.split(","))
+                        outcome = replace(outcome, crossed=crossed)
+                    return outcome
+                seed, rebuild = "", ""  # concurrent requests spent the block first: again
+        raise AuthError(BACKEND_UNAVAILABLE)
+
+    def lease_reports(self, *, keep: bool) -> list[tuple[LeaseReport, list[str], list[Any]]]:
+        """Fast mode, at flush and shutdown: what to tell Redis of the leases (spent pages,
+        requests, unused pages given back), as ``lease_report.lua`` calls."""
+        if self.leases is None:
+            return []
+        holder = self.leases.holder
+        return [
+            (
+                report,
+                [self.keys.usage(*report.counter), self.keys.leases(*report.counter)],
+                report_args(report, holder, self.lease_ttl_ms),
+            )
+            for report in self.leases.reports(keep=keep)
+        ]
+
+    def lease_reported(self, report: LeaseReport, reply: Sequence[Any]) -> None:
+        assert self.leases is not None
+        if reply[0] == "lost":
+            self.leases.forget(report.counter, report.gen)
+        elif len(reply) > 2 and int(reply[2]) == 0:
+            self.leases.revoke(report.counter)  # presumed dead and swept: stop spending it
+
+    def _redis_failed(self, charge: Charge, error: BackendError) -> Outcome:
+        """A meter call failed: its counter is uncertain; refuse or go on (the policy)."""
+        self.uncertain.add(charge)
+        self.verifier.backend_down(error)
+        return self._degraded(charge)
+
+    def _store_usage(self, charge: Charge) -> Steps:
+        try:
+            rows = yield ("store_usage", (charge.account_id, (charge.period.label,)))
+        except BackendError:
+            raise AuthError(BACKEND_UNAVAILABLE) from None
+        mine = [r for r in rows if r.environment == charge.environment]
+        pending = self.buffer.pending(charge.account_id, charge.period.label, charge.environment)
+        return rebuild_fields(mine, pending)
+
+    def _limit(self, account_id: str, environment: str) -> Steps:
+        # With Redis the limit is cached there and dropped on every change; a copy here would
+        # write a stale limit back. Without Redis this process's copy is the cache.
+        row = None if self.has_redis else self.limits.get(account_id)
+        if row is None:
+            try:
+                row = yield ("store_get_limit", (account_id,))
+            except BackendError:
+                raise AuthError(BACKEND_UNAVAILABLE) from None
+            if not self.has_redis:
+                self.limits.put(
+                    account_id, account_id, row or NO_ROW, self.settings.local_cache_ttl
+                )
+        return resolve_limit(self.settings, None if row is NO_ROW else row, environment)
+
+    def _record(self, charge: Charge, outcome: Outcome) -> None:
+        if outcome.result == "ok":
+            self.buffer.add(charge, charge.cost, 1 if charge.count_request else 0)
+
+    def _degraded(self, charge: Charge) -> Outcome:
+        """Redis is down and the policy admits: the store records the charge."""
+        self.buffer.add(charge, charge.cost, 1 if charge.count_request else 0)
+        return Outcome("degraded")
+
+    # -- after the response ---------------------------------------------------------------------
+
+    def settle_call(self, meter: Meter, status_code: int | None) -> tuple[Any, ...] | None:
+        """Charge the real cost (or refund) once the response is known: what to tell Redis,
+        None when nothing (the reservation was right, or no Redis)."""
+        if meter.settled:
+            return None
+        meter.settled = True
+        counted = status_code is not None and status_code in self.counted
+        if counted and meter.final is None:
+            return None  # the common case: the reservation was the cost
+        delta = meter.delta(status_code, self.counted)
+        charge = meter.charge_info
+        forget = not counted and charge.idempotency is not None and not meter.replay
+        if not delta and not forget:
+            return None
+        self.buffer.add(charge, delta, 0)
+        if meter.leased:
+            assert self.leases is not None
+            if delta < 0:  # a refund goes back into the lease, for the next request
+                self.leases.refund(charge.counter, charge.kid, -delta)
+            else:
+                self.leases.overage(charge.counter, charge.kid, delta)
+            return None
+        if not self.has_redis:
+            self.counters.settle(charge, delta, forget)
+            return None
+        keys = self.keys
+        usage = keys.usage(charge.account_id, charge.period.label, charge.environment)
+        idem = usage
+        if forget and charge.idempotency:
+            idem = keys.idempotency(charge.account_id, charge.idempotency)
+        return charge, [usage, idem], [charge.kid, delta, "1" if forget else "0"]
+
+    def settle_failed(self, charge: Charge) -> None:
+        # Never retried blindly: the store has the delta, and Redis's counter is rebuilt
+        # from the store once it answers again.
+        self.uncertain.add(charge)
+
+    def settle(self, meter: Meter, status_code: int | None) -> Steps:
+        call = self.settle_call(meter, status_code)
+        if call is not None:
+            try:
+                yield ("redis_settle", (call[1], call[2]))
+            except BackendError:
+                self.settle_failed(call[0])
+        return None
+
+    def reserve(self, meter: Meter, pages: int) -> Steps:
+        """Raise this request's reservation to ``pages`` (a route that costs more).
+
+        A cheaper route (``cost(0)`` under a ``page_cost`` of 1) makes its cost the real one,
+        so settling refunds the difference; ``principal.charge()`` still has the last word.
+        Returns the thresholds this crossed."""
+        if meter.route_cost is None:
+            meter.route_cost = pages
+            if pages < meter.reserved and meter.final is None:
+                meter.final = pages
+        extra = pages - meter.reserved
+        if extra <= 0 or meter.replay:
+            return ()
+        charge = replace(meter.charge_info, cost=extra, idempotency=None, count_request=False)
+        outcome = yield from self.meter(charge, None, lease=meter.leased)
+        if outcome.result == "exceeded":
+            status = QuotaStatus(
+                outcome.limit, outcome.used, 0, charge.period.end, charge.period.label
+            )
+            raise exceeded_error(outcome, status, [], self.clock())
+        if outcome.result == "ok":
+            meter.reserved += extra
+            meter.update(outcome.used)
+        return outcome.crossed
+
+
+class UncertainCounters:
+    """(account, period, environment) counters to rebuild from the store (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: set[tuple[str, str, str]] = set()
+
+    def add(self, charge: Charge) -> None:
+        with self._lock:
+            self._counters.add((charge.account_id, charge.period.label, charge.environment))
+
+    def discard(self, charge: Charge) -> None:
+        with self._lock:
+            self._counters.discard((charge.account_id, charge.period.label, charge.environment))
+
+    def take(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            taken, self._counters = sorted(self._counters), set()
+        return taken
+
+    def give_back(self, counters: Iterable[tuple[str, str, str]]) -> None:
+        with self._lock:
+            self._counters.update(counters)
+
+    def __contains__(self, counter: object) -> bool:
+        return counter in self._counters
+
+    def __len__(self) -> int:
+        return len(self._counters)
