@@ -462,10 +462,10 @@ def test_database_errors_are_backend_errors(
 
     store = DjangoStore()
 
-    def broken() -> Any:
+    def broken(model: str) -> Any:
         raise OperationalError(message)
 
-    monkeypatch.setattr(store, "_keys", broken)
+    monkeypatch.setattr(store, "_objects", broken)
     with pytest.raises(BackendError) as failed:
         store.get("abc")
     assert isinstance(failed.value.__cause__, OperationalError)
