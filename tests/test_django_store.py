@@ -448,6 +448,14 @@ def test_redis_on_top_of_the_django_store(
         clear_tables()
 
 
+def test_the_app_registers_the_django_scheme() -> None:
+    from keystile.django.store import DjangoStore
+    from keystile.stores import open_store
+
+    opened = open_store("django://")
+    assert isinstance(opened, DjangoStore) and opened.using is None
+
+
 @pytest.mark.parametrize(
     ("message", "hint"),
     [("no such table: keystile_key", True), ("server closed the connection", False)],

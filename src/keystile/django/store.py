@@ -3,7 +3,8 @@
 The same contract and semantics as the embedded SQLite store (:mod:`keystile.stores.sqlite`):
 versioned ``replace``, cursor pagination newest first with a total, a name search in which
 ``%`` and ``_`` are plain characters, and usage writes that add up. Needs ``"keystile.django"``
-in ``INSTALLED_APPS`` and its migrations applied (``python manage.py migrate``).
+in ``INSTALLED_APPS`` (importing the app adds the ``django://`` scheme to
+:func:`keystile.stores.open_store`) and its migrations applied (``python manage.py migrate``).
 
 A database error (a lost connection, missing tables) raises
 :class:`~keystile._core.errors.BackendError`, as the other stores do, so the management API
@@ -27,13 +28,14 @@ from keystile._core.models import KeyRecord
 from keystile._core.store import (
     AccountLimit,
     AuditEntry,
+    KeyStore,
     Page,
     SessionRecord,
     UsageDelta,
     UsageRow,
     fingerprint,
 )
-from keystile.stores import rows
+from keystile.stores import register_store, rows
 
 UTC = timezone.utc
 
@@ -245,6 +247,15 @@ class DjangoStore:
 
     def close(self) -> None:
         """Nothing to close: Django owns its connections."""
+
+
+def _open(url: str) -> KeyStore:
+    return DjangoStore()
+
+
+def register_scheme() -> None:
+    """Make ``open_store("django://")`` answer with this store (importing the app does)."""
+    register_store("django", _open)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
