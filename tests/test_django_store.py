@@ -448,6 +448,14 @@ def test_redis_on_top_of_the_django_store(
         clear_tables()
 
 
+def test_the_app_registers_the_django_scheme() -> None:
+    from keystile.django.store import DjangoStore
+    from keystile.stores import open_store
+
+    opened = open_store("django://")
+    assert isinstance(opened, DjangoStore) and opened.using is None
+
+
 @pytest.mark.parametrize(
     ("message", "hint"),
     [("no such table: keystile_key", True), ("server closed the connection", False)],
@@ -462,10 +470,10 @@ def test_database_errors_are_backend_errors(
 
     store = DjangoStore()
 
-    def broken() -> Any:
+    def broken(model: str) -> Any:
         raise OperationalError(message)
 
-    monkeypatch.setattr(store, "_keys", broken)
+    monkeypatch.setattr(store, "_objects", broken)
     with pytest.raises(BackendError) as failed:
         store.get("abc")
     assert isinstance(failed.value.__cause__, OperationalError)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +22,12 @@ from typing import Any
 
 import pytest
 
+import keystile
+import keystile.stores
 from keystile import Keystile
-from keystile._core.errors import EXPIRED_API_KEY, AuthError, InvalidInput
+from keystile._core.errors import EXPIRED_API_KEY, AuthError, ConfigError, InvalidInput
 from keystile._core.models import KeyRecord
-from keystile.stores import open_store
+from keystile.stores import open_store, register_store
 from keystile.stores.base import (
     AccountLimit,
     AuditEntry,
@@ -179,6 +184,49 @@ def test_close_twice(store: KeyStore) -> None:
     store.insert(record(kid(1)))
     store.close()
     store.close()
+
+
+# -- opening a store by URL -------------------------------------------------------------------
+
+
+def test_a_registered_scheme_opens_its_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keystile.stores, "_FACTORIES", dict(keystile.stores._FACTORIES))
+    opened: list[str] = []
+
+    def factory(url: str) -> KeyStore:
+        opened.append(url)
+        return open_store("memory://")
+
+    register_store("custom", factory)
+    open_store("custom://somewhere").close()
+    assert opened == ["custom://somewhere"]
+    with pytest.raises(ConfigError, match="'ftp'"):
+        open_store("ftp://somewhere")
+
+
+def test_django_without_its_app_is_a_config_error_and_stores_never_import_it() -> None:
+    # A fresh interpreter: in this one a Django test may have imported keystile.django.
+    code = (
+        "import sys\n"
+        "from keystile._core.errors import ConfigError\n"
+        "from keystile.stores import open_store\n"
+        "try:\n"
+        "    open_store('django://')\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+        "assert 'keystile.django' not in sys.modules\n"
+    )
+    src = str(Path(keystile.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "'django://'" in done.stdout and "INSTALLED_APPS" in done.stdout
 
 
 # -- keys: insert, get ------------------------------------------------------------------------

@@ -2,67 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Protocol
 
-from keystile._core.errors import InvalidInput
 from keystile._core.models import KeyRecord
-
-#: The columns of a stored key, in the order every SQL store uses.
-KEY_COLUMNS: tuple[str, ...] = (
-    "kid",
-    "token_prefix",
-    "last4",
-    "name",
-    "account_id",
-    "owner",
-    "permissions",
-    "environment",
-    "accounts",
-    "created_at",
-    "expires_at",
-    "last_used_at",
-    "revoked_at",
-    "enabled",
-    "meta",
-    "secret_hash",
-    "previous_hash",
-    "previous_expires_at",
-    "version",
-    "page_limit",
-)
-
-
-BAD_CURSOR = "not a cursor returned by a previous page"
-
-
-def encode_cursor(created_at: datetime, kid: str) -> str:
-    """A page's position (newest first: creation time, then key id), opaque to clients."""
-    raw = f"{created_at.astimezone(timezone.utc).isoformat()}|{kid}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, kid = raw.split("|", 1)
-        at = datetime.fromisoformat(created)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor", BAD_CURSOR) from None
-    if at.tzinfo is None or "\x00" in kid:  # no database text holds a NUL
-        raise InvalidInput("cursor", BAD_CURSOR)
-    return at, kid
-
-
-def like_escape(text: str) -> str:
-    """``text`` for a LIKE pattern (with ``ESCAPE '\\'``): ``%`` and ``_`` match themselves."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def fingerprint(secret_hash: str) -> str:

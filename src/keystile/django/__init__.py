@@ -21,6 +21,11 @@ The principal is ``request.principal`` and ``request.state.principal``; the engi
 from keystile.django.conf import get_engine, reset_engine
 from keystile.django.decorators import cost, engine_of, principal_of, requires
 from keystile.django.middleware import KeystileMiddleware
+from keystile.django.store import register_scheme
+
+# On import rather than in the app's ready(): Django imports every app's package before it
+# loads models, so an engine built while another app's models load finds "django://" too.
+register_scheme()
 
 __all__ = [
     "KeystileMiddleware",

@@ -3,7 +3,8 @@
 The same contract and semantics as the embedded SQLite store (:mod:`keystile.stores.sqlite`):
 versioned ``replace``, cursor pagination newest first with a total, a name search in which
 ``%`` and ``_`` are plain characters, and usage writes that add up. Needs ``"keystile.django"``
-in ``INSTALLED_APPS`` and its migrations applied (``python manage.py migrate``).
+in ``INSTALLED_APPS`` (importing the app adds the ``django://`` scheme to
+:func:`keystile.stores.open_store`) and its migrations applied (``python manage.py migrate``).
 
 A database error (a lost connection, missing tables) raises
 :class:`~keystile._core.errors.BackendError`, as the other stores do, so the management API
@@ -17,25 +18,24 @@ from __future__ import annotations
 
 import builtins
 import functools
-import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from keystile._core.errors import BackendError, InvalidInput
+from keystile._core.errors import BackendError
 from keystile._core.models import KeyRecord
 from keystile._core.store import (
     AccountLimit,
     AuditEntry,
+    KeyStore,
     Page,
     SessionRecord,
     UsageDelta,
     UsageRow,
-    decode_cursor,
-    encode_cursor,
     fingerprint,
 )
+from keystile.stores import register_store, rows
 
 UTC = timezone.utc
 
@@ -52,69 +52,26 @@ def _use_tz() -> bool:
     return bool(settings.USE_TZ)
 
 
-def to_db(value: datetime | None) -> datetime | None:
+def _to_db(value: datetime) -> datetime:
     """An aware datetime as the ORM wants it: aware with USE_TZ, naive UTC without."""
-    if value is None:
-        return None
     value = value.astimezone(UTC)
     return value if _use_tz() else value.replace(tzinfo=None)
 
 
-def from_db(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+def _from_db(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+#: The ORM takes and gives Python values; only datetimes differ (naive UTC without USE_TZ).
+CODECS = rows.Codecs(time_in=_to_db, time_out=_from_db)
+
+
+def from_db(value: datetime | None) -> datetime | None:
+    return CODECS.time_out_or_none(value)
+
+
 def _fields(record: KeyRecord) -> dict[str, Any]:
-    return {
-        "token_prefix": record.token_prefix,
-        "last4": record.last4,
-        "name": record.name,
-        "account_id": record.account_id,
-        "owner": record.owner,
-        "permissions": list(record.permissions),
-        "environment": record.environment,
-        "accounts": list(record.accounts),
-        "created_at": to_db(record.created_at),
-        "expires_at": to_db(record.expires_at),
-        "last_used_at": to_db(record.last_used_at),
-        "revoked_at": to_db(record.revoked_at),
-        "enabled": record.enabled,
-        "meta": dict(record.meta),
-        "secret_hash": record.secret_hash,
-        "previous_hash": record.previous_hash,
-        "previous_expires_at": to_db(record.previous_expires_at),
-        "version": record.version,
-        "page_limit": record.page_limit,
-    }
-
-
-def to_record(row: Any) -> KeyRecord:
-    created_at = from_db(row.created_at)
-    assert created_at is not None
-    return KeyRecord(
-        kid=row.kid,
-        token_prefix=row.token_prefix,
-        last4=row.last4,
-        name=row.name,
-        account_id=row.account_id,
-        owner=row.owner,
-        permissions=tuple(row.permissions),
-        environment=row.environment,
-        accounts=tuple(row.accounts),
-        created_at=created_at,
-        expires_at=from_db(row.expires_at),
-        last_used_at=from_db(row.last_used_at),
-        revoked_at=from_db(row.revoked_at),
-        enabled=bool(row.enabled),
-        meta=dict(row.meta),
-        secret_hash=row.secret_hash,
-        previous_hash=row.previous_hash,
-        previous_expires_at=from_db(row.previous_expires_at),
-        version=row.version,
-        page_limit=row.page_limit,
-    )
+    return dict(zip(rows.KEY_COLUMNS, rows.record_to_row(record, CODECS)))
 
 
 class DjangoStore:
@@ -126,24 +83,8 @@ class DjangoStore:
         #: The database alias (None: the router's choice, normally "default").
         self.using = using
 
-    def _keys(self) -> Any:
-        manager = _models().Key.objects
-        return manager.using(self.using) if self.using else manager
-
-    def _usage(self) -> Any:
-        manager = _models().Usage.objects
-        return manager.using(self.using) if self.using else manager
-
-    def _limits(self) -> Any:
-        manager = _models().Limit.objects
-        return manager.using(self.using) if self.using else manager
-
-    def _audit(self) -> Any:
-        manager = _models().AuditEntry.objects
-        return manager.using(self.using) if self.using else manager
-
-    def _sessions(self) -> Any:
-        manager = _models().Session.objects
+    def _objects(self, model: str) -> Any:
+        manager = getattr(_models(), model).objects
         return manager.using(self.using) if self.using else manager
 
     def _atomic(self) -> Any:
@@ -152,30 +93,32 @@ class DjangoStore:
         return transaction.atomic(using=self.using)
 
     def insert(self, record: KeyRecord) -> None:
-        self._keys().create(kid=record.kid, **_fields(record))
+        self._objects("Key").create(**_fields(record))
 
     def get(self, kid: str) -> KeyRecord | None:
-        row = self._keys().filter(kid=kid).first()
-        return None if row is None else to_record(row)
+        row = self._objects("Key").filter(kid=kid).values_list(*rows.KEY_COLUMNS).first()
+        return None if row is None else rows.row_to_record(row, CODECS)
 
     def replace(self, record: KeyRecord, expected_version: str) -> bool:
-        updated = (
-            self._keys().filter(kid=record.kid, version=expected_version).update(**_fields(record))
-        )
-        return bool(updated == 1)
+        fields = _fields(record)
+        del fields["kid"]
+        updated = self._objects("Key").filter(kid=record.kid, version=expected_version)
+        return bool(updated.update(**fields) == 1)
 
     def set_hash(self, kid: str, old_hash: str, new_hash: str) -> None:
         with self._atomic():
-            if self._keys().filter(kid=kid, secret_hash=old_hash).update(secret_hash=new_hash):
-                self._sessions().filter(kid=kid, key_hash_fingerprint=fingerprint(old_hash)).update(
-                    key_hash_fingerprint=fingerprint(new_hash)
+            keys = self._objects("Key").filter(kid=kid, secret_hash=old_hash)
+            if keys.update(secret_hash=new_hash):
+                sessions = self._objects("Session").filter(
+                    kid=kid, key_hash_fingerprint=fingerprint(old_hash)
                 )
+                sessions.update(key_hash_fingerprint=fingerprint(new_hash))
 
     def all_kids(self) -> builtins.list[str]:
-        return list(self._keys().values_list("kid", flat=True))
+        return list(self._objects("Key").values_list("kid", flat=True))
 
     def delete(self, kid: str) -> bool:
-        deleted, _ = self._keys().filter(kid=kid).delete()
+        deleted, _ = self._objects("Key").filter(kid=kid).delete()
         return bool(deleted == 1)
 
     def list(
@@ -190,34 +133,29 @@ class DjangoStore:
     ) -> Page:
         from django.db.models import Q  # type: ignore[import-untyped,unused-ignore]
 
-        rows = self._keys().filter(account_id=account_id)
+        keys = self._objects("Key").filter(account_id=account_id)
         if search:
             # icontains escapes % and _ itself; case-insensitive like SQLite's LIKE.
-            rows = rows.filter(name__icontains=search)
+            keys = keys.filter(name__icontains=search)
         if environment:
-            rows = rows.filter(environment=environment)
+            keys = keys.filter(environment=environment)
         if not include_revoked:
-            rows = rows.filter(revoked_at__isnull=True)
-        total = rows.count()
+            keys = keys.filter(revoked_at__isnull=True)
+        total = keys.count()
         if cursor:
-            created, kid = decode_cursor(cursor)
-            at = to_db(created)
-            rows = rows.filter(Q(created_at__lt=at) | Q(created_at=at, kid__lt=kid))
-        page = [to_record(row) for row in rows.order_by("-created_at", "-kid")[: limit + 1]]
-        items = page[:limit]
-        next_cursor = None
-        if len(page) > limit:
-            last = items[-1]
-            next_cursor = encode_cursor(last.created_at, last.kid)
-        return Page(items, total, next_cursor)
+            created, kid = rows.decode_cursor(cursor)
+            at = _to_db(created)
+            keys = keys.filter(Q(created_at__lt=at) | Q(created_at=at, kid__lt=kid))
+        found = keys.order_by("-created_at", "-kid").values_list(*rows.KEY_COLUMNS)[: limit + 1]
+        return rows.key_page([rows.row_to_record(row, CODECS) for row in found], total, limit)
 
     def touch(self, last_used: Mapping[str, datetime]) -> None:
         from django.db.models import Q
 
         with self._atomic():
             for kid, at in sorted(last_used.items()):  # one lock order: no deadlocks
-                when = to_db(at)
-                self._keys().filter(kid=kid).filter(
+                when = _to_db(at)
+                self._objects("Key").filter(kid=kid).filter(
                     Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)
                 ).update(last_used_at=when)
 
@@ -226,6 +164,7 @@ class DjangoStore:
         from django.db.models import F
 
         ordered = sorted(deltas, key=lambda d: (d.account_id, d.period, d.environment, d.kid))
+        usage = self._objects("Usage")
         with self._atomic():
             for d in ordered:  # one lock order for every writer: no deadlocks
                 key = {
@@ -235,117 +174,88 @@ class DjangoStore:
                     "kid": d.kid,
                 }
                 add = {"pages": F("pages") + d.pages, "requests": F("requests") + d.requests}
-                if self._usage().filter(**key).update(**add):
+                if usage.filter(**key).update(**add):
                     continue
                 try:
                     with transaction.atomic(using=self.using):  # a savepoint
-                        self._usage().create(**key, pages=d.pages, requests=d.requests)
+                        usage.create(**key, pages=d.pages, requests=d.requests)
                 except IntegrityError:  # another process inserted it meanwhile: add to it
-                    self._usage().filter(**key).update(**add)
+                    usage.filter(**key).update(**add)
 
     def usage(self, account_id: str, periods: Sequence[str]) -> builtins.list[UsageRow]:
-        rows = self._usage().filter(account_id=account_id, period__in=list(periods))
-        return [
-            UsageRow(row.period, row.environment, row.kid, row.pages, row.requests) for row in rows
-        ]
+        usage = self._objects("Usage").filter(account_id=account_id, period__in=list(periods))
+        columns = ("period", "environment", "kid", "pages", "requests")
+        return [UsageRow(*row) for row in usage.values_list(*columns)]
 
     def get_limit(self, account_id: str) -> AccountLimit | None:
-        row = self._limits().filter(account_id=account_id).first()
-        return None if row is None else AccountLimit(row.pages, row.plan)
+        limits = self._objects("Limit").filter(account_id=account_id)
+        row = limits.values_list("pages", "plan").first()
+        return None if row is None else AccountLimit(*row)
 
     def set_limit(self, account_id: str, limit: AccountLimit | None) -> None:
         if limit is None:
-            self._limits().filter(account_id=account_id).delete()
+            self._objects("Limit").filter(account_id=account_id).delete()
         else:
-            self._limits().update_or_create(
+            self._objects("Limit").update_or_create(
                 account_id=account_id, defaults={"pages": limit.pages, "plan": limit.plan}
             )
 
     # -- audit log ------------------------------------------------------------------------
 
     def add_audit(self, entry: AuditEntry) -> None:
-        details = json.loads(json.dumps(dict(entry.details), default=str))
-        self._audit().create(
-            at=to_db(entry.at),
+        self._objects("AuditEntry").create(
+            at=_to_db(entry.at),
             account_id=entry.account_id,
             actor=entry.actor,
             action=entry.action,
             target=entry.target,
-            details=details,
+            details=rows.audit_details(entry.details),
         )
 
     def list_audit(
         self, account_id: str, *, action: str | None, limit: int, cursor: str | None
     ) -> tuple[builtins.list[AuditEntry], str | None]:
-        rows = self._audit().filter(account_id=account_id)
+        entries = self._objects("AuditEntry").filter(account_id=account_id)
         if action:
-            rows = rows.filter(action=action)
+            entries = entries.filter(action=action)
         if cursor:
-            if not (cursor.isascii() and cursor.isdigit()):
-                raise InvalidInput("cursor", "not a cursor returned by a previous page")
-            if len(cursor) <= 18:  # anything longer is past every id: start from the newest
-                rows = rows.filter(id__lt=int(cursor))
-        found = list(rows.order_by("-id")[: limit + 1])
-        entries = [
-            AuditEntry(
-                at=from_db(row.at) or datetime.now(UTC),
-                account_id=row.account_id,
-                actor=row.actor,
-                action=row.action,
-                target=row.target,
-                details=row.details,
-                id=row.id,
-            )
-            for row in found[:limit]
-        ]
-        next_cursor = str(entries[-1].id) if len(found) > limit and entries else None
-        return entries, next_cursor
+            entries = entries.filter(id__lt=rows.audit_cursor_id(cursor))
+        found = entries.order_by("-id").values_list(*rows.AUDIT_COLUMNS)[: limit + 1]
+        return rows.audit_page([rows.row_to_audit(row, CODECS) for row in found], limit)
 
     # -- sessions ---------------------------------------------------------------------------
 
     def insert_session(self, session: SessionRecord) -> None:
-        self._sessions().create(
-            sid=session.sid,
-            kid=session.kid,
-            account_id=session.account_id,
-            secret_digest=session.secret_digest,
-            key_hash_fingerprint=session.key_hash_fingerprint,
-            created_at=to_db(session.created_at),
-            expires_at=to_db(session.expires_at),
-            idle_timeout=session.idle_timeout,
-            last_seen_at=to_db(session.last_seen_at),
-            ended_at=to_db(session.ended_at),
-        )
+        row = rows.session_to_row(session, CODECS)
+        self._objects("Session").create(**dict(zip(rows.SESSION_COLUMNS, row)))
 
     def get_session(self, sid: str) -> SessionRecord | None:
-        row = self._sessions().filter(sid=sid).first()
-        if row is None:
-            return None
-        return SessionRecord(
-            sid=row.sid,
-            kid=row.kid,
-            account_id=row.account_id,
-            secret_digest=row.secret_digest,
-            key_hash_fingerprint=row.key_hash_fingerprint,
-            created_at=from_db(row.created_at),  # type: ignore[arg-type]
-            expires_at=from_db(row.expires_at),  # type: ignore[arg-type]
-            idle_timeout=row.idle_timeout,
-            last_seen_at=from_db(row.last_seen_at),  # type: ignore[arg-type]
-            ended_at=from_db(row.ended_at),
-        )
+        sessions = self._objects("Session").filter(sid=sid)
+        row = sessions.values_list(*rows.SESSION_COLUMNS).first()
+        return None if row is None else rows.row_to_session(row, CODECS)
 
     def end_session(self, sid: str, at: datetime) -> bool:
-        ended = self._sessions().filter(sid=sid, ended_at__isnull=True).update(ended_at=to_db(at))
-        return bool(ended == 1)
+        sessions = self._objects("Session").filter(sid=sid, ended_at__isnull=True)
+        return bool(sessions.update(ended_at=_to_db(at)) == 1)
 
     def touch_sessions(self, last_seen: Mapping[str, datetime]) -> None:
         with self._atomic():
             for sid, at in sorted(last_seen.items()):
-                when = to_db(at)
-                self._sessions().filter(sid=sid, last_seen_at__lt=when).update(last_seen_at=when)
+                when = _to_db(at)
+                sessions = self._objects("Session").filter(sid=sid, last_seen_at__lt=when)
+                sessions.update(last_seen_at=when)
 
     def close(self) -> None:
         """Nothing to close: Django owns its connections."""
+
+
+def _open(url: str) -> KeyStore:
+    return DjangoStore()
+
+
+def register_scheme() -> None:
+    """Make ``open_store("django://")`` answer with this store (importing the app does)."""
+    register_store("django", _open)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,8 +1,7 @@
-"""The contract every key store keeps (defined in the core; re-exported here for store authors)."""
+"""The contract every key store keeps (defined in the core; re-exported here for store authors),
+and the helpers of stores on SQL tables."""
 
 from keystile._core.store import (
-    BAD_CURSOR,
-    KEY_COLUMNS,
     AccountLimit,
     AuditEntry,
     KeyStore,
@@ -10,9 +9,13 @@ from keystile._core.store import (
     SessionRecord,
     UsageDelta,
     UsageRow,
+    fingerprint,
+)
+from keystile.stores.rows import (
+    BAD_CURSOR,
+    KEY_COLUMNS,
     decode_cursor,
     encode_cursor,
-    fingerprint,
     like_escape,
 )
 

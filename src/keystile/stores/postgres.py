@@ -1,11 +1,11 @@
 """The shared store: PostgreSQL through psycopg 3 and a small connection pool.
 
-``PostgresStore("postgresql://user@host/db")`` keeps exactly the semantics of the SQLite
-store (:mod:`keystile.stores.sqlite`): timestamps are ``timestamptz`` and come back as
-aware UTC datetimes, JSON is ``jsonb``. The tables are created on first use
-(``CREATE TABLE IF NOT EXISTS``) in the first schema of the connection's ``search_path``:
-``schema=`` sets it (and creates the schema if missing), and so does a URL ending in
-``?options=-csearch_path%3Dmyschema``.
+``PostgresStore("postgresql://user@host/db")`` runs the statements of the SQLite store
+(:class:`keystile.stores.sql.SQLStore`, so the semantics are the same): timestamps are
+``timestamptz`` and come back as aware UTC datetimes, JSON is ``jsonb``. The tables are
+created on first use (``CREATE TABLE IF NOT EXISTS``) in the first schema of the
+connection's ``search_path``: ``schema=`` sets it (and creates the schema if missing), and so
+does a URL ending in ``?options=-csearch_path%3Dmyschema``.
 
 A failed database call (server unreachable, no pooled connection within ``timeout``, a
 refused statement) raises :class:`~keystile._core.errors.BackendError` (the management API answers
@@ -19,12 +19,10 @@ Needs the extra: ``pip install 'keystile[postgres]'``.
 from __future__ import annotations
 
 import builtins
-import functools
-import json
 import math
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -36,29 +34,15 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from keystile._core.errors import BackendError, ConfigError, InvalidInput
-from keystile._core.models import KeyRecord
+from keystile._core.errors import BackendError, ConfigError
 from keystile._core.settings import redact_url
-from keystile._core.store import (
-    BAD_CURSOR,
-    KEY_COLUMNS,
-    AccountLimit,
-    AuditEntry,
-    Page,
-    SessionRecord,
-    UsageDelta,
-    UsageRow,
-    decode_cursor,
-    encode_cursor,
-    fingerprint,
-    like_escape,
-)
+from keystile.stores.rows import Codecs
+from keystile.stores.sql import Dialect, SQLStore
 
 Connection = psycopg.Connection[TupleRow]
 
 #: Serialises schema creation between processes (CREATE ... IF NOT EXISTS is not race-free).
 _SCHEMA_LOCK_ID = 0x6B657973_74696C65 & 0x7FFFFFFFFFFFFFFF  # "keystile"
-_BIGINT_MAX = 2**63 - 1
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS keystile_keys (
@@ -130,104 +114,20 @@ _TABLES = (
     "keystile_sessions",
     "keystile_limits",
 )
-_COLUMNS = KEY_COLUMNS
-_SELECT_KEYS = f"SELECT {','.join(_COLUMNS)} FROM keystile_keys"
-_SESSION_COLUMNS = (
-    "sid, kid, account_id, secret_digest, key_hash_fingerprint, created_at, expires_at, "
-    "idle_timeout, last_seen_at, ended_at"
-)
-_dumps_lenient = functools.partial(json.dumps, default=str)
 
 
-# -- values in and out ------------------------------------------------------------------------
-
-
-def to_utc(value: datetime) -> datetime:
+def _to_utc(value: datetime) -> datetime:
     """Aware UTC; a naive datetime is taken as local time, as ``datetime.timestamp`` does."""
     return value.astimezone(timezone.utc)
 
 
-def to_utc_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else to_utc(value)
-
-
-def has_nul(value: Any) -> bool:
-    """Whether a JSON-like value holds a NUL character, which PostgreSQL text cannot."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, (builtins.list, tuple)):
-        return any(has_nul(v) for v in value)
-    return False
-
-
-def strip_nul(value: Any) -> Any:
-    """``value`` with NUL characters replaced (audit entries are kept rather than refused)."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, Mapping):
-        return {strip_nul(k): strip_nul(v) for k, v in value.items()}
-    if isinstance(value, (builtins.list, tuple)):
-        return [strip_nul(v) for v in value]
-    return value
-
-
-def record_to_row(record: KeyRecord) -> tuple[Any, ...]:
-    for field in ("kid", "token_prefix", "last4", "name", "account_id", "owner", "environment"):
-        if has_nul(getattr(record, field)):
-            raise InvalidInput(field, "must not contain NUL characters")
-    for field in ("permissions", "accounts", "meta"):
-        if has_nul(getattr(record, field)):
-            raise InvalidInput(field, "must not contain NUL characters (\\u0000)")
-    return (
-        record.kid,
-        record.token_prefix,
-        record.last4,
-        record.name,
-        record.account_id,
-        record.owner,
-        Jsonb(list(record.permissions)),
-        record.environment,
-        Jsonb(list(record.accounts)),
-        to_utc(record.created_at),
-        to_utc_or_none(record.expires_at),
-        to_utc_or_none(record.last_used_at),
-        to_utc_or_none(record.revoked_at),
-        bool(record.enabled),
-        Jsonb(dict(record.meta)),
-        record.secret_hash,
-        record.previous_hash,
-        to_utc_or_none(record.previous_expires_at),
-        record.version,
-        record.page_limit,
-    )
-
-
-def row_to_record(row: Sequence[Any]) -> KeyRecord:
-    values = dict(zip(_COLUMNS, row))
-    return KeyRecord(
-        kid=values["kid"],
-        token_prefix=values["token_prefix"],
-        last4=values["last4"],
-        name=values["name"],
-        account_id=values["account_id"],
-        owner=values["owner"],
-        permissions=tuple(values["permissions"]),
-        environment=values["environment"],
-        accounts=tuple(values["accounts"]),
-        created_at=to_utc(values["created_at"]),
-        expires_at=to_utc_or_none(values["expires_at"]),
-        last_used_at=to_utc_or_none(values["last_used_at"]),
-        revoked_at=to_utc_or_none(values["revoked_at"]),
-        enabled=bool(values["enabled"]),
-        meta=values["meta"],
-        secret_hash=values["secret_hash"],
-        previous_hash=values["previous_hash"],
-        previous_expires_at=to_utc_or_none(values["previous_expires_at"]),
-        version=values["version"],
-        page_limit=values["page_limit"],
-    )
+#: Times are ``timestamptz``, JSON is ``jsonb``; text cannot hold NUL.
+POSTGRES = Dialect(
+    Codecs(time_in=_to_utc, time_out=_to_utc, json_in=Jsonb),
+    placeholder="%s",
+    ilike="ILIKE",
+    text_holds_nul=False,
+)
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -240,7 +140,7 @@ def _first_line(text: str) -> str:
 # -- the store --------------------------------------------------------------------------------
 
 
-class PostgresStore:
+class PostgresStore(SQLStore):
     """Keys, usage, limits, audit and sessions in PostgreSQL; safe to share between threads.
 
     The pool (``min_size`` to ``max_size`` connections) opens on first use; a call waits at
@@ -248,6 +148,7 @@ class PostgresStore:
     """
 
     blocking = True
+    dialect = POSTGRES
 
     def __init__(
         self,
@@ -345,256 +246,21 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise self._backend_error(exc) from exc
 
-    def _query(self, query: str, params: Sequence[Any] = ()) -> builtins.list[TupleRow]:
-        with self._conn() as conn:
-            return conn.execute(query, params).fetchall()
+    @contextmanager
+    def _autocommit(self) -> Iterator[psycopg.Cursor[TupleRow]]:
+        with self._conn() as conn, conn.cursor() as cursor:
+            yield cursor
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor[TupleRow]]:
+        with self._conn() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield cursor
 
     def _execute(self, query: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement; return how many rows it changed."""
-        with self._conn() as conn:
-            return conn.execute(query, params).rowcount
-
-    def _execute_many(self, query: str, params: Sequence[Sequence[Any]]) -> None:
-        """Run ``query`` for each row of ``params`` in one transaction."""
-        if not params:
-            return
-        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(query, params)
-
-    # -- keys -------------------------------------------------------------------------------
-
-    def insert(self, record: KeyRecord) -> None:
-        marks = ",".join(["%s"] * len(_COLUMNS))
-        self._execute(
-            f"INSERT INTO keystile_keys ({','.join(_COLUMNS)}) VALUES ({marks})",
-            record_to_row(record),
-        )
-
-    def get(self, kid: str) -> KeyRecord | None:
-        rows = self._query(f"{_SELECT_KEYS} WHERE kid=%s", (kid,))
-        return row_to_record(rows[0]) if rows else None
-
-    def replace(self, record: KeyRecord, expected_version: str) -> bool:
-        # Under READ COMMITTED a concurrent writer waits for the row, then re-checks the
-        # version against the committed row: of two writers expecting one version, one wins.
-        assignments = ",".join(f"{c}=%s" for c in _COLUMNS[1:])
-        changed = self._execute(
-            f"UPDATE keystile_keys SET {assignments} WHERE kid=%s AND version=%s",
-            (*record_to_row(record)[1:], record.kid, expected_version),
-        )
-        return changed == 1
-
-    def set_hash(self, kid: str, old_hash: str, new_hash: str) -> None:
-        with self._conn() as conn, conn.transaction():
-            changed = conn.execute(
-                "UPDATE keystile_keys SET secret_hash=%s WHERE kid=%s AND secret_hash=%s",
-                (new_hash, kid, old_hash),
-            ).rowcount
-            if changed:
-                conn.execute(
-                    "UPDATE keystile_sessions SET key_hash_fingerprint=%s"
-                    " WHERE kid=%s AND key_hash_fingerprint=%s",
-                    (fingerprint(new_hash), kid, fingerprint(old_hash)),
-                )
-
-    def all_kids(self) -> builtins.list[str]:
-        return [row[0] for row in self._query("SELECT kid FROM keystile_keys")]
-
-    def delete(self, kid: str) -> bool:
-        return self._execute("DELETE FROM keystile_keys WHERE kid=%s", (kid,)) == 1
-
-    def list(
-        self,
-        account_id: str,
-        *,
-        search: str | None,
-        environment: str | None,
-        include_revoked: bool,
-        limit: int,
-        cursor: str | None,
-    ) -> Page:
-        where: builtins.list[str] = ["account_id=%s"]
-        params: builtins.list[Any] = [account_id]
-        if search and "\x00" in search:
-            where.append("false")  # PostgreSQL text cannot hold NUL: no name contains one
-        elif search:
-            where.append("name ILIKE %s ESCAPE '\\'")
-            params.append(f"%{like_escape(search)}%")
-        if environment:
-            where.append("environment=%s")
-            params.append(environment)
-        if not include_revoked:
-            where.append("revoked_at IS NULL")
-        clause = " AND ".join(where)
-        page_where, page_params = clause, builtins.list(params)
-        if cursor:
-            created, kid = decode_cursor(cursor)
-            page_where += " AND (created_at, kid) < (%s, %s)"
-            page_params += [created, kid]
-        # One statement, so the total and the page come from the same snapshot.
-        columns = ",".join(f"k.{c}" for c in _COLUMNS)
-        rows = self._query(
-            f"SELECT t.total, {columns} "
-            f"FROM (SELECT count(*) AS total FROM keystile_keys WHERE {clause}) AS t "
-            f"LEFT JOIN ({_SELECT_KEYS} WHERE {page_where} "
-            "ORDER BY created_at DESC, kid DESC LIMIT %s) AS k ON true "
-            "ORDER BY k.created_at DESC, k.kid DESC",
-            (*params, *page_params, limit + 1),
-        )
-        total = int(rows[0][0])
-        found = [row[1:] for row in rows if row[1] is not None]
-        items = [row_to_record(row) for row in found[:limit]]
-        next_cursor = None
-        if len(found) > limit:
-            last = items[-1]
-            next_cursor = encode_cursor(last.created_at, last.kid)
-        return Page(items, total, next_cursor)
-
-    def touch(self, last_used: Mapping[str, datetime]) -> None:
-        # Rows are always locked in kid order, so concurrent batches cannot deadlock.
-        self._execute_many(
-            "UPDATE keystile_keys SET last_used_at=%s WHERE kid=%s "
-            "AND (last_used_at IS NULL OR last_used_at < %s)",
-            [(to_utc(at), kid, to_utc(at)) for kid, at in sorted(last_used.items())],
-        )
-
-    # -- usage and limits -------------------------------------------------------------------
-
-    def add_usage(self, deltas: Sequence[UsageDelta]) -> None:
-        ordered = sorted(deltas, key=lambda d: (d.account_id, d.period, d.environment, d.kid))
-        self._execute_many(
-            "INSERT INTO keystile_usage AS u (account_id, period, environment, kid, pages, "
-            "requests) VALUES (%s,%s,%s,%s,%s,%s) "
-            "ON CONFLICT (account_id, period, environment, kid) DO UPDATE SET "
-            "pages = u.pages + excluded.pages, requests = u.requests + excluded.requests",
-            [(d.account_id, d.period, d.environment, d.kid, d.pages, d.requests) for d in ordered],
-        )
-
-    def usage(self, account_id: str, periods: Sequence[str]) -> builtins.list[UsageRow]:
-        rows = self._query(
-            "SELECT period, environment, kid, pages, requests FROM keystile_usage "
-            "WHERE account_id=%s AND period = ANY(%s) ORDER BY period, environment, kid",
-            (account_id, builtins.list(periods)),
-        )
-        return [UsageRow(*row) for row in rows]
-
-    def get_limit(self, account_id: str) -> AccountLimit | None:
-        rows = self._query(
-            "SELECT pages, plan FROM keystile_limits WHERE account_id=%s", (account_id,)
-        )
-        return AccountLimit(*rows[0]) if rows else None
-
-    def set_limit(self, account_id: str, limit: AccountLimit | None) -> None:
-        if limit is None:
-            self._execute("DELETE FROM keystile_limits WHERE account_id=%s", (account_id,))
-        else:
-            self._execute(
-                "INSERT INTO keystile_limits (account_id, pages, plan) VALUES (%s,%s,%s) "
-                "ON CONFLICT (account_id) DO UPDATE SET pages=excluded.pages, plan=excluded.plan",
-                (account_id, limit.pages, limit.plan),
-            )
-
-    # -- audit ------------------------------------------------------------------------------
-
-    def add_audit(self, entry: AuditEntry) -> None:
-        self._execute(
-            "INSERT INTO keystile_audit (at, account_id, actor, action, target, details) "
-            "VALUES (%s,%s,%s,%s,%s,%s)",
-            (
-                to_utc(entry.at),
-                strip_nul(entry.account_id),
-                strip_nul(entry.actor),
-                strip_nul(entry.action),
-                strip_nul(entry.target),
-                # Round trip through JSON first: default=str may itself produce NULs.
-                Jsonb(strip_nul(json.loads(_dumps_lenient(dict(entry.details))))),
-            ),
-        )
-
-    def list_audit(
-        self, account_id: str, *, action: str | None, limit: int, cursor: str | None
-    ) -> tuple[builtins.list[AuditEntry], str | None]:
-        where = "account_id=%s"
-        params: builtins.list[Any] = [account_id]
-        if action:
-            where += " AND action=%s"
-            params.append(action)
-        if cursor:
-            if not (cursor.isascii() and cursor.isdigit()):
-                raise InvalidInput("cursor", BAD_CURSOR)
-            where += " AND id < %s"
-            # Past the largest id (SQLite compares such a number as a float): from the newest.
-            params.append(min(int(cursor), _BIGINT_MAX) if len(cursor) < 20 else _BIGINT_MAX)
-        rows = self._query(
-            "SELECT id, at, account_id, actor, action, target, details FROM keystile_audit "
-            f"WHERE {where} ORDER BY id DESC LIMIT %s",
-            (*params, limit + 1),
-        )
-        entries = [
-            AuditEntry(
-                at=to_utc(at),
-                account_id=account,
-                actor=actor,
-                action=action_,
-                target=target,
-                details=details,
-                id=id_,
-            )
-            for id_, at, account, actor, action_, target, details in rows[:limit]
-        ]
-        next_cursor = str(entries[-1].id) if len(rows) > limit and entries else None
-        return entries, next_cursor
-
-    # -- sessions ---------------------------------------------------------------------------
-
-    def insert_session(self, session: SessionRecord) -> None:
-        self._execute(
-            f"INSERT INTO keystile_sessions ({_SESSION_COLUMNS}) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            (
-                session.sid,
-                session.kid,
-                session.account_id,
-                session.secret_digest,
-                session.key_hash_fingerprint,
-                to_utc(session.created_at),
-                to_utc(session.expires_at),
-                float(session.idle_timeout),
-                to_utc(session.last_seen_at),
-                to_utc_or_none(session.ended_at),
-            ),
-        )
-
-    def get_session(self, sid: str) -> SessionRecord | None:
-        rows = self._query(f"SELECT {_SESSION_COLUMNS} FROM keystile_sessions WHERE sid=%s", (sid,))
-        if not rows:
-            return None
-        sid_, kid, account, digest, fingerprint, created, expires, idle, seen, ended = rows[0]
-        return SessionRecord(
-            sid=sid_,
-            kid=kid,
-            account_id=account,
-            secret_digest=digest,
-            key_hash_fingerprint=fingerprint,
-            created_at=to_utc(created),
-            expires_at=to_utc(expires),
-            idle_timeout=idle,
-            last_seen_at=to_utc(seen),
-            ended_at=to_utc_or_none(ended),
-        )
-
-    def end_session(self, sid: str, at: datetime) -> bool:
-        changed = self._execute(
-            "UPDATE keystile_sessions SET ended_at=%s WHERE sid=%s AND ended_at IS NULL",
-            (to_utc(at), sid),
-        )
-        return changed == 1
-
-    def touch_sessions(self, last_seen: Mapping[str, datetime]) -> None:
-        self._execute_many(
-            "UPDATE keystile_sessions SET last_seen_at=%s WHERE sid=%s AND last_seen_at < %s",
-            [(to_utc(at), sid, to_utc(at)) for sid, at in sorted(last_seen.items())],
-        )
+        # Autocommit: one statement is a transaction already, without BEGIN and COMMIT.
+        with self._autocommit() as cursor:
+            cursor.execute(self._sql(query), tuple(params))
+            return cursor.rowcount
 
     def close(self) -> None:
         with self._lock:
