@@ -129,7 +129,7 @@ def count_redis(monkeypatch: pytest.MonkeyPatch, ks: Keystile) -> Calls:
 def count_async_redis(monkeypatch: pytest.MonkeyPatch, ks: Keystile) -> Calls:
     """Must run inside the event loop: the async client belongs to the running loop."""
     calls = Calls()
-    client = ks.async_redis.client
+    client = ks.redis.aio.client
     original = client.execute_command
 
     async def execute_command(*args: Any, **options: Any) -> Any:

@@ -83,7 +83,7 @@ class Commands:
 
     def watch_async(self, monkeypatch: pytest.MonkeyPatch, ks: Keystile) -> None:
         """Inside the running loop: its pipelined client belongs to the loop."""
-        client = ks.async_redis.client
+        client = ks.redis.aio.client
         original = client.execute_command
 
         async def execute_command(*args: Any) -> Any:

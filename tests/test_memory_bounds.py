@@ -61,4 +61,4 @@ def test_a_closed_event_loops_redis_client_is_let_go(
 
     for _ in range(20):
         asyncio.run(once())
-    assert len(ks.async_redis._by_loop) == 1  # the last loop's, kept until the next one
+    assert len(ks.redis.aio._by_loop) == 1  # the last loop's, kept until the next one

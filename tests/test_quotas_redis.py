@@ -526,7 +526,7 @@ def test_a_warm_async_request_costs_one_redis_call(engines: Engines) -> None:
             await ks.settle_async(principal, 200)
             principal = await ks.authenticate_async(bearer(token))
             await ks.settle_async(principal, 500)  # the settle script loaded too
-            calls = count_async_calls(ks.async_redis.client)
+            calls = count_async_calls(ks.redis.aio.client)
 
             principal = await ks.authenticate_async(bearer(token))
             assert calls == ["EVALSHA"]

@@ -20,6 +20,7 @@ from keystile._cli.output import (
     show_key_page,
     show_usage,
 )
+from keystile._core.errors import BackendError
 from keystile._core.settings import redact_url
 from keystile._runtime.engine import Keystile
 
@@ -166,13 +167,13 @@ def check_config(engine: Keystile, args: argparse.Namespace, out: Output) -> Non
     # Opening is not enough (PostgreSQL connects on first use, Django's tables may be
     # missing): one read of a key that does not exist. A failure is a BackendError.
     engine.store.get("keystile-check-config")
-    if settings.redis_url:
+    if engine.redis is not None:
         try:
-            engine.redis.client.ping()
+            engine.redis.ping()
             report["redis"] = "reachable"
-        except Exception as exc:
+        except BackendError as exc:
             raise CliError(
-                f"redis_url: cannot reach Redis ({type(exc).__name__})", EXIT_BACKEND
+                f"redis_url: cannot reach Redis ({type(exc.__cause__).__name__})", EXIT_BACKEND
             ) from None
     if out.as_json:
         out.json({"ok": True, **report})

@@ -242,6 +242,12 @@ class RedisGateway:
             raise backend_error("known_login", exc) from exc
         return known.decode() if isinstance(known, bytes) else known
 
+    def ping(self) -> None:
+        try:
+            self.sync.client.ping()
+        except REDIS_ERRORS as exc:
+            raise backend_error("ping", exc) from exc
+
     # -- life cycle -------------------------------------------------------------------------
 
     def close(self) -> None:

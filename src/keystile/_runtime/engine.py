@@ -62,6 +62,15 @@ class Keystile:
         self.clocks = Clocks(clock or time.time, monotonic or time.monotonic)
         self.backends: Backends = build_backends(self.settings, self.clocks, store)
         backends = self.backends
+        # The parts, for adapters, tools and tests.
+        self.clock = self.clocks.wall
+        self.store: KeyStore = backends.store
+        self.hasher = backends.hasher
+        self.local = backends.local
+        self.redis_keys = backends.redis_keys
+        self.has_redis = backends.redis is not None
+        #: The Redis gateway (``redis.client`` is the blocking redis-py client), or None.
+        self.redis = backends.redis
         self.verifier = Verifier(self.settings, backends.local, self.has_redis)
         self.listener: InvalidationListener | None = None
         if backends.fast:
@@ -86,7 +95,6 @@ class Keystile:
             backends.redis_keys,
             self.clocks.monotonic,
         )
-        self._redis = backends.redis  # the warm path's one attribute read
         self.driver = SyncDriver(backends, self.verifier)
         self.async_driver = AsyncDriver(backends, self.verifier, self.driver)
         self.audit = AuditLog(backends.store, self.clocks.now)
@@ -105,41 +113,6 @@ class Keystile:
         _UNCLOSED.add(self)
 
     # -- the parts, for adapters, tools and tests -------------------------------------------
-
-    @property
-    def clock(self) -> Callable[[], float]:
-        return self.clocks.wall
-
-    @property
-    def store(self) -> KeyStore:
-        return self.backends.store
-
-    @property
-    def hasher(self) -> Any:
-        return self.backends.hasher
-
-    @property
-    def local(self) -> Any:
-        return self.backends.local
-
-    @property
-    def redis_keys(self) -> Any:
-        return self.backends.redis_keys
-
-    @property
-    def has_redis(self) -> bool:
-        return self.settings.redis_url is not None
-
-    @property
-    def redis(self) -> Any:
-        """The Redis gateway (its ``client`` is the blocking redis-py client)."""
-        if self.backends.redis is None:
-            raise AttributeError("no redis_url: this engine has no Redis")
-        return self.backends.redis
-
-    @property
-    def async_redis(self) -> Any:
-        return self.redis.aio
 
     def ready(self, timeout: float = 5.0) -> bool:
         """Fast mode: wait until this process hears every key change (until then it checks
@@ -214,7 +187,7 @@ class Keystile:
             if warm.__class__ is MeterCall:
                 assert isinstance(warm, MeterCall)
                 try:
-                    reply = self._redis.meter(warm.keys, warm.args)  # type: ignore[union-attr]
+                    reply = self.redis.meter(warm.keys, warm.args)  # type: ignore[union-attr]
                 except BackendError as exc:
                     admitted = admission.meter_failed(warm, exc)
                 else:
@@ -248,7 +221,7 @@ class Keystile:
             if warm.__class__ is MeterCall:
                 assert isinstance(warm, MeterCall)
                 try:
-                    reply = await self._redis.meter_async(warm.keys, warm.args)  # type: ignore[union-attr]
+                    reply = await self.redis.meter_async(warm.keys, warm.args)  # type: ignore[union-attr]
                 except BackendError as exc:
                     admitted = admission.meter_failed(warm, exc)
                 else:
@@ -282,7 +255,7 @@ class Keystile:
             call = self.admission.settle_call(meter, status_code)
             if call is not None:
                 try:
-                    self._redis.settle(call[1], call[2])  # type: ignore[union-attr]
+                    self.redis.settle(call[1], call[2])  # type: ignore[union-attr]
                 except BackendError:
                     self.admission.settle_failed(call[0])
 
@@ -292,7 +265,7 @@ class Keystile:
             call = self.admission.settle_call(meter, status_code)
             if call is not None:
                 try:
-                    await self._redis.settle_async(call[1], call[2])  # type: ignore[union-attr]
+                    await self.redis.settle_async(call[1], call[2])  # type: ignore[union-attr]
                 except BackendError:
                     self.admission.settle_failed(call[0])
 
@@ -345,8 +318,8 @@ class Keystile:
         """The ASGI app is stopping (lifespan shutdown): write what is batched and let go of
         this event loop's Redis connections. The engine stays usable."""
         await asyncio.to_thread(self.flush)
-        if self._redis is not None:
-            await self._redis.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
 
     def close(self) -> None:
         _UNCLOSED.discard(self)
@@ -354,8 +327,8 @@ class Keystile:
             self.listener.stop()
         self.batches.stop()
         self.flush()
-        if self._redis is not None:
-            self._redis.close()
+        if self.redis is not None:
+            self.redis.close()
         self.store.close()
 
     async def aclose(self) -> None:
@@ -364,8 +337,8 @@ class Keystile:
             await asyncio.to_thread(self.listener.stop)
         self.batches.stop()
         await asyncio.to_thread(self.flush)
-        if self._redis is not None:
-            await self._redis.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
 
     def __repr__(self) -> str:
         return f"Keystile({self.settings!r})"
