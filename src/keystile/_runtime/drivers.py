@@ -19,7 +19,7 @@ from keystile._backends.hashing import match_secret
 from keystile._core import tokens
 from keystile._core.errors import AuthError, BackendError
 from keystile._core.models import KeyRecord
-from keystile._core.verification import Snapshot, Steps, Verifier
+from keystile._core.verification import Call, Snapshot, Steps, Verifier
 from keystile._runtime.singleflight import AsyncSingleFlight, SyncSingleFlight
 
 
@@ -32,6 +32,27 @@ def as_backend_error(operation: str, exc: Exception) -> BackendError:
         error.__cause__ = exc
         return error
     raise exc
+
+
+#: The store's and the gateway's calls the steps ask for by name (``store_get``, ...).
+STORE_OPS = ("get", "set_hash", "usage", "get_limit", "get_session")
+REDIS_OPS = ("version", "fetch", "fetch_known", "adopt", "put", "meter", "lease", "settle")
+
+
+class Done:
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def advance(steps: Steps, result: Any, error: BaseException | None) -> Call | Done:
+    """Send ``result`` into the steps, or throw ``error`` in: the next call they ask for, or
+    :class:`Done` with what they return."""
+    try:
+        return steps.throw(error) if error else steps.send(result)
+    except StopIteration as done:
+        return Done(done.value)
 
 
 def _late(owner: Any, name: str) -> Callable[..., Any]:
@@ -66,42 +87,26 @@ class SyncDriver:
 
         #: Operation name -> the call that does it (tests swap entries to inject faults).
         self.ops: dict[str, Callable[..., Any]] = {
-            "store_get": _late(store, "get"),
-            "store_set_hash": _late(store, "set_hash"),
-            "store_usage": _late(store, "usage"),
-            "store_get_limit": _late(store, "get_limit"),
-            "store_get_session": _late(store, "get_session"),
+            **{f"store_{name}": _late(store, name) for name in STORE_OPS},
             "argon2_verify": argon2_verify,
             "request_body": _read_body,
             "single_flight": self._single_flight,
         }
         if redis is not None and backends.key_ids is not None:
-            self.ops.update(
-                redis_version=_late(redis, "version"),
-                redis_fetch=_late(redis, "fetch"),
-                redis_fetch_known=_late(redis, "fetch_known"),
-                redis_adopt=_late(redis, "adopt"),
-                redis_put=_late(redis, "put"),
-                redis_meter=_late(redis, "meter"),
-                redis_lease=_late(redis, "lease"),
-                redis_settle=_late(redis, "settle"),
-                kids_seed=backends.key_ids.seed_soon,
-            )
+            self.ops.update({f"redis_{name}": _late(redis, name) for name in REDIS_OPS})
+            self.ops["kids_seed"] = backends.key_ids.seed_soon
 
     def run(self, steps: Steps) -> Any:
         ops = self.ops
-        result: Any = None
-        error: BaseException | None = None
-        while True:
+        call = advance(steps, None, None)
+        while call.__class__ is tuple:
+            operation, args = call
             try:
-                operation, args = steps.throw(error) if error else steps.send(result)
-            except StopIteration as done:
-                return done.value
-            result, error = None, None
-            try:
-                result = ops[operation](*args)
+                result, error = ops[operation](*args), None
             except Exception as exc:
-                error = as_backend_error(operation, exc)
+                result, error = None, as_backend_error(operation, exc)
+            call = advance(steps, result, error)
+        return call.value  # type: ignore[union-attr]
 
     def _single_flight(self, digest: str, token: tokens.ParsedToken) -> Snapshot:
         snapshot: Snapshot = self._flights.run(
@@ -134,42 +139,26 @@ class AsyncDriver:
         blocking = store.blocking
         seed = None if backends.key_ids is None else backends.key_ids.seed_soon
         self.ops: dict[str, Callable[..., Awaitable[Any]]] = {
-            "store_get": _threaded(blocking, _late(store, "get")),
-            "store_set_hash": _threaded(blocking, _late(store, "set_hash")),
-            "store_usage": _threaded(blocking, _late(store, "usage")),
-            "store_get_limit": _threaded(blocking, _late(store, "get_limit")),
-            "store_get_session": _threaded(blocking, _late(store, "get_session")),
+            **{f"store_{name}": _threaded(blocking, _late(store, name)) for name in STORE_OPS},
             "argon2_verify": _threaded(True, sync.ops["argon2_verify"]),
             "request_body": _read_body_async,
             "single_flight": self._single_flight,
         }
         if redis is not None and seed is not None:
-            self.ops.update(
-                redis_version=_late(redis, "version_async"),
-                redis_fetch=_late(redis, "fetch_async"),
-                redis_fetch_known=_late(redis, "fetch_known_async"),
-                redis_adopt=_late(redis, "adopt_async"),
-                redis_put=_late(redis, "put_async"),
-                redis_meter=_late(redis, "meter_async"),
-                redis_lease=_late(redis, "lease_async"),
-                redis_settle=_late(redis, "settle_async"),
-                kids_seed=_threaded(False, seed),  # only starts a thread
-            )
+            self.ops.update({f"redis_{name}": _late(redis, f"{name}_async") for name in REDIS_OPS})
+            self.ops["kids_seed"] = _threaded(False, seed)  # only starts a thread
 
     async def run(self, steps: Steps) -> Any:
         ops = self.ops
-        result: Any = None
-        error: BaseException | None = None
-        while True:
+        call = advance(steps, None, None)
+        while call.__class__ is tuple:
+            operation, args = call
             try:
-                operation, args = steps.throw(error) if error else steps.send(result)
-            except StopIteration as done:
-                return done.value
-            result, error = None, None
-            try:
-                result = await ops[operation](*args)
+                result, error = await ops[operation](*args), None
             except Exception as exc:
-                error = as_backend_error(operation, exc)
+                result, error = None, as_backend_error(operation, exc)
+            call = advance(steps, result, error)
+        return call.value  # type: ignore[union-attr]
 
     async def _single_flight(self, digest: str, token: tokens.ParsedToken) -> Snapshot:
         snapshot: Snapshot = await self._flights.run(

@@ -22,7 +22,7 @@ from typing import Any
 from keystile._backends.backends import Backends, build_backends
 from keystile._backends.clocks import Clocks
 from keystile._core import tokens
-from keystile._core.admission import Admission, MeterCall, RequestInfo
+from keystile._core.admission import Admission, Admitted, MeterCall, RequestInfo
 from keystile._core.credentials import Credentials, read_credentials
 from keystile._core.errors import BackendError
 from keystile._core.metering import Meter
@@ -153,13 +153,32 @@ class Keystile:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _request(
-        self, headers: list[tuple[str, str]], method: str, path: str, query: str, body: Any
-    ) -> tuple[Credentials, str, RequestInfo, bool]:
+    def _warm(
+        self, headers: Iterable[tuple[str, str]], method: str, path: str, query: str, body: Any
+    ) -> tuple[Credentials, str, RequestInfo, Admitted | MeterCall | None]:
+        """What a request carries, and what the warm path made of it (None: take the steps)."""
+        headers = headers if isinstance(headers, list) else list(headers)
         creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
         reader = body if callable(body) else (lambda: body)
         request = RequestInfo(method, path, headers, query, reader)
-        return creds, self.digest(creds.token), request, creds.idempotent
+        digest = self.digest(creds.token)
+        if creds.idempotent:  # a retry is compared with Redis: the steps do that
+            return creds, digest, request, None
+        return creds, digest, request, self.admission.warm(creds, digest, request, self.clock())
+
+    def _metered(self, call: MeterCall) -> Admitted | None:
+        try:
+            reply = self.redis.meter(call.keys, call.args)  # type: ignore[union-attr]
+        except BackendError as exc:
+            return self.admission.meter_failed(call, exc)
+        return self.admission.metered(call, reply)
+
+    async def _metered_async(self, call: MeterCall) -> Admitted | None:
+        try:
+            reply = await self.redis.meter_async(call.keys, call.args)  # type: ignore[union-attr]
+        except BackendError as exc:
+            return self.admission.meter_failed(call, exc)
+        return self.admission.metered(call, reply)
 
     def authenticate(
         self,
@@ -178,25 +197,12 @@ class Keystile:
         request is charged even when its key was seen. Adapters call :meth:`settle` once the
         response status is known.
         """
-        headers = headers if isinstance(headers, list) else list(headers)
-        creds, digest, request, idempotent = self._request(headers, method, path, query, body)
-        admission = self.admission
-        admitted = None
-        if not idempotent:
-            warm = admission.warm(creds, digest, request, self.clock())
-            if warm.__class__ is MeterCall:
-                assert isinstance(warm, MeterCall)
-                try:
-                    reply = self.redis.meter(warm.keys, warm.args)  # type: ignore[union-attr]
-                except BackendError as exc:
-                    admitted = admission.meter_failed(warm, exc)
-                else:
-                    admitted = admission.metered(warm, reply)
-            else:
-                admitted = warm  # type: ignore[assignment]
+        creds, digest, request, admitted = self._warm(headers, method, path, query, body)
+        if admitted.__class__ is MeterCall:
+            admitted = self._metered(admitted)
         if admitted is None:
-            admitted = self.driver.run(admission.admit(creds, digest, request))
-        principal, meter, crossed = admitted
+            admitted = self.driver.run(self.admission.admit(creds, digest, request))
+        principal, meter, crossed = admitted  # type: ignore[misc]
         if crossed:
             self._fire_thresholds(meter, crossed)
         self._note_use(meter.charge_info.kid)
@@ -212,25 +218,12 @@ class Keystile:
         body: BodyArgument = b"",
     ) -> Principal:
         """Async: never blocks the event loop."""
-        headers = headers if isinstance(headers, list) else list(headers)
-        creds, digest, request, idempotent = self._request(headers, method, path, query, body)
-        admission = self.admission
-        admitted = None
-        if not idempotent:
-            warm = admission.warm(creds, digest, request, self.clock())
-            if warm.__class__ is MeterCall:
-                assert isinstance(warm, MeterCall)
-                try:
-                    reply = await self.redis.meter_async(warm.keys, warm.args)  # type: ignore[union-attr]
-                except BackendError as exc:
-                    admitted = admission.meter_failed(warm, exc)
-                else:
-                    admitted = admission.metered(warm, reply)
-            else:
-                admitted = warm  # type: ignore[assignment]
+        creds, digest, request, admitted = self._warm(headers, method, path, query, body)
+        if admitted.__class__ is MeterCall:
+            admitted = await self._metered_async(admitted)
         if admitted is None:
-            admitted = await self.async_driver.run(admission.admit(creds, digest, request))
-        principal, meter, crossed = admitted
+            admitted = await self.async_driver.run(self.admission.admit(creds, digest, request))
+        principal, meter, crossed = admitted  # type: ignore[misc]
         if crossed:
             self._spawn(asyncio.to_thread(self._fire_thresholds, meter, crossed))
         self._note_use(meter.charge_info.kid)
