@@ -1,5 +1,5 @@
 """The admin for the ``django://`` store: list keys (masked), create one (token shown once),
-revoke. Every change goes through the engine's :class:`~keystile._services.keys.KeyManager`, which
+revoke. Every change goes through the engine's key manager (``engine.keys``), which
 bumps the key's state version and tells Redis, so a revocation is enforced at once in every
 process; rows are never edited directly, and keys are not deleted here (revoked keys stay for
 audit).
@@ -19,7 +19,7 @@ from django.template.response import TemplateResponse  # type: ignore[import-unt
 from django.urls import reverse  # type: ignore[import-untyped,unused-ignore]
 
 from keystile._core.errors import BackendError, InvalidInput, KeystileError
-from keystile._services.keys import (
+from keystile._http.keyrules import (
     check_account,
     check_expiry,
     check_name,
