@@ -48,7 +48,11 @@ class ASGIExchange(Exchange):
     __slots__ = ("server_send",)
 
     def __init__(self, engine: Keystile, server_send: Send) -> None:
-        super().__init__(engine)
+        # Every request makes one: the fields set here rather than through super().__init__.
+        self.engine = engine
+        self.principal = None
+        self.status = None
+        self.failed = self.settled = False
         self.server_send = server_send
 
     async def send(self, message: Message) -> None:

@@ -20,7 +20,7 @@ The rules, once for every adapter:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from keystile import AuthError, Keystile, Principal
@@ -96,9 +96,9 @@ class Exchange:
         self.failed = True
         self.settle()
 
-    async def refund_async(self) -> None:
+    def refund_async(self) -> Awaitable[None]:
         self.failed = True
-        await self.settle_async()
+        return self.settle_async()
 
     def settle(self) -> None:
         """Blocking: charge the request at its status (refunded if it failed), once."""
@@ -106,10 +106,25 @@ class Exchange:
             self.settled = True
             self.engine.settle(self.principal, None if self.failed else self.status)
 
-    async def settle_async(self) -> None:
-        if not self.settled:
-            self.settled = True
-            await self.engine.settle_async(self.principal, None if self.failed else self.status)
+    def settle_async(self) -> Awaitable[None]:
+        # The engine's coroutine itself, not one awaiting it: this runs on every request.
+        if self.settled:
+            return _DONE
+        self.settled = True
+        return self.engine.settle_async(self.principal, None if self.failed else self.status)
+
+
+class _Done:
+    """Already done: awaiting it returns at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
 
 
 class SettledOnClose:
