@@ -384,3 +384,27 @@ def test_flask_management_gets_its_body_with_an_idempotency_key(ks: Keystile) ->
     )
     assert response.status_code == 200 and response.get_json()["enabled"] is False
     assert ks.keys.get(leaked.key_id).enabled is False
+
+
+# -- which bodies may be compared (WSGI and Django read the same rule) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("meta", "length"),
+    [
+        ({}, 0),
+        ({"CONTENT_LENGTH": ""}, 0),
+        ({"CONTENT_LENGTH": "12"}, 12),
+        ({"CONTENT_LENGTH": "-1"}, None),
+        ({"CONTENT_LENGTH": "twelve"}, None),
+        ({"CONTENT_LENGTH": "12", "HTTP_TRANSFER_ENCODING": "Chunked"}, None),
+    ],
+)
+def test_only_a_body_of_known_length_within_the_limit_is_compared(
+    meta: dict[str, str], length: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keystile._http.bodies import comparable_length
+
+    assert comparable_length(meta) == length
+    monkeypatch.setattr("keystile._http.bodies.IDEMPOTENT_BODY_LIMIT", 11)
+    assert comparable_length({"CONTENT_LENGTH": "12"}) is None
