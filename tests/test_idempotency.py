@@ -19,7 +19,8 @@ from starlette.testclient import TestClient
 
 from keystile import Keystile
 from keystile._core import tokens
-from keystile.starlette import KeystileMiddleware, _buffer_body
+from keystile._http.bodies import buffer_body
+from keystile.starlette import KeystileMiddleware
 
 from .behaviour.harness_sync import call_wsgi, server_environ
 
@@ -210,8 +211,7 @@ def test_environments_do_not_share_keys(poster: Poster, ks: Keystile) -> None:
 def test_a_body_too_large_to_compare_is_charged_every_time(
     poster: Poster, ks: Keystile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for module in ("starlette", "wsgi", "django.middleware"):
-        monkeypatch.setattr(f"keystile.{module}.IDEMPOTENT_BODY_LIMIT", 16)
+    monkeypatch.setattr("keystile._http.bodies.IDEMPOTENT_BODY_LIMIT", 16)
     token = ks.keys.create(ACCT, "k").token
     body = b"x" * 100
     send(poster, token, "/echo", body)
@@ -254,7 +254,7 @@ def chunks(*parts: bytes) -> list[dict[str, Any]]:
 @pytest.mark.anyio
 async def test_buffering_hands_the_app_every_chunk_in_order() -> None:
     messages = chunks(b"ab", b"", b"cd")
-    body, replay = await _buffer_body(receiver(messages))
+    body, replay = await buffer_body(receiver(messages))
     assert body == b"abcd"
     assert await drain(replay) == messages
 
@@ -263,9 +263,9 @@ async def test_buffering_hands_the_app_every_chunk_in_order() -> None:
 async def test_buffering_stops_at_the_limit_and_passes_the_rest_through(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("keystile.starlette.IDEMPOTENT_BODY_LIMIT", 3)
+    monkeypatch.setattr("keystile._http.bodies.IDEMPOTENT_BODY_LIMIT", 3)
     messages = chunks(b"ab", b"cd", b"ef", b"gh")
-    body, replay = await _buffer_body(receiver(messages))
+    body, replay = await buffer_body(receiver(messages))
     assert body is None
     assert await drain(replay) == messages
 
@@ -273,7 +273,7 @@ async def test_buffering_stops_at_the_limit_and_passes_the_rest_through(
 @pytest.mark.anyio
 async def test_a_disconnect_while_buffering_reaches_the_app() -> None:
     messages = [*chunks(b"ab", b"cd")[:1], {"type": "http.disconnect"}]
-    body, replay = await _buffer_body(receiver(messages))
+    body, replay = await buffer_body(receiver(messages))
     assert body is None
     assert await drain(replay) == messages
 
@@ -384,3 +384,27 @@ def test_flask_management_gets_its_body_with_an_idempotency_key(ks: Keystile) ->
     )
     assert response.status_code == 200 and response.get_json()["enabled"] is False
     assert ks.keys.get(leaked.key_id).enabled is False
+
+
+# -- which bodies may be compared (WSGI and Django read the same rule) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("meta", "length"),
+    [
+        ({}, 0),
+        ({"CONTENT_LENGTH": ""}, 0),
+        ({"CONTENT_LENGTH": "12"}, 12),
+        ({"CONTENT_LENGTH": "-1"}, None),
+        ({"CONTENT_LENGTH": "twelve"}, None),
+        ({"CONTENT_LENGTH": "12", "HTTP_TRANSFER_ENCODING": "Chunked"}, None),
+    ],
+)
+def test_only_a_body_of_known_length_within_the_limit_is_compared(
+    meta: dict[str, str], length: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keystile._http.bodies import comparable_length
+
+    assert comparable_length(meta) == length
+    monkeypatch.setattr("keystile._http.bodies.IDEMPOTENT_BODY_LIMIT", 11)
+    assert comparable_length({"CONTENT_LENGTH": "12"}) is None

@@ -834,8 +834,14 @@ def test_django_mount_reads_the_setting_and_is_idempotent(ks: Keystile) -> None:
 
 
 def test_django_an_unmounted_prefix_is_mounted_on_first_use_with_a_warning(
-    ks: Keystile, admin: CreatedKey, caplog: pytest.LogCaptureFixture
+    ks: Keystile,
+    admin: CreatedKey,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A logging dictConfig elsewhere in the run (lint_imports in tests/test_layout.py) disables
+    # the loggers that exist by then, this one among them.
+    monkeypatch.setattr(logging.getLogger("keystile"), "disabled", False)
     harness = DjangoSyncApi(ks)
     assert harness.request("GET", "/v1/openapi.json").status == 401  # the engine doesn't know
     with caplog.at_level(logging.WARNING, logger="keystile"):

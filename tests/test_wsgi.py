@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from keystile import Keystile
+from keystile import Keystile, Principal
 from keystile._core.errors import INSUFFICIENT_PERMISSIONS, AuthError
 from keystile.wsgi import (
     KeystileMiddleware,
@@ -241,8 +241,12 @@ def test_requires_without_the_middleware_is_a_401() -> None:
     with pytest.raises(AuthError) as refused:
         requires("read")(ok)({}, lambda *a: None)
     assert refused.value.code == "AUTH_001"
-    with pytest.raises(RuntimeError, match="KeystileMiddleware"):
+    with pytest.raises(AuthError) as refused:
         cost(1)(ok)({"keystile.principal": object()}, lambda *a: None)
+    assert refused.value.code == "AUTH_001"  # as on every adapter: the principal comes first
+    principal = Principal("key_x", "a", "n", None, "live", frozenset(), "bearer")
+    with pytest.raises(RuntimeError, match="KeystileMiddleware"):
+        cost(1)(ok)({"keystile.principal": principal}, lambda *a: None)
 
 
 def test_constructor_takes_settings_or_an_engine(ks: Keystile) -> None:

@@ -19,9 +19,11 @@ from typing import Any
 from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 
-from keystile._core.metering import check_route_cost
-from keystile._core.principal import Principal, check_permissions
-from keystile.starlette import KeystileMiddleware, engine_of, principal_of
+from keystile import Principal
+from keystile._core.principal import check_permissions
+from keystile._http import guards
+from keystile._http.guards import principal_of
+from keystile.starlette import KeystileMiddleware
 
 __all__ = [
     "KeystileMiddleware",
@@ -98,10 +100,10 @@ def require(*permissions: str) -> Callable[..., Awaitable[Principal]]:
 
 def cost(pages: int) -> Callable[[Request], Awaitable[None]]:
     """Dependency: this route costs ``pages`` (reserved before the handler; 429 if over)."""
-    check_route_cost(pages)
+    guard = guards.cost_guard(pages)
 
     async def dependency(request: Request) -> None:
-        await engine_of(request).reserve_async(principal_of(request), pages)
+        await guard.check_async(request)
 
     return dependency
 

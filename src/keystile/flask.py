@@ -1,47 +1,40 @@
-"""Flask: the :class:`Keystile` extension and the :func:`requires` / :func:`cost` decorators.
+"""Flask: the :class:`Keystile` extension and the :func:`requires` / :func:`cost` decorators::
 
-::
-
-    app.config["KEYSTILE"] = {"exempt_paths": ["/health"]}
-    keystile = Keystile(app)            # or Keystile() + keystile.init_app(app)
+    keystile = Keystile(app)  # settings from app.config["KEYSTILE"]; or Keystile() + init_app
 
     @app.get("/jobs")
     @requires("jobs:read")
     def jobs(): return {"account": g.principal.account_id}
 
-The extension authenticates before any other ``before_request`` function, so a refusal is a
-normal Flask response (other extensions' ``after_request`` hooks, CORS say, still run). The
-principal is ``flask.g.principal`` and ``flask.request.state.principal``. The request is
-settled when the server closes the response (5xx, refusals and unhandled exceptions refunded,
-as the core decides). Headers are read from the WSGI environ exactly as
-:mod:`keystile.wsgi` reads them; see it for the underscore/duplicate header rules.
+Keystile runs before every other ``before_request`` function; a refusal is a normal Flask
+response (other ``after_request`` hooks, CORS say, still run). The principal is ``g.principal``
+and ``request.state.principal``. Headers are read as in :mod:`keystile.wsgi` (see it).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Flask, Response, current_app, g, has_app_context, request
 
-from keystile._core.errors import MISSING_API_KEY, AuthError, render
-from keystile._core.metering import check_route_cost
-from keystile._core.principal import Principal, check_permissions
-from keystile._runtime.engine import Keystile as Engine
-from keystile.wsgi import environ_headers, read_body
+from keystile import AuthError, Principal
+from keystile import Keystile as Engine
+from keystile._core.errors import render
+from keystile._http import guards
+from keystile._http.bodies import read_environ_body
+from keystile._http.exchange import Exchange
+from keystile._http.headers import environ_headers
 
 __all__ = ["Keystile", "cost", "current_principal", "requires"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "keystile"
 _PENDING = "_keystile_pending"
 
 
 def error_response(error: AuthError) -> Response:
-    """A Flask response for ``error``, from keystile's one table."""
     rendered = render(error)
     return Response(rendered.body, status=rendered.status, headers=rendered.headers)
 
@@ -67,8 +60,7 @@ class Keystile:
 
     @property
     def engine(self) -> Engine:
-        """The engine (``engine.keys``, ``engine.quotas``): the current app's, or outside an
-        app context the only app's."""
+        """The current app's engine (outside an app context: the only app's)."""
         if self._engine is not None:
             return self._engine
         if has_app_context():
@@ -89,17 +81,9 @@ class Keystile:
             self._engines.append(engine)
         # First of all before_request functions: nothing runs for a refused request.
         app.before_request_funcs.setdefault(None, []).insert(0, functools.partial(_before, engine))
-        app.after_request(functools.partial(_after, engine))
-        app.teardown_request(functools.partial(_teardown, engine))
-        app.register_error_handler(AuthError, functools.partial(_refused, engine))
-
-
-def _body() -> bytes | None:
-    """The body, for an Idempotency-Key, put back in the environ; werkzeug then builds
-    ``request.stream`` (and so ``get_data``, ``form``, ``files``) from it as usual."""
-    body = read_body(request.environ)
-    request.__dict__.pop("stream", None)  # a cached_property, if something already read it
-    return body
+        app.after_request(_after)
+        app.teardown_request(_refund)  # no response was made: an unhandled exception
+        app.register_error_handler(AuthError, _refused)
 
 
 def engine_for(app: Flask) -> Engine:
@@ -109,101 +93,57 @@ def engine_for(app: Flask) -> Engine:
     return engine
 
 
+def _body() -> bytes | None:
+    """For an Idempotency-Key; put back in the environ, where werkzeug reads it as usual."""
+    body = read_environ_body(request.environ)
+    request.__dict__.pop("stream", None)  # a cached_property, if something already read it
+    return body
+
+
 def _before(engine: Engine) -> Response | None:
-    state = SimpleNamespace()
-    request.state = state  # type: ignore[attr-defined]
+    request.state = state = SimpleNamespace()  # type: ignore[attr-defined]
     if engine.is_exempt(request.path):
         return None
+    exchange = Exchange(engine)
+    environ = request.environ
     try:
-        headers = environ_headers(request.environ)
-        principal = engine.authenticate(
-            headers,
-            request.method,
-            request.path,
-            query=request.environ.get("QUERY_STRING", ""),
-            body=_body,  # read only for an Idempotency-Key
-        )
+        headers, query = environ_headers(environ), environ.get("QUERY_STRING", "")
+        state.principal = exchange.admit(headers, request.method, request.path, query, _body)
     except AuthError as error:
         return error_response(error)
-    state.principal = principal
-    state.keystile = engine
-    g.principal = principal
-    setattr(g, _PENDING, principal)
+    state.keystile, g.principal = engine, state.principal
+    setattr(g, _PENDING, exchange)
     return None
 
 
-def _after(engine: Engine, response: Response) -> Response:
-    principal = g.pop(_PENDING, None)
-    if isinstance(principal, Principal):
-        response.headers.extend(engine.quota_headers(principal))
+def _after(response: Response) -> Response:
+    exchange: Exchange | None = g.pop(_PENDING, None)
+    if exchange is not None:
+        response.headers.extend(exchange.start(response.status_code))
         # After the body: a streamed response may report its real cost while streaming.
-        response.call_on_close(lambda: engine.settle(principal, response.status_code))
+        response.call_on_close(exchange.settle)
     return response
 
 
-def _refused(engine: Engine, error: AuthError) -> Response:
-    """An AuthError raised by a view (requires(), cost()): rendered from the one table.
-    Refused by keystile itself: nothing was served, nothing is billed."""
-    principal = g.pop(_PENDING, None)
-    if isinstance(principal, Principal):
-        engine.settle(principal, None)
+def _refund(exc: BaseException | None = None) -> None:
+    exchange: Exchange | None = g.pop(_PENDING, None)
+    if exchange is not None:
+        exchange.refund()
+
+
+def _refused(error: AuthError) -> Response:  # raised by a view: requires(), cost()
+    _refund()
     return error_response(error)
-
-
-def _teardown(engine: Engine, exc: BaseException | None) -> None:
-    principal = g.pop(_PENDING, None)
-    if isinstance(principal, Principal):  # no response was made: an unhandled exception
-        engine.settle(principal, None)
 
 
 def current_principal() -> Principal:
     """The principal of the current request (raises AUTH_001 when there is none)."""
-    principal = g.get("principal")
-    if not isinstance(principal, Principal):
-        raise AuthError(MISSING_API_KEY)
-    return principal
+    return guards.principal_of(request)
 
 
-def _wrap_view(check: Callable[[], None]) -> Callable[[F], F]:
-    # Flask runs an async view in an event loop of its own per request, so the check stays
-    # blocking (the engine's async Redis client belongs to one loop).
-    def decorate(view: F) -> F:
-        if inspect.iscoroutinefunction(view):
-
-            @functools.wraps(view)
-            async def async_view(*args: Any, **kwargs: Any) -> Any:
-                check()
-                return await view(*args, **kwargs)
-
-            return async_view  # type: ignore[return-value]
-
-        @functools.wraps(view)
-        def sync_view(*args: Any, **kwargs: Any) -> Any:
-            check()
-            return view(*args, **kwargs)
-
-        return sync_view  # type: ignore[return-value]
-
-    return decorate
-
-
-def requires(*permissions: str) -> Callable[[F], F]:
-    """View decorator: every permission must be granted (``*`` wildcards in grants)."""
-
-    def check() -> None:
-        check_permissions(current_principal(), permissions)
-
-    return _wrap_view(check)
-
-
-def cost(pages: int) -> Callable[[F], F]:
-    """View decorator: the view costs ``pages`` (reserved before it runs; 429 if over).
-
-    The view may still report the real cost with ``g.principal.charge(n)``."""
-    check_route_cost(pages)
-
-    def check() -> None:
-        principal = current_principal()
-        engine_for(current_app).reserve(principal, pages)
-
-    return _wrap_view(check)
+# A view's arguments are its URL's; the request is Flask's global. Blocking checks: Flask runs
+# an async view in an event loop of its own per request, and the engine's async Redis client
+# belongs to one loop.
+requires, cost = guards.decorators(
+    functools.partial(guards.guarded, find_request=lambda *_: request, blocking=True)
+)

@@ -24,27 +24,20 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
-from keystile._core.principal import Principal
-from keystile._http.management import (
-    MAX_BODY,
-    PUBLIC_PATHS,
-    ROUTE,
-    ApiRequest,
-    ApiResponse,
-    ManagementAPI,
-)
-from keystile._runtime.engine import Keystile as Engine
+from keystile import Keystile as Engine
+from keystile import Principal
+from keystile._http.bodies import read_limited
+from keystile._http.headers import environ_headers
+from keystile._http.management import MAX_BODY, ApiRequest, ApiResponse, ManagementAPI
+from keystile._http.mounting import management_api, mount_management
 from keystile.flask import EXTENSION_KEY
 from keystile.flask import Keystile as FlaskKeystile
-from keystile.wsgi import environ_headers
 
 __all__ = ["management_blueprint"]
 
 #: Every method goes to the API (which answers 405 with ``Allow`` for the wrong ones).
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 CONVERTER = "keystile_rest"
-#: What the API is handed for a body over the limit: it answers 422 ``body``.
-_OVERSIZED = b" " * (MAX_BODY + 1)
 
 
 class RestConverter(BaseConverter):
@@ -71,21 +64,8 @@ def _engine(keystile: FlaskKeystile | Engine | None, app: Flask) -> Engine:
 
 
 def read_body(limit: int = MAX_BODY) -> bytes:
-    """At most ``limit`` bytes of the request body; more than that reads as oversized
-    without reading the rest (a declared length over the limit is not read at all)."""
-    length = request.content_length
-    if length is not None and length > limit:
-        return _OVERSIZED
-    stream = request.stream
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = stream.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks) if size <= limit else _OVERSIZED
+    """At most ``limit`` bytes of the request body (more reads as oversized: a 422)."""
+    return read_limited(request.stream.read, request.content_length, limit)
 
 
 def api_request(path: str) -> ApiRequest:
@@ -121,7 +101,9 @@ def management_blueprint(
     the app's extension at registration. The blueprint may be registered on several apps
     (each with its own engine) and under several prefixes (give each a ``name``)."""
     blueprint = Blueprint(name, __name__, url_prefix=url_prefix)
-    apis: weakref.WeakKeyDictionary[Flask, ManagementAPI] = weakref.WeakKeyDictionary()
+    apis: weakref.WeakKeyDictionary[Flask, tuple[Engine, ManagementAPI]] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def setup(state: BlueprintSetupState) -> None:
         app = cast(Flask, state.app)
@@ -133,19 +115,16 @@ def management_blueprint(
                 "management_blueprint(): its engine is not the one keystile.flask.Keystile "
                 "authenticates this app's requests with"
             )
-        api = apis.get(app)
-        if api is None or api.keys is not engine.keys:
-            apis[app] = ManagementAPI(
-                keys=engine.keys, sessions=engine.sessions, quotas=engine.quotas, audit=engine.audit
-            )
-        engine.mount_management(state.url_prefix or "", public_paths=PUBLIC_PATHS, route=ROUTE)
+        if app not in apis or apis[app][0] is not engine:
+            apis[app] = (engine, management_api(engine))
+        mount_management(engine, state.url_prefix or "")
         if state.url_prefix:  # the prefix itself, no slash after it
             state.add_url_rule("", "api_root", view, **options)
         state.add_url_rule(f"/<{CONVERTER}:rest>", "api", view, **options)
 
     def view(rest: str = "") -> Response:
         app: Any = current_app
-        api = apis[app._get_current_object()]
+        api = apis[app._get_current_object()][1]
         return flask_response(api.handle(api_request("/" + rest)))
 
     options: dict[str, Any] = {

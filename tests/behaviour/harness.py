@@ -12,6 +12,12 @@ carry ``exempt_paths=EXEMPT_PATHS``) and returns a :class:`Harness` serving:
 ``GET /public/x``  exempt (by the ``/public/*`` prefix): same body as /health
 =================  ==========================================================================
 
+and, for the settlement tests (``test_settlement.py``), the quota routes: ``/`` (the
+principal's quota), ``/expensive`` (cost 3), ``/expensive-charged?n=`` (cost 4, real cost n),
+``/charged?n=``, ``/failing?s=<status>``, ``/boom`` (raises), ``/needs-admin`` (requires
+"admin"), ``/stream?n=`` (charges n while streaming) and ``/stream-refused`` (a streamed body
+refused by keystile after its first chunk).
+
 To add a framework (Flask, WSGI, Django...): write a ``make_<name>(ks) -> Harness`` that
 builds that app with keystile's adapter for it, and add it to :data:`HARNESSES`; every test
 in ``test_behaviour.py`` then runs against it. ``request`` must pass header names and values
@@ -128,8 +134,82 @@ def build_starlette_app(ks: Keystile) -> Any:
         Route("/write", write),
         Route("/health", exempt),
         Route("/public/x", exempt),
+        *starlette_quota_routes(),
     ]
     return Starlette(routes=routes, middleware=[Middleware(KeystileMiddleware, keystile=ks)])
+
+
+def quota_body(principal: Principal) -> dict[str, Any]:
+    quota = principal.quota
+    return {"used": quota.used, "remaining": quota.remaining, "limit": quota.limit}
+
+
+def starlette_quota_routes() -> list[Any]:
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.routing import Route
+
+    from keystile._core.principal import check_permissions
+    from keystile.starlette import cost, principal_of, requires
+
+    async def home(request: Request) -> JSONResponse:
+        return JSONResponse(quota_body(principal_of(request)))
+
+    @cost(3)
+    async def expensive(request: Request) -> JSONResponse:
+        principal = principal_of(request)
+        assert principal.meter is not None
+        return JSONResponse({"reserved": principal.meter.reserved, "used": principal.quota.used})
+
+    @cost(4)
+    def expensive_charged(request: Request) -> PlainTextResponse:  # sync: cost() wraps both
+        principal_of(request).charge(int(request.query_params["n"]))
+        return PlainTextResponse("ok")
+
+    async def charged(request: Request) -> PlainTextResponse:
+        principal_of(request).charge(int(request.query_params["n"]))
+        return PlainTextResponse("ok")
+
+    async def failing(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("upstream broke", status_code=int(request.query_params["s"]))
+
+    async def boom(request: Request) -> PlainTextResponse:
+        raise RuntimeError("handler bug")
+
+    @requires("admin")
+    async def needs_admin(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("admin")
+
+    async def stream(request: Request) -> StreamingResponse:
+        principal, n = principal_of(request), int(request.query_params["n"])
+
+        async def body() -> Any:
+            for _ in range(3):
+                yield b"chunk "
+            principal.charge(n)
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    async def stream_refused(request: Request) -> StreamingResponse:
+        principal = principal_of(request)
+
+        async def body() -> Any:
+            yield b"chunk "
+            check_permissions(principal, ("admin",))
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    return [
+        Route("/", home),
+        Route("/expensive", expensive),
+        Route("/expensive-charged", expensive_charged),
+        Route("/charged", charged),
+        Route("/failing", failing),
+        Route("/boom", boom),
+        Route("/needs-admin", needs_admin),
+        Route("/stream", stream),
+        Route("/stream-refused", stream_refused),
+    ]
 
 
 def make_starlette(ks: Keystile) -> Harness:
@@ -138,8 +218,10 @@ def make_starlette(ks: Keystile) -> Harness:
 
 def build_fastapi_app(ks: Keystile) -> Any:
     from fastapi import Depends, FastAPI, Request
+    from fastapi.responses import PlainTextResponse, StreamingResponse
 
-    from keystile.fastapi import KeystileMiddleware, get_principal, require
+    from keystile._core.principal import check_permissions
+    from keystile.fastapi import KeystileMiddleware, cost, get_principal, require
 
     app = FastAPI()
     app.add_middleware(KeystileMiddleware, keystile=ks)
@@ -163,6 +245,56 @@ def build_fastapi_app(ks: Keystile) -> Any:
     @app.get("/public/x")
     async def public(request: Request) -> dict[str, Any]:
         return _exempt_body(request.state)
+
+    Current = Annotated[Principal, Depends(get_principal)]
+
+    @app.get("/")
+    async def home(principal: Current) -> dict[str, Any]:
+        return quota_body(principal)
+
+    @app.get("/expensive", dependencies=[Depends(cost(3))])
+    async def expensive(principal: Current) -> dict[str, Any]:
+        assert principal.meter is not None
+        return {"reserved": principal.meter.reserved, "used": principal.quota.used}
+
+    @app.get("/expensive-charged", dependencies=[Depends(cost(4))])
+    def expensive_charged(principal: Current, n: int) -> PlainTextResponse:
+        principal.charge(n)
+        return PlainTextResponse("ok")
+
+    @app.get("/charged")
+    async def charged(principal: Current, n: int) -> PlainTextResponse:
+        principal.charge(n)
+        return PlainTextResponse("ok")
+
+    @app.get("/failing")
+    async def failing(s: int) -> PlainTextResponse:
+        return PlainTextResponse("upstream broke", status_code=s)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("handler bug")
+
+    @app.get("/needs-admin", dependencies=[Depends(require("admin"))])
+    async def needs_admin() -> PlainTextResponse:
+        return PlainTextResponse("admin")
+
+    @app.get("/stream")
+    async def stream(principal: Current, n: int) -> StreamingResponse:
+        async def body() -> Any:
+            for _ in range(3):
+                yield b"chunk "
+            principal.charge(n)
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    @app.get("/stream-refused")
+    async def stream_refused(principal: Current) -> StreamingResponse:
+        async def body() -> Any:
+            yield b"chunk "
+            check_permissions(principal, ("admin",))
+
+        return StreamingResponse(body(), media_type="text/plain")
 
     return app
 

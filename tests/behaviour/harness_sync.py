@@ -29,6 +29,7 @@ from .harness import (
     Result,
     _exempt_body,
     principal_fields,
+    quota_body,
 )
 
 
@@ -134,13 +135,15 @@ def build_wsgi_app(ks: Keystile) -> Any:
         "/write": requires("write")(whoami),
         "/health": exempt,
         "/public/x": exempt,
+        **wsgi_quota_routes(),
     }
 
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         route = routes.get(request_path(environ))
         if route is None:
             return respond(start_response, {"detail": "Not Found"}, "404 Not Found")
-        return route(environ, start_response)
+        result: Iterable[bytes] = route(environ, start_response)
+        return result
 
     return KeystileMiddleware(app, keystile=ks)
 
@@ -160,6 +163,7 @@ def build_flask_app(ks: Keystile) -> Any:
 
     app = Flask("keystile_harness")
     FlaskKeystile(app, keystile=ks)
+    add_flask_quota_routes(app)
 
     @app.get("/whoami")
     def whoami() -> dict[str, Any]:
@@ -222,11 +226,11 @@ class DjangoSyncHarness:
         extra = {k: v for k, v in environ.items() if k.startswith(("HTTP_", "CONTENT_"))}
         with django_overrides(self.ks, self.urlconf):
             response = self.client.generic(method, path, **extra)
-            if response.streaming:
-                body = b"".join(response.streaming_content)
+            try:  # as a WSGI server does: send the body, then close it, come what may
+                streamed = response.streaming
+                body = b"".join(response.streaming_content) if streamed else response.content
+            finally:
                 response.close()
-            else:
-                body = response.content
         return _result(response.status_code, response.headers.items(), body)
 
     def close(self) -> None:
@@ -280,21 +284,15 @@ def make_django_async(ks: Keystile) -> Harness:
 
 # ------------------------------------------------------------------- quota routes
 #
-# For the quota tests (tests/test_wsgi.py): the same harness interface, serving
-# ``/`` (the principal's quota), ``/expensive`` (cost 3), ``/expensive-charged?n=`` (cost 4,
-# real cost n), ``/charged?n=``, ``/failing?s=<status>``, ``/boom`` (raises),
-# ``/needs-admin`` (requires "admin"), ``/stream?n=`` (charges n while streaming), ``/health``.
+# Served by every harness, for the settlement tests (tests/behaviour/test_settlement.py) and
+# the quota tests (tests/test_wsgi.py): see the routes in the docstring of :mod:`.harness`.
 
 
-def _quota_body(principal: Any) -> dict[str, Any]:
-    quota = principal.quota
-    return {"used": quota.used, "remaining": quota.remaining, "limit": quota.limit}
-
-
-def build_wsgi_quota_app(ks: Keystile) -> Any:
+def wsgi_quota_routes() -> dict[str, Any]:
     from urllib.parse import parse_qs
 
-    from keystile.wsgi import KeystileMiddleware, cost, principal_of, request_path, requires
+    from keystile._core.principal import check_permissions
+    from keystile.wsgi import cost, principal_of, requires
 
     def respond(start_response: Any, body: Any, status: int = 200) -> list[bytes]:
         data = json.dumps(body).encode() if not isinstance(body, bytes) else body
@@ -305,7 +303,7 @@ def build_wsgi_quota_app(ks: Keystile) -> Any:
         return int(parse_qs(environ.get("QUERY_STRING", ""))[name][0])
 
     def home(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        return respond(start_response, _quota_body(principal_of(environ)))
+        return respond(start_response, quota_body(principal_of(environ)))
 
     def expensive(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         principal = principal_of(environ)
@@ -331,44 +329,37 @@ def build_wsgi_quota_app(ks: Keystile) -> Any:
             yield b"chunk "
         principal.charge(n)
 
-    def health(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        return respond(start_response, {"ok": True, "principal": "keystile.principal" in environ})
+    def stream_refused(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        principal = principal_of(environ)
+        start_response("200 OK", [("content-type", "text/plain")])
+        yield b"chunk "
+        check_permissions(principal, ("admin",))
 
-    routes: dict[str, Any] = {
+    def admin(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return respond(start_response, b"admin")
+
+    return {
         "/": home,
         "/expensive": cost(3)(expensive),
         "/expensive-charged": cost(4)(charged),
         "/charged": charged,
         "/failing": failing,
         "/boom": boom,
-        "/needs-admin": requires("admin")(health),
+        "/needs-admin": requires("admin")(admin),
         "/stream": stream,
-        "/health": health,
-        "/public/x": health,
+        "/stream-refused": stream_refused,
     }
 
-    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        route = routes.get(request_path(environ))
-        if route is None:
-            return respond(start_response, {"detail": "Not Found"}, 404)
-        result: Iterable[bytes] = route(environ, start_response)
-        return result
 
-    return KeystileMiddleware(app, keystile=ks)
+def add_flask_quota_routes(app: Any) -> None:
+    from flask import Response, g, request, stream_with_context
 
-
-def build_flask_quota_app(ks: Keystile) -> Any:
-    from flask import Flask, Response, g, request, stream_with_context
-
-    from keystile.flask import Keystile as FlaskKeystile
+    from keystile._core.principal import check_permissions
     from keystile.flask import cost, requires
-
-    app = Flask("keystile_quota")
-    FlaskKeystile(app, keystile=ks)
 
     @app.get("/")
     def home() -> dict[str, Any]:
-        return _quota_body(g.principal)
+        return quota_body(g.principal)
 
     @app.get("/expensive")
     @cost(3)
@@ -410,18 +401,21 @@ def build_flask_quota_app(ks: Keystile) -> Any:
 
         return Response(stream_with_context(body()))
 
-    @app.get("/health")
-    @app.get("/public/x")
-    def health() -> dict[str, Any]:
-        return _exempt_body(request.state)  # type: ignore[attr-defined]
+    @app.get("/stream-refused")
+    def stream_refused() -> Response:
+        principal = g.principal
 
-    return app
+        def body() -> Any:
+            yield "chunk "
+            check_permissions(principal, ("admin",))
+
+        return Response(stream_with_context(body()))
 
 
-#: name -> factory(engine) -> Harness serving the quota routes above.
+#: The WSGI family's harnesses, for tests/test_wsgi.py: they all serve the quota routes.
 QUOTA_HARNESSES: dict[str, Callable[[Keystile], Harness]] = {
-    "wsgi": lambda ks: WSGIHarness("wsgi", build_wsgi_quota_app(ks)),
-    "flask": lambda ks: WSGIHarness("flask", build_flask_quota_app(ks)),
+    "wsgi": lambda ks: make_wsgi(ks),
+    "flask": lambda ks: make_flask(ks),
     "django-sync": lambda ks: DjangoSyncHarness(ks, "urls"),
     "django-async": lambda ks: DjangoAsyncHarness(ks, "urls_async"),
 }

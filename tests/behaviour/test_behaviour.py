@@ -1,12 +1,12 @@
 """What a client sees, identical on every framework adapter, with and without Redis.
 
-Every test takes ``client`` (one per entry of ``harness.HARNESSES``) and ``ks``, the engine
-behind it (``backend``: in-memory only, or with the test Redis).
+Every test takes ``client`` (one per framework, see ``conftest.HARNESSES``) and ``ks``, the
+engine behind it (``backend``: in-memory only, or with the test Redis).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,11 +16,6 @@ from keystile._core import tokens
 from keystile._services.keys import CreatedKey
 
 from .harness import EXEMPT_PATHS, Harness, Result, error_of
-from .harness import HARNESSES as ASGI_HARNESSES
-from .harness_sync import SYNC_HARNESSES
-
-#: Every framework runs every case: a difference between them is a bug.
-HARNESSES = {**ASGI_HARNESSES, **SYNC_HARNESSES}
 
 CLOSED_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
@@ -35,52 +30,6 @@ ERRORS: dict[str, tuple[int, str, str | None]] = {
     "BILLING_001": (429, "quota_exceeded", None),
     "SVC_001": (503, "backend_unavailable", None),
 }
-
-
-# ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(params=["memory", "redis-strict", "redis-fast"])
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings for the engine: nothing more (in-memory only), or the test Redis in either
-    consistency mode."""
-    if request.param == "memory":
-        return {}
-    settings: dict[str, Any] = request.getfixturevalue("redis_settings")
-    return {**settings, "consistency": request.param.removeprefix("redis-")}
-
-
-@pytest.fixture
-def ks(make_keystile: Callable[..., Keystile], clock: Any, backend: dict[str, Any]) -> Keystile:
-    engine = make_keystile(clock=clock, exempt_paths=EXEMPT_PATHS, **backend)
-    assert engine.ready(10.0), "the invalidation channel never became healthy"
-    return engine
-
-
-@pytest.fixture(params=sorted(HARNESSES))
-def framework(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-def harness_for(framework: str) -> Iterator[Callable[[Keystile], Harness]]:
-    """``harness_for(engine)``: the current framework's app on that engine."""
-    made: list[Harness] = []
-
-    def make(engine: Keystile) -> Harness:
-        harness = HARNESSES[framework](engine)
-        made.append(harness)
-        return harness
-
-    yield make
-    for harness in made:
-        harness.close()
-
-
-@pytest.fixture
-def client(harness_for: Callable[[Keystile], Harness], ks: Keystile) -> Harness:
-    return harness_for(ks)
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -24,6 +24,7 @@ urlpatterns = [
     path("needs-admin/method", views.AdminMethodView.as_view()),
     path("expensive/class", views.ExpensiveView.as_view()),
     path("stream", views.stream),
+    path("stream-refused", views.stream_refused),
     path("raises", views.raises_auth_error),
     path("admin/", admin.site.urls),
 ]

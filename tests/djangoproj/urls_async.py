@@ -23,5 +23,6 @@ urlpatterns = [
     path("needs-admin/dispatch", views.AdminDispatchAsyncView.as_view()),
     path("expensive/class", views.ExpensiveAsyncView.as_view()),
     path("stream", views.stream_async),
+    path("stream-refused", views.stream_refused_async),
     path("raises", views.raises_auth_error_async),
 ]

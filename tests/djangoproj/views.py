@@ -11,6 +11,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
+from keystile._core.principal import check_permissions
 from keystile.django import cost, requires
 
 from ..behaviour.harness import principal_fields
@@ -219,3 +220,26 @@ def echo(request: HttpRequest) -> JsonResponse:
 @csrf_exempt
 async def echo_async(request: HttpRequest) -> JsonResponse:
     return JsonResponse(_echo_body(request))
+
+
+# -- a streamed body refused by keystile after it started (tests/behaviour/test_settlement.py)
+
+
+def stream_refused(request: HttpRequest) -> StreamingHttpResponse:
+    principal = request.principal  # type: ignore[attr-defined]
+
+    def body() -> Iterator[bytes]:
+        yield b"chunk "
+        check_permissions(principal, ("admin",))
+
+    return StreamingHttpResponse(body())
+
+
+async def stream_refused_async(request: HttpRequest) -> StreamingHttpResponse:
+    principal = request.principal  # type: ignore[attr-defined]
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"chunk "
+        check_permissions(principal, ("admin",))
+
+    return StreamingHttpResponse(body())

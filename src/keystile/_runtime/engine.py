@@ -353,10 +353,3 @@ def _flush_at_exit() -> None:
 
 #: ``authenticate(body=...)``: the body, None (too large to compare), or a reader of either.
 BodyArgument = bytes | None | Callable[[], Any]
-
-
-def engine_from(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Keystile:
-    """What a middleware's ``settings=`` / ``keystile=`` arguments mean."""
-    if settings is not None and keystile is not None:
-        raise TypeError("pass settings or keystile, not both")
-    return keystile if keystile is not None else Keystile(settings)

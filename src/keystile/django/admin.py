@@ -1,5 +1,5 @@
 """The admin for the ``django://`` store: list keys (masked), create one (token shown once),
-revoke. Every change goes through the engine's :class:`~keystile._services.keys.KeyManager`, which
+revoke. Every change goes through the engine's key manager (``engine.keys``), which
 bumps the key's state version and tells Redis, so a revocation is enforced at once in every
 process; rows are never edited directly, and keys are not deleted here (revoked keys stay for
 audit).

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from keystile import Keystile
 from keystile._core.errors import ConfigError
 from keystile._core.settings import load_settings
-from keystile._runtime.engine import Keystile
 
 MIDDLEWARE_PATHS = (
     "keystile.django.KeystileMiddleware",

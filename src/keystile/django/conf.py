@@ -11,8 +11,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from keystile._runtime.engine import Keystile
+from keystile import Keystile
+from keystile._http.mounting import management_mounted, mount_management
 
+#: Where the management urls are included ("/v1"): see :mod:`keystile.django.views`.
+PREFIX_SETTING = "KEYSTILE_MANAGEMENT_PREFIX"
 _lock = threading.Lock()
 _engine: Keystile | None = None
 _owned = False
@@ -39,10 +42,8 @@ def get_engine() -> Keystile:
                 _engine, _owned = Keystile(raw), True
             from django.conf import settings
 
-            prefix = getattr(settings, "KEYSTILE_MANAGEMENT_PREFIX", None)
+            prefix = getattr(settings, PREFIX_SETTING, None)
             if prefix is not None:
-                from keystile.django.views import mount
-
                 mount(prefix, _engine)  # its login needs no key; its requests cost no pages
         return _engine
 
@@ -60,3 +61,29 @@ def reset_engine() -> None:
 def on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "KEYSTILE":
         reset_engine()
+
+
+def clean_prefix(prefix: str) -> str:
+    prefix = prefix.rstrip("/")
+    return prefix if not prefix or prefix.startswith("/") else "/" + prefix
+
+
+def mounted(prefix: str, engine: Keystile | None = None) -> bool:
+    """Whether the engine knows the management API is under ``prefix``."""
+    engine = engine if engine is not None else get_engine()
+    return management_mounted(engine, clean_prefix(prefix))
+
+
+def mount(prefix: str | None = None, engine: Keystile | None = None) -> None:
+    """Tell the engine (the shared one by default) where the management urls are included:
+    ``prefix`` is the path before them ("/v1"), by default ``KEYSTILE_MANAGEMENT_PREFIX``.
+    Mounting a prefix twice is harmless."""
+    if prefix is None:
+        from django.conf import settings  # type: ignore[import-untyped,unused-ignore]
+
+        prefix = getattr(settings, PREFIX_SETTING, None)
+        if prefix is None:
+            raise ValueError(f"mount(): no prefix given and no {PREFIX_SETTING} setting")
+    engine = engine if engine is not None else get_engine()
+    if not mounted(prefix, engine):
+        mount_management(engine, clean_prefix(prefix))

@@ -1,5 +1,6 @@
 """``@requires(...)`` and ``@cost(pages)`` for Django views: functions, class-based views
-(decorate the class, a handler method, or use ``method_decorator``), sync and async.
+(decorate the class, a handler method, or use ``method_decorator``), sync and async; and
+keystile's refusals as Django responses.
 
 A refusal is returned as keystile's rendered response (no exception travels through
 Django's exception middleware, which would cost an async view a thread hop) and is refunded.
@@ -8,36 +9,56 @@ Django's exception middleware, which would cost an async view a thread hop) and 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from asgiref.sync import iscoroutinefunction
 
-from keystile._core.errors import MISSING_API_KEY, AuthError
-from keystile._core.metering import check_route_cost
-from keystile._core.principal import Principal, check_permissions
-from keystile._runtime.engine import Keystile
+from keystile import AuthError, Keystile
+from keystile._core.errors import render
+from keystile._http import guards
+from keystile._http.exchange import Exchange
+from keystile._http.guards import Guard
+from keystile._http.guards import principal_of as principal_of
 from keystile.django.conf import get_engine
-from keystile.django.middleware import refuse, refuse_async
 
-T = TypeVar("T")
-Check = Callable[[Any], None]
-AsyncCheck = Callable[[Any], Awaitable[None]]
+__all__ = ["cost", "engine_of", "principal_of", "requires"]
 
-
-def principal_of(request: Any) -> Principal:
-    """The principal the middleware put on the request (or raises AUTH_001)."""
-    principal = getattr(request, "principal", None)
-    if not isinstance(principal, Principal):
-        principal = getattr(getattr(request, "state", None), "principal", None)
-    if not isinstance(principal, Principal):
-        raise AuthError(MISSING_API_KEY)
-    return principal
+#: Set on keystile's own refusals, which are settled (refunded) when they are made.
+REFUSAL_MARK = "_keystile_refusal"
+#: Where the middleware keeps the request's exchange.
+EXCHANGE_ATTR = "_keystile_exchange"
 
 
 def engine_of(request: Any) -> Keystile:
-    engine = getattr(getattr(request, "state", None), "keystile", None)
-    return engine if isinstance(engine, Keystile) else get_engine()
+    """The engine that authenticated ``request``, else the shared one."""
+    return guards.engine_of(request, get_engine)
+
+
+def refusal(error: AuthError) -> Any:
+    """An ``HttpResponse`` for ``error``, from keystile's one table."""
+    from django.http import HttpResponse  # type: ignore[import-untyped,unused-ignore]
+
+    rendered = render(error)
+    response = HttpResponse(rendered.body, status=rendered.status)
+    for name, value in rendered.headers:
+        response.headers[name] = value
+    setattr(response, REFUSAL_MARK, True)
+    return response
+
+
+def refuse(request: Any, error: AuthError) -> Any:
+    """Keystile refused this request after admitting it: nothing is billed."""
+    exchange: Exchange | None = getattr(request, EXCHANGE_ATTR, None)
+    if exchange is not None:
+        exchange.refund()
+    return refusal(error)
+
+
+async def refuse_async(request: Any, error: AuthError) -> Any:
+    exchange: Exchange | None = getattr(request, EXCHANGE_ATTR, None)
+    if exchange is not None:
+        await exchange.refund_async()
+    return refusal(error)
 
 
 def _find_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -62,97 +83,18 @@ def _is_async_view(view: Any) -> bool:
     return bool(getattr(type(owner), "view_is_async", False)) if owner is not None else False
 
 
-def _wrap_function(view: Callable[..., Any], check: Check, check_async: AsyncCheck) -> Any:
-    if _is_async_view(view):
-
-        @functools.wraps(view)
-        async def async_view(*args: Any, **kwargs: Any) -> Any:
-            request = _find_request(args, kwargs)
-            try:
-                await check_async(request)
-            except AuthError as error:
-                return await refuse_async(request, error)
-            return await view(*args, **kwargs)
-
-        return async_view
-
-    @functools.wraps(view)
-    def sync_view(*args: Any, **kwargs: Any) -> Any:
-        request = _find_request(args, kwargs)
-        try:
-            check(request)
-        except AuthError as error:
-            return refuse(request, error)
-        return view(*args, **kwargs)
-
-    return sync_view
+_refusing = functools.partial(guards.guarded, refuse=refuse, refuse_async=refuse_async)
 
 
-def _wrap_class(view_class: type[T], check: Check, check_async: AsyncCheck) -> type[T]:
-    original = view_class.dispatch  # type: ignore[attr-defined]
-    if getattr(view_class, "view_is_async", False):
-
-        async def async_dispatch(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                await check_async(request)
-            except AuthError as error:
-                return await refuse_async(request, error)
-            return await original(self, request, *args, **kwargs)
-
-        dispatch: Any = async_dispatch
-    else:
-
-        def sync_dispatch(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                check(request)
-            except AuthError as error:
-                return refuse(request, error)
-            return original(self, request, *args, **kwargs)
-
-        dispatch = sync_dispatch
-    view_class.dispatch = functools.wraps(original)(dispatch)  # type: ignore[attr-defined]
-    return view_class
+def _guard_view(view: Any, guard: Guard) -> Any:
+    if not isinstance(view, type):
+        return _refusing(view, guard, _find_request, is_async=_is_async_view(view))
+    if not hasattr(view, "dispatch"):
+        raise TypeError("decorate a view function or a class-based view")
+    is_async = bool(getattr(view, "view_is_async", False))
+    # dispatch(self, request, ...)
+    view.dispatch = _refusing(view.dispatch, guard, lambda args, _: args[1], is_async=is_async)
+    return view
 
 
-def _decorator(check: Check, check_async: AsyncCheck) -> Callable[[T], T]:
-    def decorate(view: T) -> T:
-        if isinstance(view, type):
-            if not hasattr(view, "dispatch"):
-                raise TypeError("decorate a view function or a class-based view")
-            return _wrap_class(view, check, check_async)  # type: ignore[return-value]
-        wrapped: T = _wrap_function(view, check, check_async)  # type: ignore[arg-type]
-        return wrapped
-
-    return decorate
-
-
-def requires(*permissions: str) -> Callable[[T], T]:
-    """Every permission must be granted (``*`` wildcards in grants), else 403 AUTH_004."""
-
-    def check(request: Any) -> None:
-        check_permissions(principal_of(request), permissions)
-
-    async def check_async(request: Any) -> None:
-        check(request)
-
-    return _decorator(check, check_async)
-
-
-def cost(pages: int) -> Callable[[T], T]:
-    """The view costs ``pages``: reserved before it runs (429 BILLING_001 if over).
-
-    The view may still report the real cost with ``request.principal.charge(n)``."""
-    check_route_cost(pages)
-
-    def check(request: Any) -> None:
-        principal = principal_of(request)
-        engine_of(request).reserve(principal, pages)
-
-    async def check_async(request: Any) -> None:
-        principal = principal_of(request)
-        await engine_of(request).reserve_async(principal, pages)
-
-    return _decorator(check, check_async)
-
-
-__all__ = ["cost", "engine_of", "principal_of", "requires"]
+requires, cost = guards.decorators(_guard_view)

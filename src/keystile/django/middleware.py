@@ -1,16 +1,10 @@
 """``MIDDLEWARE += ["keystile.django.KeystileMiddleware"]``: one class for WSGI and ASGI.
 
-Django picks the mode from the stack: in an async stack the middleware is a coroutine
-(``authenticate_async``, no thread of its own), in a sync stack it blocks. Exempt paths pass
-through; refusals are rendered from keystile's one table; metered responses get the quota
-headers; the request is settled when the response is closed (a streamed body may report its
-real cost while it streams), with 5xx, unhandled exceptions and keystile's own refusals from
-:func:`~keystile.django.requires` / :func:`~keystile.django.cost` refunded.
-
-Headers: under ASGI they are read from the raw ``scope`` (exact names, repeats kept, so
-``X_Api_Key`` is never ``X-Api-Key``); under WSGI from ``request.META``, with the
-:mod:`keystile.wsgi` rules (the server must drop names with an underscore, as runserver,
-gunicorn 22+ and waitress do).
+In an async stack the middleware is a coroutine (no thread of its own), in a sync stack it
+blocks. The request is settled when the response is closed (a streamed body may report its
+real cost while it streams), by the rules of :mod:`keystile._http.exchange`. Headers: under
+ASGI from the raw ``scope`` (exact names, repeats kept); under WSGI from ``request.META``, with
+the :mod:`keystile.wsgi` rules (the server must drop names with an underscore).
 """
 
 from __future__ import annotations
@@ -21,70 +15,28 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from keystile._core.credentials import asgi_headers
-from keystile._core.errors import AuthError, render
-from keystile._core.metering import IDEMPOTENT_BODY_LIMIT
-from keystile._core.principal import Principal
-from keystile._runtime.engine import Keystile
+from keystile import AuthError
+from keystile._http.bodies import comparable_length
+from keystile._http.exchange import Exchange
+from keystile._http.headers import environ_headers, scope_headers
 from keystile.django.conf import get_engine
-from keystile.wsgi import environ_headers
+from keystile.django.decorators import EXCHANGE_ATTR, REFUSAL_MARK
+from keystile.django.decorators import refusal as refusal
+from keystile.django.decorators import refuse as refuse
+from keystile.django.decorators import refuse_async as refuse_async
 
-#: Set on keystile's own refusals, which are settled (refunded) when they are made.
-REFUSAL_MARK = "_keystile_refusal"
+__all__ = ["KeystileMiddleware", "refusal", "refuse", "refuse_async", "request_headers"]
 
 
 def request_headers(request: Any) -> list[tuple[str, str]]:
     scope = getattr(request, "scope", None)
     if isinstance(scope, dict) and scope.get("type") == "http" and "headers" in scope:
-        return _scope_headers(scope)
+        return scope_headers(scope)
     return environ_headers(request.META)
 
 
-def refusal(error: AuthError) -> Any:
-    """An ``HttpResponse`` for ``error``, from keystile's one table."""
-    from django.http import HttpResponse  # type: ignore[import-untyped,unused-ignore]
-
-    rendered = render(error)
-    response = HttpResponse(rendered.body, status=rendered.status)
-    for name, value in rendered.headers:
-        response.headers[name] = value
-    setattr(response, REFUSAL_MARK, True)
-    return response
-
-
-def refuse(request: Any, error: AuthError) -> Any:
-    """Keystile refused this request after admitting it: nothing is billed."""
-    state = getattr(request, "state", None)
-    principal = getattr(state, "principal", None)
-    engine = getattr(state, "keystile", None)
-    if isinstance(principal, Principal) and isinstance(engine, Keystile):
-        engine.settle(principal, None)
-    return refusal(error)
-
-
-async def refuse_async(request: Any, error: AuthError) -> Any:
-    state = getattr(request, "state", None)
-    principal = getattr(state, "principal", None)
-    engine = getattr(state, "keystile", None)
-    if isinstance(principal, Principal) and isinstance(engine, Keystile):
-        await engine.settle_async(principal, None)
-    return refusal(error)
-
-
-def _idempotency_parts(request: Any, headers: list[tuple[str, str]]) -> dict[str, Any]:
-    """Query and body, which tell an Idempotency-Key's retry from a reuse of the key; the
-    body is read only once the credential is verified."""
-    return {"query": request.META.get("QUERY_STRING", ""), "body": lambda: _body(request)}
-
-
 def _body(request: Any) -> bytes | None:
-    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-        return None
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return None
-    if length > IDEMPOTENT_BODY_LIMIT:
+    if comparable_length(request.META) is None:
         return None
     try:
         body: bytes = request.body  # kept by Django: the view reads it (and POST) as usual
@@ -93,20 +45,33 @@ def _body(request: Any) -> bytes | None:
     return body
 
 
-def _admit(request: Any, engine: Keystile, principal: Principal | None) -> None:
-    state = SimpleNamespace()
-    if principal is not None:
-        state.principal = principal
-        state.keystile = engine
-    request.state = state
-    request.principal = principal
+def _arrive(request: Any) -> Exchange | None:
+    """The request's exchange, not yet admitted; None for an exempt path."""
+    engine = get_engine()
+    request.state = SimpleNamespace()
+    request.principal = None
+    if engine.is_exempt(request.path_info):
+        return None
+    exchange = Exchange(engine)
+    setattr(request, EXCHANGE_ATTR, exchange)
+    return exchange
 
 
-def _add_quota_headers(engine: Keystile, principal: Principal, response: Any) -> bool:
-    """Quota headers; True when the response still has to be settled by the caller."""
+def _parts(request: Any) -> tuple[Any, ...]:
+    query = request.META.get("QUERY_STRING", "")
+    body = lambda: _body(request)  # noqa: E731 (read only for an Idempotency-Key)
+    return request_headers(request), request.method or "GET", request.path_info, query, body
+
+
+def _admitted(request: Any, exchange: Exchange) -> None:
+    request.state.principal = request.principal = exchange.principal
+    request.state.keystile = exchange.engine
+
+
+def _started(exchange: Exchange, response: Any) -> bool:  # True: still to be settled
     if getattr(response, REFUSAL_MARK, False):
         return False
-    for name, value in engine.quota_headers(principal):
+    for name, value in exchange.start(response.status_code):
         response.headers[name] = value
     return True
 
@@ -124,58 +89,43 @@ class KeystileMiddleware:
     def __call__(self, request: Any) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        engine = get_engine()
-        path = request.path_info
-        if engine.is_exempt(path):
-            _admit(request, engine, None)
+        exchange = _arrive(request)
+        if exchange is None:
             return self.get_response(request)
-        headers = request_headers(request)
         try:
-            principal = engine.authenticate(
-                headers, request.method or "GET", path, **_idempotency_parts(request, headers)
-            )
+            exchange.admit(*_parts(request))
         except AuthError as error:
             return refusal(error)
-        _admit(request, engine, principal)
+        _admitted(request, exchange)
         try:
             response = self.get_response(request)
         except BaseException:
-            engine.settle(principal, None)  # unhandled: refunded
+            exchange.refund()
             raise
-        if _add_quota_headers(engine, principal, response):
-            # After the body: Django closes the response once the server has sent it.
-            response._resource_closers.append(
-                lambda: engine.settle(principal, response.status_code)
-            )
+        if _started(exchange, response):  # settled once the server has sent it
+            response._resource_closers.append(exchange.settle)
         return response
 
     async def __acall__(self, request: Any) -> Any:
-        engine = get_engine()
-        path = request.path_info
-        if engine.is_exempt(path):
-            _admit(request, engine, None)
+        exchange = _arrive(request)
+        if exchange is None:
             return await self.get_response(request)
-        headers = request_headers(request)
         try:
             # ASGIHandler has already spooled the body: reading it here does not wait on I/O.
-            principal = await engine.authenticate_async(
-                headers, request.method or "GET", path, **_idempotency_parts(request, headers)
-            )
+            await exchange.admit_async(*_parts(request))
         except AuthError as error:
             return refusal(error)
-        _admit(request, engine, principal)
+        _admitted(request, exchange)
         try:
             response = await self.get_response(request)
         except BaseException:
-            await engine.settle_async(principal, None)
+            await exchange.refund_async()
             raise
-        if _add_quota_headers(engine, principal, response):
+        if _started(exchange, response):
             if response.streaming:  # settled once the stream is closed
-                response._resource_closers.append(
-                    lambda: engine.settle(principal, response.status_code)
-                )
+                response._resource_closers.append(exchange.settle)
             else:  # the body is complete: settle here, without leaving the event loop
-                await engine.settle_async(principal, response.status_code)
+                await exchange.settle_async()
         return response
 
     def process_exception(self, request: Any, exception: Exception) -> Any:
@@ -183,10 +133,3 @@ class KeystileMiddleware:
         if isinstance(exception, AuthError):
             return refuse(request, exception)
         return None
-
-
-__all__ = ["KeystileMiddleware", "refusal", "refuse", "refuse_async", "request_headers"]
-
-
-def _scope_headers(scope: dict[str, Any]) -> list[tuple[str, str]]:
-    return asgi_headers(scope["headers"])

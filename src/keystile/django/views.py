@@ -30,60 +30,24 @@ from django.views.decorators.csrf import (  # type: ignore[import-untyped,unused
     csrf_exempt,
 )
 
-from keystile._core.principal import Principal
-from keystile._http.management import (
-    MAX_BODY,
-    PUBLIC_PATHS,
-    ROUTE,
-    ApiRequest,
-    ApiResponse,
-    ManagementAPI,
-)
-from keystile._runtime.engine import Keystile
-from keystile.django.conf import get_engine
+from keystile import Keystile, Principal
+from keystile._http.bodies import read_limited
+from keystile._http.management import MAX_BODY, ApiRequest, ApiResponse, ManagementAPI
+from keystile._http.mounting import management_api
+from keystile.django.conf import PREFIX_SETTING, get_engine, mount, mounted
+from keystile.django.conf import clean_prefix as _clean
 from keystile.django.middleware import request_headers
 
 __all__ = ["api", "management_view", "mount", "mounted"]
 
 log = logging.getLogger("keystile")
-PREFIX_SETTING = "KEYSTILE_MANAGEMENT_PREFIX"
-#: What the API is handed for a body over the limit: it answers 422 ``body``.
-_OVERSIZED = b" " * (MAX_BODY + 1)
 _apis: weakref.WeakKeyDictionary[Keystile, ManagementAPI] = weakref.WeakKeyDictionary()
-
-
-def _clean(prefix: str) -> str:
-    prefix = prefix.rstrip("/")
-    return prefix if not prefix or prefix.startswith("/") else "/" + prefix
-
-
-def mounted(prefix: str, engine: Keystile | None = None) -> bool:
-    """Whether the engine knows the management API is under ``prefix``."""
-    engine = engine if engine is not None else get_engine()
-    return engine.management_mounted(_clean(prefix))
-
-
-def mount(prefix: str | None = None, engine: Keystile | None = None) -> None:
-    """Tell the engine (the shared one by default) where the management urls are included:
-    ``prefix`` is the path before them ("/v1"), by default ``KEYSTILE_MANAGEMENT_PREFIX``.
-    Mounting a prefix twice is harmless."""
-    if prefix is None:
-        from django.conf import settings  # type: ignore[import-untyped,unused-ignore]
-
-        prefix = getattr(settings, PREFIX_SETTING, None)
-        if prefix is None:
-            raise ValueError(f"mount(): no prefix given and no {PREFIX_SETTING} setting")
-    engine = engine if engine is not None else get_engine()
-    if not mounted(prefix, engine):
-        engine.mount_management(_clean(prefix), public_paths=PUBLIC_PATHS, route=ROUTE)
 
 
 def _api(engine: Keystile) -> ManagementAPI:
     api = _apis.get(engine)
     if api is None:
-        api = _apis[engine] = ManagementAPI(
-            keys=engine.keys, sessions=engine.sessions, quotas=engine.quotas, audit=engine.audit
-        )
+        api = _apis[engine] = management_api(engine)
     return api
 
 
@@ -95,21 +59,9 @@ def _content_length(request: HttpRequest) -> int | None:
 
 
 def read_body(request: HttpRequest, limit: int = MAX_BODY) -> bytes:
-    """At most ``limit`` bytes of the body; more reads as oversized without reading the rest
-    (a declared length over the limit is not read at all). Not ``request.body``: that reads
-    everything up to DATA_UPLOAD_MAX_MEMORY_SIZE first."""
-    length = _content_length(request)
-    if length is not None and length > limit:
-        return _OVERSIZED
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = request.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks) if size <= limit else _OVERSIZED
+    """At most ``limit`` bytes of the body (more reads as oversized: a 422). Not
+    ``request.body``: that reads everything up to DATA_UPLOAD_MAX_MEMORY_SIZE first."""
+    return read_limited(request.read, _content_length(request), limit)
 
 
 def _query_string(request: HttpRequest) -> str:

@@ -1,0 +1,98 @@
+"""ASGI, without a framework: a refusal as messages, an :class:`Exchange` that sees the
+response start, and the management API as an ASGI app. Used by the Starlette middleware (and
+so FastAPI's)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from keystile import AuthError, Keystile
+from keystile._core.errors import render
+from keystile._http.bodies import read_limited_async
+from keystile._http.exchange import Exchange
+from keystile._http.headers import encode_headers, scope_headers
+from keystile._http.management import MAX_BODY, ApiRequest
+from keystile._http.mounting import management_api
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: WebSocket close code for a refused handshake (RFC 6455: policy violation).
+WS_POLICY_VIOLATION = 1008
+
+
+async def send_error(scope: Scope, send: Send, error: AuthError) -> None:
+    rendered = render(error)
+    headers = encode_headers(rendered.headers)
+    if scope["type"] == "websocket":
+        if "websocket.http.response" in scope.get("extensions", {}):
+            start = {"type": "websocket.http.response.start", "status": rendered.status}
+            await send({**start, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": rendered.body})
+        else:
+            reason = f"{error.spec.code} {error.spec.type}"
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": reason})
+        return
+    await send({"type": "http.response.start", "status": rendered.status, "headers": headers})
+    await send({"type": "http.response.body", "body": rendered.body})
+
+
+class ASGIExchange(Exchange):
+    """The exchange of an ASGI request: ``send`` is the app's, and adds the quota headers."""
+
+    __slots__ = ("server_send",)
+
+    def __init__(self, engine: Keystile, server_send: Send) -> None:
+        # Every request makes one: the fields set here rather than through super().__init__.
+        self.engine = engine
+        self.principal = None
+        self.status = None
+        self.failed = self.settled = False
+        self.server_send = server_send
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            extra = self.start(message["status"])
+            if extra:
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), *encode_headers(extra)],
+                }
+        elif kind == "websocket.accept":
+            self.status = 101
+        await self.server_send(message)
+
+
+def management_app(keystile: Keystile) -> ASGIApp:
+    """The management HTTP API as an ASGI app (below its mount: ``root_path`` is cut off)."""
+    api = management_api(keystile)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        root, path = scope.get("root_path", ""), scope["path"]
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        request = ApiRequest(
+            method=scope["method"],
+            path=path or "/",
+            query_string=scope.get("query_string", b"").decode("latin-1"),
+            headers=scope_headers(scope),
+            body=await read_limited_async(receive, MAX_BODY),
+            principal=scope.get("state", {}).get("principal"),
+            client=(scope.get("client") or (None,))[0],
+        )
+        response = await asyncio.to_thread(api.handle, request)
+        headers = encode_headers(response.headers)
+        if not any(name == b"content-length" for name, _ in headers):
+            headers.append((b"content-length", str(len(response.body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    return app

@@ -1,0 +1,52 @@
+"""Request headers as keystile reads them, from an ASGI scope or a WSGI environ: ``(lowercase
+name, value)`` pairs, values as the server's latin-1 text (the core refuses non-ASCII)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from keystile._core.credentials import CREDENTIAL_HEADERS, asgi_headers
+
+__all__ = ["encode_headers", "environ_headers", "request_path", "scope_headers"]
+
+
+def scope_headers(scope: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An ASGI scope's raw headers: exact names, repeats kept."""
+    return asgi_headers(scope["headers"])
+
+
+def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Headers for an ASGI message."""
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+def environ_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``HTTP_*`` keys (and ``CONTENT_TYPE``/``CONTENT_LENGTH``) of a WSGI environ or a
+    Django ``request.META``, as lowercase dashed names.
+
+    A credential header whose value holds a ``,`` was sent more than once (servers join
+    repeats with ``,``): it is split back into its parts so the core sees the repeat."""
+    headers: list[tuple[str, str]] = []
+    for key, value in environ.items():
+        if not isinstance(value, str):
+            continue
+        if key.startswith("HTTP_"):
+            name = key[5:].lower().replace("_", "-")
+            if "," in value and name in CREDENTIAL_HEADERS:
+                headers.extend((name, part) for part in value.split(","))
+            else:
+                headers.append((name, value))
+        elif key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+            headers.append((key.lower().replace("_", "-"), value))
+    return headers
+
+
+def request_path(environ: Mapping[str, Any]) -> str:
+    """``PATH_INFO`` as text: the path below the app's mount point, as its routes see it."""
+    raw = environ.get("PATH_INFO") or "/"
+    try:  # PEP 3333 carries the URL's bytes as latin-1; they are UTF-8 on the wire.
+        path: str = raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        path = raw
+    return path
