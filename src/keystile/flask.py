@@ -120,6 +120,8 @@ def _after(response: Response) -> Response:
     exchange: Exchange | None = g.pop(_PENDING, None)
     if exchange is not None:
         response.headers.extend(exchange.start(response.status_code))
+        if response.is_streamed:
+            response.response = exchange.watch(response.response)  # type: ignore[assignment]
         # After the body: a streamed response may report its real cost while streaming.
         response.call_on_close(exchange.settle)
     return response

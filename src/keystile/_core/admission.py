@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from keystile._core.charging import NO_ROW, Charging, UncertainCounters, resolve_limit
 from keystile._core.credentials import IDEMPOTENCY_HEADER, Credentials
@@ -80,31 +80,18 @@ def _no_body() -> bytes:
     return b""
 
 
-class MeterCall:
+class MeterCall(NamedTuple):
     """A warm request waiting for its one Redis call (``meter.lua``): what to send, and what
     to build the principal from once the answer is back."""
 
-    __slots__ = ("account", "args", "auth_method", "charge", "digest", "keys", "now", "snapshot")
-
-    def __init__(
-        self,
-        digest: str,
-        snapshot: Snapshot,
-        account: str,
-        auth_method: str,
-        charge: Charge,
-        now: float,
-        keys: list[str],
-        args: list[Any],
-    ) -> None:
-        self.digest = digest
-        self.snapshot = snapshot
-        self.account = account
-        self.auth_method = auth_method
-        self.charge = charge
-        self.now = now
-        self.keys = keys
-        self.args = args
+    digest: str
+    snapshot: Snapshot
+    account: str
+    auth_method: str
+    charge: Charge
+    now: float
+    keys: list[str]
+    args: list[Any]
 
 
 #: What admission hands back: the principal, its meter, and the thresholds it crossed.

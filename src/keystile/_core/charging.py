@@ -147,20 +147,26 @@ class Charging:
             except BackendError as exc:
                 return self._redis_failed(charge, exc)
             parsed = parse_script_reply(reply, self.by_points)
-            if parsed == "need_limit":
-                limit = yield from self._limit(charge.account_id, charge.environment)
-                seed = "none" if limit is None else str(limit)
-            elif parsed == "need_usage":
-                rebuild = encode_rebuild((yield from self._store_usage(charge)))
-                # The rebuilt counter holds every charge this process recorded, including
-                # those admitted while Redis was down: nothing left to reconcile.
-                self.uncertain.discard(charge)
+            if parsed == "need_limit" or parsed == "need_usage":
+                seed, rebuild = yield from self._seed(parsed, charge, seed, rebuild)
             elif isinstance(parsed, Outcome):
                 self._record(charge, parsed)
                 return parsed
             else:
                 return Outcome("stale")
         raise AuthError(BACKEND_UNAVAILABLE)
+
+    def _seed(self, need: str, charge: Charge, seed: str, rebuild: str) -> Steps:
+        """A script found the counter's limit or usage missing in Redis: read it from the
+        store, for the next call to seed. ``(seed, rebuild)`` for that call."""
+        if need == "need_limit":
+            limit = yield from self._limit(charge.account_id, charge.environment)
+            return ("none" if limit is None else str(limit)), rebuild
+        rebuild = encode_rebuild((yield from self._store_usage(charge)))
+        # The rebuilt counter holds every charge this process recorded, including those
+        # admitted while Redis was down: nothing left to reconcile.
+        self.uncertain.discard(charge)
+        return seed, rebuild
 
     def _spend_lease(self, charge: Charge) -> Outcome | None:
         """Fast mode: the charge out of this process's lease, or None when it is short."""
@@ -206,12 +212,8 @@ class Charging:
             except BackendError as exc:
                 return self._redis_failed(charge, exc)
             kind = reply[0]
-            if kind == "need_limit":
-                limit = yield from self._limit(charge.account_id, charge.environment)
-                seed = "none" if limit is None else str(limit)
-            elif kind == "need_usage":
-                rebuild = encode_rebuild((yield from self._store_usage(charge)))
-                self.uncertain.discard(charge)
+            if kind == "need_limit" or kind == "need_usage":
+                seed, rebuild = yield from self._seed(kind, charge, seed, rebuild)
             elif kind == "exceeded":
                 limit = None if int(reply[2]) < 0 else int(reply[2])
                 return Outcome("exceeded", int(reply[1]), limit)

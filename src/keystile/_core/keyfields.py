@@ -72,9 +72,10 @@ def check_meta(value: Any) -> dict[str, Any]:
     return loaded
 
 
-def check_page_limit(value: Any) -> int | None:
+def check_page_limit(value: Any, field: str = "page_limit") -> int | None:
+    """A number of pages a month, or None for unlimited (a key's or an account's)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput("page_limit", "expected a whole number of pages >= 0, or None")
+        raise InvalidInput(field, "expected a whole number of pages >= 0, or None for unlimited")
     return value

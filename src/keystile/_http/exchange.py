@@ -20,12 +20,22 @@ The rules, once for every adapter:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
-from typing import Any
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
+from typing import Any, TypeVar
 
 from keystile import AuthError, Keystile, Principal
 
 QuotaHeaders = list[tuple[str, str]]
+#: A piece of a response body, as the framework streams it (bytes; str for Flask).
+Chunk = TypeVar("Chunk")
 
 
 class Exchange:
@@ -100,6 +110,23 @@ class Exchange:
         self.failed = True
         return self.settle_async()
 
+    def watch(self, body: Iterable[Chunk]) -> Iterator[Chunk]:
+        """``body`` as it is sent: should it fail on the way, the request is refunded then
+        and there (a server may never close a body that failed: Django's ASGI handler)."""
+        try:
+            yield from body
+        except BaseException:
+            self.refund()
+            raise
+
+    async def watch_async(self, body: AsyncIterable[Chunk]) -> AsyncIterator[Chunk]:
+        try:
+            async for chunk in body:
+                yield chunk
+        except BaseException:
+            await self.refund_async()
+            raise
+
     def settle(self) -> None:
         """Blocking: charge the request at its status (refunded if it failed), once."""
         if not self.settled:
@@ -138,11 +165,7 @@ class SettledOnClose:
         self._exchange = exchange
 
     def __iter__(self) -> Iterator[bytes]:
-        try:
-            yield from self._body
-        except BaseException:
-            self._exchange.failed = True
-            raise
+        return self._exchange.watch(self._body)
 
     def close(self) -> None:
         try:

@@ -10,7 +10,7 @@ from typing import Any
 from keystile._backends.backends import Backends
 from keystile._core.charging import resolve_limit
 from keystile._core.errors import BackendError, InvalidInput
-from keystile._core.keyfields import check_account
+from keystile._core.keyfields import check_account, check_page_limit
 from keystile._core.localcache import LocalCache
 from keystile._core.metering import UsageBuffer
 from keystile._core.periods import PeriodPolicy
@@ -67,14 +67,6 @@ class UsageReport:
         }
 
 
-def _check_pages(pages: Any) -> int | None:
-    if pages is None:
-        return None
-    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
-        raise InvalidInput("pages", "expected a whole number >= 0, or None for unlimited")
-    return pages
-
-
 class QuotaManager:
     """``ks.quotas``. ``limits`` and ``buffer`` are admission's: a changed limit leaves its
     cache, and a report counts the charges not yet flushed to the store."""
@@ -98,7 +90,7 @@ class QuotaManager:
     def set_limit(self, account_id: str, pages: int | None, actor: str | None = None) -> None:
         """The account's own monthly page limit (None: unlimited, still metered)."""
         check_account("account_id", account_id)
-        self._write(account_id, AccountLimit(_check_pages(pages)), actor)
+        self._write(account_id, AccountLimit(check_page_limit(pages, "pages")), actor)
 
     def set_plan(self, account_id: str, plan: str, actor: str | None = None) -> None:
         """Put the account on a plan named in the ``plans`` setting."""

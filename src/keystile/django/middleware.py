@@ -73,6 +73,11 @@ def _started(exchange: Exchange, response: Any) -> bool:  # True: still to be se
         return False
     for name, value in exchange.start(response.status_code):
         response.headers[name] = value
+    if response.streaming:
+        content = response.streaming_content
+        is_async = getattr(response, "is_async", False)
+        watch = exchange.watch_async if is_async else exchange.watch
+        response.streaming_content = watch(content)
     return True
 
 
