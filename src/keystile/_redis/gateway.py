@@ -64,17 +64,11 @@ class RedisGateway:
     # -- the request path, blocking ---------------------------------------------------------
 
     def version(self, account_id: str, kid: str) -> str | None:
-        try:
-            value: str | None = self.sync.client.get(self.keys.state(account_id, kid))  # type: ignore[assignment]
-        except REDIS_ERRORS as exc:
-            raise backend_error("version", exc) from exc
+        value: str | None = self._run("version", "GET", self.keys.state(account_id, kid))
         return value
 
     def fetch(self, kid: str, digest: str) -> str | None:
-        try:
-            value: str | None = self.sync.client.get(self.keys.snapshot(kid, digest))  # type: ignore[assignment]
-        except REDIS_ERRORS as exc:
-            raise backend_error("fetch", exc) from exc
+        value: str | None = self._run("fetch", "GET", self.keys.snapshot(kid, digest))
         return value
 
     def fetch_known(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
@@ -87,10 +81,7 @@ class RedisGateway:
         return str(self._script("adopt", keys, [version, stale]))
 
     def put(self, kid: str, digest: str, value: str, ttl: int) -> None:
-        try:
-            self.sync.client.set(self.keys.snapshot(kid, digest), value, ex=ttl)
-        except REDIS_ERRORS as exc:
-            raise backend_error("put", exc) from exc
+        self._run("put", "SET", self.keys.snapshot(kid, digest), value, "EX", ttl)
 
     def meter(self, keys: list[str], args: list[Any]) -> list[Any]:
         reply: list[Any] = self._script("meter", keys, args)
@@ -107,6 +98,12 @@ class RedisGateway:
         reply: list[Any] = self._script("lease_report", keys, args)
         return reply
 
+    def _run(self, operation: str, *command: Any) -> Any:
+        try:
+            return self.sync.client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except REDIS_ERRORS as exc:
+            raise backend_error(operation, exc) from exc
+
     def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             return self.sync.scripts[name](keys=keys, args=args)
@@ -116,11 +113,13 @@ class RedisGateway:
     # -- the request path, async ------------------------------------------------------------
 
     async def version_async(self, account_id: str, kid: str) -> str | None:
-        value: str | None = await self._command("version", "GET", self.keys.state(account_id, kid))
+        value: str | None = await self._run_async(
+            "version", "GET", self.keys.state(account_id, kid)
+        )
         return value
 
     async def fetch_async(self, kid: str, digest: str) -> str | None:
-        value: str | None = await self._command("fetch", "GET", self.keys.snapshot(kid, digest))
+        value: str | None = await self._run_async("fetch", "GET", self.keys.snapshot(kid, digest))
         return value
 
     async def fetch_known_async(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
@@ -132,7 +131,7 @@ class RedisGateway:
         return str(await self._script_async("adopt", keys, [version, stale]))
 
     async def put_async(self, kid: str, digest: str, value: str, ttl: int) -> None:
-        await self._command("put", "SET", self.keys.snapshot(kid, digest), value, "EX", ttl)
+        await self._run_async("put", "SET", self.keys.snapshot(kid, digest), value, "EX", ttl)
 
     async def meter_async(self, keys: list[str], args: list[Any]) -> list[Any]:
         reply: list[Any] = await self._script_async("meter", keys, args)
@@ -145,7 +144,7 @@ class RedisGateway:
     async def settle_async(self, keys: list[str], args: list[Any]) -> None:
         await self._script_async("settle", keys, args)
 
-    async def _command(self, operation: str, *command: Any) -> Any:
+    async def _run_async(self, operation: str, *command: Any) -> Any:
         try:
             return await self.aio.client.execute_command(*command)
         except REDIS_ERRORS as exc:
@@ -179,32 +178,20 @@ class RedisGateway:
             raise backend_error("add_kids", exc) from exc
 
     def remove_kid(self, kid: str) -> None:
-        try:
-            self.sync.client.srem(self.keys.kids(), kid)
-        except REDIS_ERRORS as exc:
-            raise backend_error("remove_kid", exc) from exc
+        self._run("remove_kid", "SREM", self.keys.kids(), kid)
 
     def drop_limits(self, account_id: str, environments: Iterable[str]) -> None:
         """The account's cached limits leave Redis: the next request seeds the new ones."""
-        try:
-            self.sync.client.delete(*(self.keys.limit(account_id, e) for e in environments))
-        except REDIS_ERRORS as exc:
-            raise backend_error("drop_limits", exc) from exc
+        limits = [self.keys.limit(account_id, e) for e in environments]
+        self._run("drop_limits", "DEL", *limits)
 
     def forget_counter(self, account_id: str, period: str, environment: str) -> None:
         """A counter a failed call left uncertain: the next request rebuilds it."""
-        try:
-            self.sync.client.delete(self.keys.usage(account_id, period, environment))
-        except REDIS_ERRORS as exc:
-            raise backend_error("forget_counter", exc) from exc
+        self._run("forget_counter", "DEL", self.keys.usage(account_id, period, environment))
 
     def counter(self, account_id: str, period: str, environment: str) -> dict[str, str]:
-        try:
-            raw: dict[str, str] = self.sync.client.hgetall(  # type: ignore[assignment]
-                self.keys.usage(account_id, period, environment)
-            )
-        except REDIS_ERRORS as exc:
-            raise backend_error("counter", exc) from exc
+        key = self.keys.usage(account_id, period, environment)
+        raw: dict[str, str] = self._run("counter", "HGETALL", key)
         return raw
 
     # -- login limits -----------------------------------------------------------------------
@@ -214,10 +201,7 @@ class RedisGateway:
         return f"{self.keys.prefix}:login:{digest}"
 
     def login_failures(self, subject: str) -> int:
-        try:
-            return int(self.sync.client.get(self._login_key(subject)) or 0)
-        except REDIS_ERRORS as exc:
-            raise backend_error("login_failures", exc) from exc
+        return int(self._run("login_failures", "GET", self._login_key(subject)) or 0)
 
     def add_login_failures(self, subjects: Iterable[str], window: int) -> None:
         try:
@@ -230,23 +214,16 @@ class RedisGateway:
             raise backend_error("add_login_failures", exc) from exc
 
     def remember_login(self, kid: str, digest: str, ttl: int) -> None:
-        try:
-            self.sync.client.set(f"{self.keys.prefix}:login-known:{kid}", digest, ex=ttl)
-        except REDIS_ERRORS as exc:
-            raise backend_error("remember_login", exc) from exc
+        self._run(
+            "remember_login", "SET", f"{self.keys.prefix}:login-known:{kid}", digest, "EX", ttl
+        )
 
     def known_login(self, kid: str) -> str | None:
-        try:
-            known = self.sync.client.get(f"{self.keys.prefix}:login-known:{kid}")
-        except REDIS_ERRORS as exc:
-            raise backend_error("known_login", exc) from exc
-        return known.decode() if isinstance(known, bytes) else known
+        known: str | None = self._run("known_login", "GET", f"{self.keys.prefix}:login-known:{kid}")
+        return known
 
     def ping(self) -> None:
-        try:
-            self.sync.client.ping()
-        except REDIS_ERRORS as exc:
-            raise backend_error("ping", exc) from exc
+        self._run("ping", "PING")
 
     # -- life cycle -------------------------------------------------------------------------
 
