@@ -8,7 +8,7 @@
 
 Keystile runs before every other ``before_request`` function; a refusal is a normal Flask
 response (other ``after_request`` hooks, CORS say, still run). The principal is ``g.principal``
-and ``request.state.principal``. Headers are read as in :mod:`keystile.wsgi` (see it).
+and ``request.state.principal``; headers are read as in :mod:`keystile.wsgi`.
 """
 
 from __future__ import annotations
@@ -120,9 +120,8 @@ def _after(response: Response) -> Response:
     exchange: Exchange | None = g.pop(_PENDING, None)
     if exchange is not None:
         response.headers.extend(exchange.start(response.status_code))
-        if response.is_streamed:
+        if response.is_streamed:  # refunded if it fails; settled after it, at its real cost
             response.response = exchange.watch(response.response)  # type: ignore[assignment]
-        # After the body: a streamed response may report its real cost while streaming.
         response.call_on_close(exchange.settle)
     return response
 
@@ -144,8 +143,7 @@ def current_principal() -> Principal:
 
 
 # A view's arguments are its URL's; the request is Flask's global. Blocking checks: Flask runs
-# an async view in an event loop of its own per request, and the engine's async Redis client
-# belongs to one loop.
+# an async view in a loop of its own per request, and the async Redis client is per loop.
 requires, cost = guards.decorators(
     functools.partial(guards.guarded, find_request=lambda *_: request, blocking=True)
 )

@@ -7,9 +7,24 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from keystile._core.models import KeyRecord
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # in typing itself from Python 3.11
+
+__all__ = [
+    "AccountLimit",
+    "AuditEntry",
+    "KeyStore",
+    "ListQuery",
+    "Page",
+    "SessionRecord",
+    "UsageDelta",
+    "UsageRow",
+    "fingerprint",
+]
 
 
 def fingerprint(secret_hash: str) -> str:
@@ -22,6 +37,16 @@ class Page:
     items: Sequence[KeyRecord]
     total: int
     next_cursor: str | None
+
+
+class ListQuery(TypedDict):
+    """Which of an account's keys :meth:`KeyStore.list` pages through, and where it is."""
+
+    search: str | None  # a part of the name, in any case; ``%`` and ``_`` are plain characters
+    environment: str | None
+    include_revoked: bool
+    limit: int
+    cursor: str | None  # a ``next_cursor`` this store gave; None (or "") for the first page
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +130,9 @@ class KeyStore(Protocol):
         """Every stored key id (revoked ones too): seeds Redis's set of existing key ids."""
         ...
 
-    def list(
-        self,
-        account_id: str,
-        *,
-        search: str | None,
-        environment: str | None,
-        include_revoked: bool,
-        limit: int,
-        cursor: str | None,
-    ) -> Page: ...
+    def list(self, account_id: str, **query: Unpack[ListQuery]) -> Page:
+        """A page of the account's keys, newest first, with the total of all that match."""
+        ...
 
     def touch(self, last_used: Mapping[str, datetime]) -> None:
         """Record last use of several keys in one write (batched by the engine)."""

@@ -21,7 +21,7 @@ import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from keystile._core.errors import BackendError
 from keystile._core.models import KeyRecord
@@ -36,6 +36,11 @@ from keystile._core.store import (
     fingerprint,
 )
 from keystile.stores import register_store, rows
+
+if TYPE_CHECKING:  # what ``list(account_id, **query: Unpack[ListQuery])`` is typed with
+    from typing_extensions import Unpack  # in typing itself from Python 3.11
+
+    from keystile._core.store import ListQuery
 
 UTC = timezone.utc
 
@@ -121,31 +126,23 @@ class DjangoStore:
         deleted, _ = self._objects("Key").filter(kid=kid).delete()
         return bool(deleted == 1)
 
-    def list(
-        self,
-        account_id: str,
-        *,
-        search: str | None,
-        environment: str | None,
-        include_revoked: bool,
-        limit: int,
-        cursor: str | None,
-    ) -> Page:
+    def list(self, account_id: str, **query: Unpack[ListQuery]) -> Page:
         from django.db.models import Q  # type: ignore[import-untyped,unused-ignore]
 
         keys = self._objects("Key").filter(account_id=account_id)
-        if search:
+        if query["search"]:
             # icontains escapes % and _ itself; case-insensitive like SQLite's LIKE.
-            keys = keys.filter(name__icontains=search)
-        if environment:
-            keys = keys.filter(environment=environment)
-        if not include_revoked:
+            keys = keys.filter(name__icontains=query["search"])
+        if query["environment"]:
+            keys = keys.filter(environment=query["environment"])
+        if not query["include_revoked"]:
             keys = keys.filter(revoked_at__isnull=True)
         total = keys.count()
-        if cursor:
-            created, kid = rows.decode_cursor(cursor)
+        if query["cursor"]:
+            created, kid = rows.decode_cursor(query["cursor"])
             at = _to_db(created)
             keys = keys.filter(Q(created_at__lt=at) | Q(created_at=at, kid__lt=kid))
+        limit = query["limit"]
         found = keys.order_by("-created_at", "-kid").values_list(*rows.KEY_COLUMNS)[: limit + 1]
         return rows.key_page([rows.row_to_record(row, CODECS) for row in found], total, limit)
 

@@ -1,16 +1,8 @@
 """The contract every key store keeps (defined in the core; re-exported here for store authors),
 and the helpers of stores on SQL tables."""
 
-from keystile._core.store import (
-    AccountLimit,
-    AuditEntry,
-    KeyStore,
-    Page,
-    SessionRecord,
-    UsageDelta,
-    UsageRow,
-    fingerprint,
-)
+from keystile._core import store as _contract
+from keystile._core.store import *  # noqa: F403  (the whole contract, as its __all__ says)
 from keystile.stores.rows import (
     BAD_CURSOR,
     KEY_COLUMNS,
@@ -22,15 +14,8 @@ from keystile.stores.rows import (
 __all__ = [
     "BAD_CURSOR",
     "KEY_COLUMNS",
-    "AccountLimit",
-    "AuditEntry",
-    "KeyStore",
-    "Page",
-    "SessionRecord",
-    "UsageDelta",
-    "UsageRow",
     "decode_cursor",
     "encode_cursor",
-    "fingerprint",
     "like_escape",
 ]
+__all__ += _contract.__all__

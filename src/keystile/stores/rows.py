@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from keystile._core.errors import InvalidInput
 from keystile._core.models import KeyRecord
@@ -82,106 +82,95 @@ class Codecs:
         return None if value is None else self.time_out(value)
 
 
+class _Kind(NamedTuple):
+    """How a value of one kind of column is written (given the codecs) and read back."""
+
+    into: Callable[[Codecs, Any], Any]
+    out: Callable[[Codecs, Any], Any]
+
+
+_KINDS: dict[str, _Kind] = {
+    "plain": _Kind(lambda c, v: v, lambda c, v: v),
+    "time": _Kind(lambda c, v: c.time_in(v), lambda c, v: c.time_out(v)),
+    "time?": _Kind(Codecs.time_in_or_none, Codecs.time_out_or_none),
+    "list": _Kind(lambda c, v: c.json_in(list(v)), lambda c, v: tuple(c.json_out(v))),
+    "dict": _Kind(lambda c, v: c.json_in(dict(v)), lambda c, v: dict(c.json_out(v))),
+    "json": _Kind(lambda c, v: c.json_in(v), lambda c, v: c.json_out(v)),
+    "flag": _Kind(lambda c, v: c.flag_in(v), lambda c, v: bool(v)),
+    "float": _Kind(lambda c, v: float(v), lambda c, v: v),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """A record's columns, named as its fields, and the kind of each that is not "plain"."""
+
+    columns: tuple[str, ...]
+    kinds: Mapping[str, str]
+
+    def row(self, item: Any, codecs: Codecs) -> tuple[Any, ...]:
+        return tuple(self._kind(name).into(codecs, getattr(item, name)) for name in self.columns)
+
+    def fields(self, row: Sequence[Any], codecs: Codecs) -> dict[str, Any]:
+        pairs = zip(self.columns, row, strict=True)
+        return {name: self._kind(name).out(codecs, value) for name, value in pairs}
+
+    def _kind(self, column: str) -> _Kind:
+        return _KINDS[self.kinds.get(column, "plain")]
+
+
+_KEYS = _Table(
+    KEY_COLUMNS,
+    {
+        "permissions": "list",
+        "accounts": "list",
+        "created_at": "time",
+        "expires_at": "time?",
+        "last_used_at": "time?",
+        "revoked_at": "time?",
+        "enabled": "flag",
+        "meta": "dict",
+        "previous_expires_at": "time?",
+    },
+)
+_SESSIONS = _Table(
+    SESSION_COLUMNS,
+    {
+        "created_at": "time",
+        "expires_at": "time",
+        "idle_timeout": "float",
+        "last_seen_at": "time",
+        "ended_at": "time?",
+    },
+)
+_AUDIT = _Table(AUDIT_COLUMNS, {"at": "time", "details": "json"})
+
+
 def record_to_row(record: KeyRecord, codecs: Codecs) -> tuple[Any, ...]:
     """``record`` as a row of :data:`KEY_COLUMNS`."""
-    return (
-        record.kid,
-        record.token_prefix,
-        record.last4,
-        record.name,
-        record.account_id,
-        record.owner,
-        codecs.json_in(list(record.permissions)),
-        record.environment,
-        codecs.json_in(list(record.accounts)),
-        codecs.time_in(record.created_at),
-        codecs.time_in_or_none(record.expires_at),
-        codecs.time_in_or_none(record.last_used_at),
-        codecs.time_in_or_none(record.revoked_at),
-        codecs.flag_in(record.enabled),
-        codecs.json_in(dict(record.meta)),
-        record.secret_hash,
-        record.previous_hash,
-        codecs.time_in_or_none(record.previous_expires_at),
-        record.version,
-        record.page_limit,
-    )
+    return _KEYS.row(record, codecs)
 
 
 def row_to_record(row: Sequence[Any], codecs: Codecs) -> KeyRecord:
-    values = dict(zip(KEY_COLUMNS, row))
-    return KeyRecord(
-        kid=values["kid"],
-        token_prefix=values["token_prefix"],
-        last4=values["last4"],
-        name=values["name"],
-        account_id=values["account_id"],
-        owner=values["owner"],
-        permissions=tuple(codecs.json_out(values["permissions"])),
-        environment=values["environment"],
-        accounts=tuple(codecs.json_out(values["accounts"])),
-        created_at=codecs.time_out(values["created_at"]),
-        expires_at=codecs.time_out_or_none(values["expires_at"]),
-        last_used_at=codecs.time_out_or_none(values["last_used_at"]),
-        revoked_at=codecs.time_out_or_none(values["revoked_at"]),
-        enabled=bool(values["enabled"]),
-        meta=dict(codecs.json_out(values["meta"])),
-        secret_hash=values["secret_hash"],
-        previous_hash=values["previous_hash"],
-        previous_expires_at=codecs.time_out_or_none(values["previous_expires_at"]),
-        version=values["version"],
-        page_limit=values["page_limit"],
-    )
+    return KeyRecord(**_KEYS.fields(row, codecs))
 
 
 def session_to_row(session: SessionRecord, codecs: Codecs) -> tuple[Any, ...]:
     """``session`` as a row of :data:`SESSION_COLUMNS`."""
-    return (
-        session.sid,
-        session.kid,
-        session.account_id,
-        session.secret_digest,
-        session.key_hash_fingerprint,
-        codecs.time_in(session.created_at),
-        codecs.time_in(session.expires_at),
-        float(session.idle_timeout),
-        codecs.time_in(session.last_seen_at),
-        codecs.time_in_or_none(session.ended_at),
-    )
+    return _SESSIONS.row(session, codecs)
 
 
 def row_to_session(row: Sequence[Any], codecs: Codecs) -> SessionRecord:
-    sid, kid, account, digest, key_fingerprint, created, expires, idle, seen, ended = row
-    return SessionRecord(
-        sid=sid,
-        kid=kid,
-        account_id=account,
-        secret_digest=digest,
-        key_hash_fingerprint=key_fingerprint,
-        created_at=codecs.time_out(created),
-        expires_at=codecs.time_out(expires),
-        idle_timeout=idle,
-        last_seen_at=codecs.time_out(seen),
-        ended_at=codecs.time_out_or_none(ended),
-    )
+    return SessionRecord(**_SESSIONS.fields(row, codecs))
+
+
+def row_to_audit(row: Sequence[Any], codecs: Codecs) -> AuditEntry:
+    return AuditEntry(**_AUDIT.fields(row, codecs))
 
 
 def audit_details(details: Mapping[str, Any]) -> Any:
     """``details`` as plain JSON values: what JSON cannot hold becomes its ``str()``."""
     return json.loads(json.dumps(dict(details), default=str))
-
-
-def row_to_audit(row: Sequence[Any], codecs: Codecs) -> AuditEntry:
-    id_, at, account, actor, action, target, details = row
-    return AuditEntry(
-        at=codecs.time_out(at),
-        account_id=account,
-        actor=actor,
-        action=action,
-        target=target,
-        details=codecs.json_out(details),
-        id=id_,
-    )
 
 
 def audit_cursor_id(cursor: str) -> int:

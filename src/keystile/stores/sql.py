@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from keystile._core.errors import InvalidInput
 from keystile._core.models import KeyRecord
@@ -44,6 +44,11 @@ from keystile.stores.rows import (
     row_to_session,
     session_to_row,
 )
+
+if TYPE_CHECKING:  # what ``list(account_id, **query: Unpack[ListQuery])`` is typed with
+    from typing_extensions import Unpack  # in typing itself from Python 3.11
+
+    from keystile._core.store import ListQuery
 
 
 class Cursor(Protocol):
@@ -215,16 +220,8 @@ class SQLStore(ABC):
     def delete(self, kid: str) -> bool:
         return self._execute("DELETE FROM keystile_keys WHERE kid=?", (kid,)) == 1
 
-    def list(
-        self,
-        account_id: str,
-        *,
-        search: str | None,
-        environment: str | None,
-        include_revoked: bool,
-        limit: int,
-        cursor: str | None,
-    ) -> Page:
+    def list(self, account_id: str, **query: Unpack[ListQuery]) -> Page:
+        search, environment, limit = query["search"], query["environment"], query["limit"]
         if search and "\x00" in search:
             return Page([], 0, None)  # LIKE would stop at the NUL; no name holds one
         where: builtins.list[str] = ["account_id=?"]
@@ -235,12 +232,12 @@ class SQLStore(ABC):
         if environment:
             where.append("environment=?")
             params.append(environment)
-        if not include_revoked:
+        if not query["include_revoked"]:
             where.append("revoked_at IS NULL")
         clause = " AND ".join(where)
         page_where, page_params = clause, builtins.list(params)
-        if cursor:
-            created, kid = decode_cursor(cursor)
+        if query["cursor"]:
+            created, kid = decode_cursor(query["cursor"])
             page_where += " AND (created_at, kid) < (?, ?)"
             page_params += [self._codecs.time_in(created), kid]
         # One statement, so the total and the page come from the same snapshot.
