@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -20,11 +20,9 @@ def new_version() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ApiKey:
-    """A key as shown to people and programs: never its secret nor its hash."""
+class KeyFacts:
+    """What a key is, whether it is shown (:class:`ApiKey`) or stored (:class:`KeyRecord`)."""
 
-    id: str
-    preview: str
     name: str
     account_id: str
     owner: str | None
@@ -36,6 +34,18 @@ class ApiKey:
     last_used_at: datetime | None
     revoked_at: datetime | None
     enabled: bool
+
+
+#: The facts an :class:`ApiKey` copies from its record as they are (``meta`` is frozen).
+_SHOWN = (*(f.name for f in fields(KeyFacts)), "page_limit")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey(KeyFacts):
+    """A key as shown to people and programs: never its secret nor its hash."""
+
+    id: str
+    preview: str
     meta: Mapping[str, Any] = field(default_factory=dict)
     page_limit: int | None = None
 
@@ -70,23 +80,12 @@ class ApiKey:
 
 
 @dataclass(frozen=True, slots=True)
-class KeyRecord:
+class KeyRecord(KeyFacts):
     """A stored key. ``version`` changes on every change of state, so caches can tell."""
 
     kid: str
     token_prefix: str
     last4: str
-    name: str
-    account_id: str
-    owner: str | None
-    permissions: tuple[str, ...]
-    environment: str
-    accounts: tuple[str, ...]
-    created_at: datetime
-    expires_at: datetime | None
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-    enabled: bool
     meta: Mapping[str, Any]
     secret_hash: str
     previous_hash: str | None
@@ -103,19 +102,8 @@ class KeyRecord:
         return ApiKey(
             id=self.key_id,
             preview=mask(self.token_prefix, self.environment, self.last4),
-            name=self.name,
-            account_id=self.account_id,
-            owner=self.owner,
-            permissions=self.permissions,
-            environment=self.environment,
-            accounts=self.accounts,
-            created_at=self.created_at,
-            expires_at=self.expires_at,
-            last_used_at=self.last_used_at,
-            revoked_at=self.revoked_at,
-            enabled=self.enabled,
             meta=MappingProxyType(dict(self.meta)),
-            page_limit=self.page_limit,
+            **{name: getattr(self, name) for name in _SHOWN},
         )
 
     def changed(self, **changes: Any) -> KeyRecord:

@@ -19,6 +19,21 @@ def _utc(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
 
 
+#: What a snapshot copies from the key's record as it is.
+_COPIED = (
+    "kid",
+    "account_id",
+    "name",
+    "owner",
+    "environment",
+    "permissions",
+    "accounts",
+    "enabled",
+    "version",
+    "page_limit",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What a verified credential proves, as cached. No secret, token or hash in it."""
@@ -58,20 +73,11 @@ class Snapshot:
             return None if value is None else value.timestamp()
 
         return cls(
-            kid=record.kid,
-            account_id=record.account_id,
-            name=record.name,
-            owner=record.owner,
-            environment=record.environment,
-            permissions=record.permissions,
-            accounts=record.accounts,
             meta=freeze(record.meta),
             expires_at=epoch(record.expires_at),
             revoked=record.revoked_at is not None,
-            enabled=record.enabled,
             valid_until=epoch(record.previous_expires_at) if via_previous else None,
-            version=record.version,
-            page_limit=record.page_limit,
+            **{name: getattr(record, name) for name in _COPIED},
         )
 
     def dumps(self) -> str:
