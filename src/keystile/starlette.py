@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from keystile import AuthError, Keystile
@@ -25,20 +24,11 @@ from keystile._http.bodies import BufferedBody
 from keystile._http.guards import engine_of as engine_of
 from keystile._http.guards import principal_of as principal_of
 from keystile._http.headers import scope_headers as scope_headers
-from keystile._http.mounting import engine_from, mount_management
+from keystile._http.mounting import WrapsApp, mount_management
 
 
-class KeystileMiddleware:
+class KeystileMiddleware(WrapsApp[ASGIApp]):
     """``app.add_middleware(KeystileMiddleware, settings={...})`` or ``keystile=Keystile(...)``."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: Mapping[str, Any] | None = None,
-        keystile: Keystile | None = None,
-    ) -> None:
-        self.app = app
-        self.keystile = engine_from(settings, keystile)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

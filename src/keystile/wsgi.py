@@ -17,7 +17,7 @@ Django's runserver, nginx and Apache 2.4 do by default. A ``,`` in a credential 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Protocol
@@ -34,7 +34,7 @@ from keystile._http.guards import engine_of as engine_of
 from keystile._http.guards import principal_of as principal_of
 from keystile._http.headers import environ_headers as environ_headers
 from keystile._http.headers import request_path as request_path
-from keystile._http.mounting import engine_from
+from keystile._http.mounting import WrapsApp
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 Environ = dict[str, Any]
@@ -91,17 +91,8 @@ class _WSGIExchange(Exchange):
         return self.server_start(status, headers, exc_info)
 
 
-class KeystileMiddleware:
+class KeystileMiddleware(WrapsApp[WSGIApp]):
     """``app.wsgi_app = KeystileMiddleware(app.wsgi_app, settings={...})`` (or ``keystile=``)."""
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        settings: Mapping[str, Any] | None = None,
-        keystile: Keystile | None = None,
-    ) -> None:
-        self.app = app
-        self.keystile = engine_from(settings, keystile)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         engine = self.keystile

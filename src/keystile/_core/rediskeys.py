@@ -13,23 +13,27 @@ from dataclasses import dataclass
 class RedisKeys:
     prefix: str
 
+    def _account(self, account_id: str, rest: str) -> str:
+        # One hash tag per account: its stamps and counters share a Redis Cluster slot.
+        return f"{self.prefix}:{{a:{account_id}}}:{rest}"
+
     def state(self, account_id: str, kid: str) -> str:
-        return f"{self.prefix}:{{a:{account_id}}}:v:{kid}"
+        return self._account(account_id, f"v:{kid}")
 
     def snapshot(self, kid: str, digest: str) -> str:
         return f"{self.prefix}:{{k:{kid}}}:t:{digest}"
 
     def usage(self, account_id: str, period: str, environment: str) -> str:
-        return f"{self.prefix}:{{a:{account_id}}}:u:{period}:{environment}"
+        return self._account(account_id, f"u:{period}:{environment}")
 
     def limit(self, account_id: str, environment: str) -> str:
-        return f"{self.prefix}:{{a:{account_id}}}:l:{environment}"
+        return self._account(account_id, f"l:{environment}")
 
     def idempotency(self, account_id: str, digest: str) -> str:
-        return f"{self.prefix}:{{a:{account_id}}}:i:{digest}"
+        return self._account(account_id, f"i:{digest}")
 
     def leases(self, account_id: str, period: str, environment: str) -> str:
-        return f"{self.prefix}:{{a:{account_id}}}:ls:{period}:{environment}"
+        return self._account(account_id, f"ls:{period}:{environment}")
 
     def kids(self) -> str:
         """The set of every existing key id; holding :data:`KIDS_READY` too once it was

@@ -8,12 +8,19 @@ it, and :func:`management_api` to build the API on the engine's managers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from keystile import Keystile
 from keystile._http.management import PUBLIC_PATHS, ROUTE, ManagementAPI
 
-__all__ = ["engine_from", "management_api", "management_mounted", "mount_management"]
+__all__ = [
+    "WrapsApp",
+    "engine_from",
+    "management_api",
+    "management_mounted",
+    "mount_management",
+]
+App = TypeVar("App")
 
 
 def engine_from(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Keystile:
@@ -21,6 +28,20 @@ def engine_from(settings: Mapping[str, Any] | None, keystile: Keystile | None) -
     if settings is not None and keystile is not None:
         raise TypeError("pass settings or keystile, not both")
     return keystile if keystile is not None else Keystile(settings)
+
+
+class WrapsApp(Generic[App]):
+    """A middleware around ``app``, on the engine that its ``settings=`` (a dict) or
+    ``keystile=`` (a ready engine) give."""
+
+    def __init__(
+        self,
+        app: App,
+        settings: Mapping[str, Any] | None = None,
+        keystile: Keystile | None = None,
+    ) -> None:
+        self.app = app
+        self.keystile = engine_from(settings, keystile)
 
 
 def mount_management(engine: Keystile, prefix: str) -> None:
