@@ -21,6 +21,7 @@ class BatchedWrites:
         self._backends = backends
         self._admission = admission
         self._verifier = verifier
+        self._wall = backends.clocks.wall
         self._last_used: dict[str, float] = {}
         self._last_used_lock = threading.Lock()
         settings = backends.settings
@@ -31,7 +32,7 @@ class BatchedWrites:
     def note_use(self, kid: str) -> None:
         # No lock: one dict store is atomic, and a use noted into a batch just taken by the
         # flusher is noted again by the key's next request.
-        self._last_used[kid] = self._backends.clocks.wall()
+        self._last_used[kid] = self._wall()
         if self._idle:
             self._idle = False
             self._flusher.start()

@@ -205,7 +205,7 @@ class Keystile:
         principal, meter, crossed = admitted  # type: ignore[misc]
         if crossed:
             self._fire_thresholds(meter, crossed)
-        self._note_use(meter.charge_info.kid)
+        self.batches.note_use(meter.charge_info.kid)
         return principal
 
     async def authenticate_async(
@@ -226,7 +226,7 @@ class Keystile:
         principal, meter, crossed = admitted  # type: ignore[misc]
         if crossed:
             self._spawn(asyncio.to_thread(self._fire_thresholds, meter, crossed))
-        self._note_use(meter.charge_info.kid)
+        self.batches.note_use(meter.charge_info.kid)
         return principal
 
     def verify(self, creds: Credentials) -> Principal:
@@ -291,9 +291,6 @@ class Keystile:
 
     def _fire_thresholds(self, meter: Meter, crossed: tuple[float, ...]) -> None:
         fire_thresholds(self.settings.on_quota_threshold, meter, crossed)
-
-    def _note_use(self, kid: str) -> None:
-        self.batches.note_use(kid)
 
     def flush(self) -> None:
         """Write batched last-use times and usage to the store; have Redis rebuild the
