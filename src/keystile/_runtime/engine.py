@@ -91,7 +91,7 @@ class Keystile:
             self.settings,
             self.verifier,
             self.periods,
-            lambda: self.clocks.wall(),
+            self.clocks.wall,
             backends.redis_keys,
             self.clocks.monotonic,
         )
