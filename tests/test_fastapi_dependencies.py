@@ -49,8 +49,8 @@ def counted_threads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_the_dependencies_are_coroutine_functions() -> None:
-    assert inspect.iscoroutinefunction(get_principal)
-    assert inspect.iscoroutinefunction(require("a"))
+    assert inspect.iscoroutinefunction(get_principal.__call__)
+    assert inspect.iscoroutinefunction(require("a").__call__)
     assert inspect.iscoroutinefunction(cost(1))
 
 

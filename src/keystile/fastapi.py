@@ -28,6 +28,7 @@ from keystile.starlette import KeystileMiddleware
 __all__ = [
     "KeystileMiddleware",
     "Principal",
+    "PrincipalDependency",
     "cost",
     "document_key_pair",
     "get_principal",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class _DocumentedBearer(HTTPBearer):
+class _DocumentedApiKey(APIKeyHeader):
     """The scheme for the OpenAPI document only: the middleware has already decided, so
     reading the header again on every request would be wasted work."""
 
@@ -43,16 +44,6 @@ class _DocumentedBearer(HTTPBearer):
         return None
 
 
-class _DocumentedApiKey(APIKeyHeader):
-    """See :class:`_DocumentedBearer`."""
-
-    async def __call__(self, request: Request) -> None:  # type: ignore[override]
-        return None
-
-
-bearer_scheme = _DocumentedBearer(
-    scheme_name="BearerToken", description="Authorization: Bearer <token>", auto_error=False
-)
 api_key_scheme = _DocumentedApiKey(
     name="x-api-key",
     scheme_name="ApiKey",
@@ -70,32 +61,37 @@ API_SECRET_SCHEME = {
 _HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
-# The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in a worker
-# thread, which costs more than everything keystile does for the request.
+class PrincipalDependency(HTTPBearer):
+    """``Depends(get_principal)`` / ``Depends(require(...))``: the principal, once it holds
+    every one of ``permissions``.
 
+    It is also the document's BearerToken scheme, and ApiKey is its one sub-dependency: FastAPI
+    solves two dependencies per request instead of three, and its document still offers both.
+    ``async``: FastAPI runs a plain ``def`` dependency in a worker thread, which costs more than
+    everything keystile does for the request."""
 
-async def get_principal(
-    request: Request,
-    _bearer: None = Security(bearer_scheme),
-    _api_key: None = Security(api_key_scheme),
-) -> Principal:
-    """Dependency returning the authenticated principal."""
-    return principal_of(request)
+    def __init__(self, permissions: tuple[str, ...] = ()) -> None:
+        super().__init__(
+            scheme_name="BearerToken", description="Authorization: Bearer <token>", auto_error=False
+        )
+        self.permissions = permissions
 
-
-def require(*permissions: str) -> Callable[..., Awaitable[Principal]]:
-    """Dependency returning the principal once it holds every one of ``permissions``."""
-
-    async def dependency(
-        request: Request,
-        _bearer: None = Security(bearer_scheme),
-        _api_key: None = Security(api_key_scheme),
+    async def __call__(  # type: ignore[override]
+        self, request: Request, _api_key: None = Security(api_key_scheme)
     ) -> Principal:
         principal = principal_of(request)
-        check_permissions(principal, permissions)
+        if self.permissions:
+            check_permissions(principal, self.permissions)
         return principal
 
-    return dependency
+
+#: Dependency returning the authenticated principal.
+get_principal = PrincipalDependency()
+
+
+def require(*permissions: str) -> PrincipalDependency:
+    """Dependency returning the principal once it holds every one of ``permissions``."""
+    return PrincipalDependency(permissions)
 
 
 def cost(pages: int) -> Callable[[Request], Awaitable[None]]:
