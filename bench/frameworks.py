@@ -24,6 +24,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+# bench/ holds http.py, which would shadow the standard library's http package (werkzeug
+# imports http.server).
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from keystile import Keystile
