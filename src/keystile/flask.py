@@ -1,14 +1,12 @@
 """Flask: the :class:`Keystile` extension and the :func:`requires` / :func:`cost` decorators::
 
     keystile = Keystile(app)  # settings from app.config["KEYSTILE"]; or Keystile() + init_app
-
     @app.get("/jobs")
-    @requires("jobs:read")
+    @requires("jobs:read")  # the principal: g.principal (and request.state.principal)
     def jobs(): return {"account": g.principal.account_id}
 
 Keystile runs before every other ``before_request`` function; a refusal is a normal Flask
-response (other ``after_request`` hooks, CORS say, still run). The principal is ``g.principal``
-and ``request.state.principal``; headers are read as in :mod:`keystile.wsgi`.
+response (other ``after_request`` hooks, CORS say, still run).
 """
 
 from __future__ import annotations
@@ -40,8 +38,8 @@ def error_response(error: AuthError) -> Response:
 
 
 class Keystile:
-    """The Flask extension. ``settings`` (a dict) or ``keystile`` (an engine) are optional:
-    without them :meth:`init_app` reads ``app.config["KEYSTILE"]``, one engine per app."""
+    """The extension: ``settings=`` (a dict), ``keystile=`` (an engine) or, without them, one
+    engine per app from ``app.config["KEYSTILE"]``."""
 
     def __init__(
         self,
@@ -79,10 +77,11 @@ class Keystile:
         app.extensions[EXTENSION_KEY] = engine
         if engine not in self._engines:
             self._engines.append(engine)
-        # First of all before_request functions: nothing runs for a refused request.
-        app.before_request_funcs.setdefault(None, []).insert(0, functools.partial(_before, engine))
+        # First of all before_request functions: nothing runs for a refused request. Not a
+        # functools.partial: Flask asks per request whether a hook is a coroutine, slow for those.
+        app.before_request_funcs.setdefault(None, []).insert(0, lambda: _before(engine))
         app.after_request(_after)
-        app.teardown_request(_refund)  # no response was made: an unhandled exception
+        app.teardown_request(_refund)
         app.register_error_handler(AuthError, _refused)
 
 
@@ -93,26 +92,27 @@ def engine_for(app: Flask) -> Engine:
     return engine
 
 
-def _body() -> bytes | None:
-    """For an Idempotency-Key; put back in the environ, where werkzeug reads it as usual."""
+def _body() -> bytes | None:  # for an Idempotency-Key, put back where werkzeug reads it
     body = read_environ_body(request.environ)
     request.__dict__.pop("stream", None)  # a cached_property, if something already read it
     return body
 
 
 def _before(engine: Engine) -> Response | None:
-    request.state = state = SimpleNamespace()  # type: ignore[attr-defined]
-    if engine.is_exempt(request.path):
+    # Flask's globals are proxies, each read a lookup: resolved once here.
+    req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+    req.state = state = SimpleNamespace()
+    path, environ = req.path, req.environ
+    if engine.is_exempt(path):
         return None
     exchange = Exchange(engine)
-    environ = request.environ
     try:
         headers, query = environ_headers(environ), environ.get("QUERY_STRING", "")
-        state.principal = exchange.admit(headers, request.method, request.path, query, _body)
+        state.principal = exchange.admit(headers, req.method, path, query, _body)
     except AuthError as error:
         return error_response(error)
-    state.keystile, g.principal = engine, state.principal
-    setattr(g, _PENDING, exchange)
+    state.keystile, ctx.principal = engine, state.principal
+    setattr(ctx, _PENDING, exchange)
     return None
 
 
@@ -126,7 +126,7 @@ def _after(response: Response) -> Response:
     return response
 
 
-def _refund(exc: BaseException | None = None) -> None:
+def _refund(exc: BaseException | None = None) -> None:  # no response: refunded, if pending
     exchange: Exchange | None = g.pop(_PENDING, None)
     if exchange is not None:
         exchange.refund()

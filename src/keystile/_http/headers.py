@@ -29,15 +29,15 @@ def environ_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
     repeats with ``,``): it is split back into its parts so the core sees the repeat."""
     headers: list[tuple[str, str]] = []
     for key, value in environ.items():
-        if not isinstance(value, str):
-            continue
         if key.startswith("HTTP_"):
+            if not isinstance(value, str):
+                continue
             name = key[5:].lower().replace("_", "-")
             if "," in value and name in CREDENTIAL_HEADERS:
                 headers.extend((name, part) for part in value.split(","))
             else:
                 headers.append((name, value))
-        elif key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+        elif (key == "CONTENT_TYPE" or key == "CONTENT_LENGTH") and isinstance(value, str):
             headers.append((key.lower().replace("_", "-"), value))
     return headers
 
