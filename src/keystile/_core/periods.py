@@ -61,14 +61,6 @@ class Period:
     end: datetime  # UTC, exclusive; the next period's start
     label: str  # "YYYY-MM" of the month whose anchor day opens the period
 
-    def contains(self, instant: datetime) -> bool:
-        return self.start <= _utc(instant, "instant") < self.end
-
-    def seconds_until_end(self, now: datetime) -> int:
-        left = self.end - _utc(now, "now")
-        # Ceil so waiting this long never wakes inside the period; >= 1 keeps Retry-After useful.
-        return max(1, left.days * 86400 + left.seconds + (1 if left.microseconds else 0))
-
 
 @dataclass(frozen=True, slots=True)
 class PeriodPolicy:
@@ -130,10 +122,3 @@ class PeriodPolicy:
 
     def next(self, period: Period) -> Period:
         return self._period(self._index_of(period) + 1)
-
-    def last_periods(self, instant: datetime, count: int) -> list[Period]:
-        """The period containing `instant` first, then older ones: `count` in all."""
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"count must be a non-negative integer, got {count!r}")
-        index = self._index_at(instant)
-        return [self._period(index - k) for k in range(count)]
