@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from keystile import Keystile
+from keystile.stores import KeyStore, open_store
 
 from .services import *  # noqa: F403  (the redis_* and postgres_* fixtures)
 
@@ -59,3 +60,11 @@ def make_keystile() -> Iterator[Callable[..., Keystile]]:
 def redis_settings(redis_url: str, redis_prefix: str) -> dict[str, Any]:
     """Settings that put an engine on the test Redis, under this test's own key prefix."""
     return {"redis_url": redis_url, "secret": SECRET, "redis_prefix": redis_prefix}
+
+
+@pytest.fixture
+def shared_store() -> Iterator[KeyStore]:
+    """One in-memory store for several engines: "processes" that share a database."""
+    store = open_store("memory://")
+    yield store
+    store.close()

@@ -26,7 +26,7 @@ from keystile import AuthError, BackendError, Keystile
 from keystile._core import tokens
 from keystile._core.rediskeys import KIDS_READY
 from keystile._core.verification import NEGATIVE, Snapshot
-from keystile.stores import KeyStore, open_store
+from keystile.stores import KeyStore
 from tests.services import REDIS_MISSING, private_redis, service_missing
 
 pytestmark = pytest.mark.redis
@@ -166,13 +166,6 @@ class StoreProxy:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
-
-
-@pytest.fixture
-def shared_store() -> Iterator[KeyStore]:
-    store = open_store("memory://")
-    yield store
-    store.close()
 
 
 @pytest.fixture

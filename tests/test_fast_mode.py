@@ -24,7 +24,7 @@ import redis
 
 from keystile import AuthError, Keystile
 from keystile._runtime import engine
-from keystile.stores import KeyStore, open_store
+from keystile.stores import KeyStore
 
 from .faults import Proxy
 
@@ -91,13 +91,6 @@ class Commands:
             return await original(*args)
 
         monkeypatch.setattr(client, "execute_command", execute_command)
-
-
-@pytest.fixture
-def shared_store() -> Iterator[KeyStore]:
-    store = open_store("memory://")
-    yield store
-    store.close()
 
 
 @pytest.fixture
