@@ -15,7 +15,6 @@ else. Waits are bounded and wait for a state, never for a duration.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from keystile import AuthError, Keystile
 from keystile._runtime import engine
 from keystile.stores import KeyStore
 
+from . import polling
 from .faults import Proxy
 
 pytestmark = pytest.mark.redis
@@ -36,12 +36,7 @@ WAIT = 10.0
 
 
 def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+    return polling.eventually(condition, timeout)
 
 
 def bearer(token: str) -> list[tuple[str, str]]:

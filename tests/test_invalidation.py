@@ -19,6 +19,7 @@ import redis
 
 from keystile._redis.invalidation import InvalidationListener, invalidation_channel
 
+from . import polling
 from .faults import Proxy
 from .services import free_port, redis_error
 
@@ -28,12 +29,7 @@ THREAD_NAME = "keystile-invalidation"
 
 
 def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+    return polling.eventually(condition, timeout)
 
 
 def came_back_after_resync(events: list[Any]) -> bool:
