@@ -101,17 +101,17 @@ def _body() -> bytes | None:  # for an Idempotency-Key, put back where werkzeug 
 def _before(engine: Engine) -> Response | None:
     # Flask's globals are proxies, each read a lookup: resolved once here.
     req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
-    req.state = state = SimpleNamespace()
+    req.state = state = SimpleNamespace(keystile=engine)
     path, environ = req.path, req.environ
     if engine.is_exempt(path):
         return None
     exchange = Exchange(engine)
     try:
         headers, query = environ_headers(environ), environ.get("QUERY_STRING", "")
-        state.principal = exchange.admit(headers, req.method, path, query, _body)
+        principal = engine.authenticate(headers, req.method, path, query=query, body=_body)
     except AuthError as error:
         return error_response(error)
-    state.keystile, ctx.principal = engine, state.principal
+    state.principal = exchange.principal = ctx.principal = principal
     setattr(ctx, _PENDING, exchange)
     return None
 

@@ -44,12 +44,12 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
         body = BufferedBody(receive) if kind == "http" else None
         exchange = ASGIExchange(engine, send)
         try:
-            principal = await exchange.admit_async(
+            principal = exchange.principal = await engine.authenticate_async(
                 asgi_headers(scope["headers"]),
                 scope.get("method", "GET"),
                 scope["path"],
-                scope.get("query_string", b"").decode("latin-1"),
-                b"" if body is None else body.read,
+                query=scope.get("query_string", b"").decode("latin-1"),
+                body=b"" if body is None else body.read,
             )
         except AuthError as error:
             await send_error(scope, send, error)

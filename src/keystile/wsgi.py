@@ -101,12 +101,12 @@ class KeystileMiddleware(WrapsApp[WSGIApp]):
             return self.app(environ, start_response)
         exchange = _WSGIExchange(engine, start_response)
         try:
-            principal = exchange.admit(
+            principal = exchange.principal = engine.authenticate(
                 environ_headers(environ),
                 environ.get("REQUEST_METHOD", "GET"),
                 path,
-                environ.get("QUERY_STRING", ""),
-                lambda: read_body(environ),
+                query=environ.get("QUERY_STRING", ""),
+                body=lambda: read_body(environ),
             )
         except AuthError as error:
             return error_response(start_response, error)

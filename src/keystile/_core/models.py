@@ -36,6 +36,21 @@ class KeyFacts:
     enabled: bool
 
 
+class ShownOnce:
+    """Base of a result holding a secret in clear, to be shown once: its repr (set
+    ``repr=False`` on the dataclass) leaves ``token`` and ``secret`` out, so logging the
+    result never logs them."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        names = (f.name for f in fields(self) if f.name not in _IN_CLEAR)  # type: ignore[arg-type]
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+        return f"{type(self).__name__}({shown})"
+
+
+_IN_CLEAR = frozenset({"token", "secret"})
+
 #: The facts an :class:`ApiKey` copies from its record as they are (``meta`` is frozen).
 _SHOWN = (*(f.name for f in fields(KeyFacts)), "page_limit")
 

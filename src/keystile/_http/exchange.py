@@ -1,8 +1,8 @@
 """One request through keystile, whatever the framework: admitted, answered, settled.
 
 An adapter makes an :class:`Exchange` for every request that is not exempt and drives it:
-:meth:`~Exchange.admit` (or ``admit_async``) authenticates and meters, raising
-:class:`~keystile.AuthError` for a refusal; :meth:`~Exchange.start` records the status once
+:attr:`~Exchange.principal` holds what the engine's ``authenticate`` (or
+``authenticate_async``) returned for it; :meth:`~Exchange.start` records the status once
 the app starts its response and returns the quota headers to add to it; :meth:`~Exchange.fail`
 takes what the app raised; :meth:`~Exchange.settle` charges the request when it is over (a
 streamed body: when the server closes it, so the body may still report its real cost).
@@ -24,7 +24,6 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Awaitable,
-    Callable,
     Generator,
     Iterable,
     Iterator,
@@ -49,35 +48,6 @@ class Exchange:
         self.status: int | None = None
         self.failed = False
         self.settled = False
-
-    def admit(
-        self,
-        headers: list[tuple[str, str]],
-        method: str,
-        path: str,
-        query: str,
-        body: Callable[[], Any] | bytes,
-    ) -> Principal:
-        """Blocking: the request's principal, metered; AuthError when it is refused.
-
-        ``body`` is read only for an Idempotency-Key on a verified key."""
-        principal = self.engine.authenticate(headers, method, path, query=query, body=body)
-        self.principal = principal
-        return principal
-
-    async def admit_async(
-        self,
-        headers: list[tuple[str, str]],
-        method: str,
-        path: str,
-        query: str,
-        body: Callable[[], Any] | bytes,
-    ) -> Principal:
-        principal = await self.engine.authenticate_async(
-            headers, method, path, query=query, body=body
-        )
-        self.principal = principal
-        return principal
 
     def start(self, status: int | None) -> QuotaHeaders:
         """The response starts with ``status``: the quota headers it carries."""

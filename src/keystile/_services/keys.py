@@ -24,7 +24,7 @@ from keystile._core.keyfields import (
     check_page_limit,
     check_permissions,
 )
-from keystile._core.models import ApiKey, KeyRecord, new_version
+from keystile._core.models import ApiKey, KeyRecord, ShownOnce, new_version
 from keystile._services.audit import AuditLog
 
 __all__ = [
@@ -41,17 +41,14 @@ _UNSET: Any = object()
 log = logging.getLogger("keystile")
 
 
-@dataclass(frozen=True, slots=True)
-class CreatedKey:
+@dataclass(frozen=True, slots=True, repr=False)
+class CreatedKey(ShownOnce):
     """The one moment a key's secret exists in clear: show it, then let it go."""
 
     token: str
     key_id: str
     secret: str
     key: ApiKey
-
-    def __repr__(self) -> str:
-        return f"CreatedKey(key_id={self.key_id!r}, preview={self.key.preview!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from keystile._core.errors import (
     BackendError,
     NotFound,
 )
+from keystile._core.models import ShownOnce
 from keystile._core.principal import Principal
 from keystile._core.store import SessionRecord, fingerprint
 from keystile._core.tokens import SESSION_ENVIRONMENT
@@ -41,8 +42,8 @@ Verify = Callable[[Credentials], tuple[Principal, Snapshot]]
 log = logging.getLogger("keystile")
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
+@dataclass(frozen=True, slots=True, repr=False)
+class Session(ShownOnce):
     """What a login returns: the token once, and when it stops working."""
 
     token: str
@@ -51,9 +52,6 @@ class Session:
     account_id: str
     expires_at: datetime
     idle_timeout: int
-
-    def __repr__(self) -> str:
-        return f"Session(session_id={self.session_id!r}, key_id={self.key_id!r})"
 
 
 class SessionManager:

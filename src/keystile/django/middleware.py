@@ -57,10 +57,11 @@ def _arrive(request: Any) -> Exchange | None:
     return exchange
 
 
-def _parts(request: Any) -> tuple[Any, ...]:
+def _parts(request: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     query = request.META.get("QUERY_STRING", "")
     body = lambda: _body(request)  # noqa: E731 (read only for an Idempotency-Key)
-    return request_headers(request), request.method or "GET", request.path_info, query, body
+    args = request_headers(request), request.method or "GET", request.path_info
+    return args, {"query": query, "body": body}
 
 
 def _admitted(request: Any, exchange: Exchange) -> None:
@@ -98,7 +99,8 @@ class KeystileMiddleware:
         if exchange is None:
             return self.get_response(request)
         try:
-            exchange.admit(*_parts(request))
+            args, kwargs = _parts(request)
+            exchange.principal = exchange.engine.authenticate(*args, **kwargs)
         except AuthError as error:
             return refusal(error)
         _admitted(request, exchange)
@@ -117,7 +119,8 @@ class KeystileMiddleware:
             return await self.get_response(request)
         try:
             # ASGIHandler has already spooled the body: reading it here does not wait on I/O.
-            await exchange.admit_async(*_parts(request))
+            args, kwargs = _parts(request)
+            exchange.principal = await exchange.engine.authenticate_async(*args, **kwargs)
         except AuthError as error:
             return refusal(error)
         _admitted(request, exchange)
