@@ -43,6 +43,16 @@ def db15(url: str) -> str:
     return urlsplit(url)._replace(path="/15").geturl()
 
 
+def connect_to(url: str) -> Callable[..., tuple[redis.Redis, bool]]:
+    """The listener's ``connect``: a plain client of one server (not sharded)."""
+
+    def connect(channel: str, timeout: float, **extra: Any) -> tuple[redis.Redis, bool]:
+        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, **extra}
+        return redis.Redis.from_url(url, **options), False
+
+    return connect
+
+
 class Listener(InvalidationListener):
     """Records kids, resyncs and every change of ``healthy`` in one ordered list."""
 
@@ -54,7 +64,7 @@ class Listener(InvalidationListener):
         kwargs.setdefault("on_resync", lambda: self.record("resync"))
         kwargs.setdefault("timeout", TIMEOUT)
         kwargs.setdefault("heartbeat", HEARTBEAT)
-        super().__init__(db15(url), channel, **kwargs)
+        super().__init__(connect_to(db15(url)), channel, **kwargs)
 
     @property  # type: ignore[override]
     def healthy(self) -> bool:

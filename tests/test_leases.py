@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +29,16 @@ def keys(prefix: str, counter: tuple[str, str, str]) -> tuple[str, str, str]:
     account, period, env = counter
     tag = f"{prefix}:{{a:{account}}}"
     return f"{tag}:u:{period}:{env}", f"{tag}:l:{env}", f"{tag}:ls:{period}:{env}"
+
+
+def marker(prefix: str, counter: tuple[str, str, str]) -> str:
+    """A fresh call marker (once.lua) in the counter's slot."""
+    return f"{prefix}:{{a:{counter[0]}}}:c:{uuid.uuid4().hex}"
+
+
+def first_call(*args: Any) -> list[Any]:
+    """ARGV of a counter-changing script's first call: not a retry, marker kept 120 s."""
+    return ["0", 120, *args]
 
 
 class Engine:
@@ -60,9 +71,11 @@ class Engine:
         seed = rebuild = ""
         while True:
             want = self.book.want(counter, cost)
-            args = [self.book.holder, want, seed, rebuild, USAGE_TTL, LIMIT_TTL, self.lease_ttl,
-                    self.thresholds, self.spread, self.book.need(counter, cost)]  # fmt: skip
-            reply: list[Any] = self.lease(keys=[usage, limit_key, leases], args=args)
+            args = first_call(self.book.holder, want, seed, rebuild, USAGE_TTL, LIMIT_TTL,
+                              self.lease_ttl, self.thresholds, self.spread,
+                              self.book.need(counter, cost))  # fmt: skip
+            call_keys = [usage, limit_key, leases, marker(self.prefix, counter)]
+            reply: list[Any] = self.lease(keys=call_keys, args=args)
             if reply[0] == "need_limit":
                 seed = "none" if self.limit is None else str(self.limit)
             elif reply[0] == "need_usage":  # no forget(): the rebuilt counter's grant resets
@@ -84,8 +97,9 @@ class Engine:
 
     def send(self, report: LeaseReport) -> list[Any]:
         usage, _, leases = keys(self.prefix, report.counter)
-        args = report_args(report, self.book.holder, self.lease_ttl)
-        reply: list[Any] = self.report(keys=[usage, leases], args=args)
+        args = first_call(*report_args(report, self.book.holder, self.lease_ttl))
+        call_keys = [usage, leases, marker(self.prefix, report.counter)]
+        reply: list[Any] = self.report(keys=call_keys, args=args)
         self.report_replies.append(reply)
         if reply[0] == "lost":
             self.book.forget(report.counter, report.gen)
@@ -477,8 +491,9 @@ def test_a_lost_counter_is_rebuilt_and_its_old_leases_are_void(
 def test_limit_seeding_and_unlimited(client: redis.Redis, redis_prefix: str) -> None:
     e = Engine(client, redis_prefix, limit=50)
     usage, limit_key, leases = keys(redis_prefix, C)
-    args = [e.book.holder, 1, "", "", USAGE_TTL, LIMIT_TTL, 60_000, "", 8]
-    assert e.lease(keys=[usage, limit_key, leases], args=args) == ["need_limit"]
+    args = first_call(e.book.holder, 1, "", "", USAGE_TTL, LIMIT_TTL, 60_000, "", 8, 1)
+    call_keys = [usage, limit_key, leases, marker(redis_prefix, C)]
+    assert e.lease(keys=call_keys, args=args) == ["need_limit"]
     assert client.exists(usage, limit_key, leases) == 0
     assert e.request()
     assert client.get(limit_key) == "50" and 0 < client.ttl(limit_key) <= LIMIT_TTL  # type: ignore[operator]

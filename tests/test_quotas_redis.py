@@ -700,7 +700,8 @@ def test_a_refund_while_redis_is_down_reaches_redis_later(
     with Outage(ks):
         ks.settle(principal, 500)  # never raises; the store has it
     assert counter(redis_client, ks)["pages"] == 2
-    ks.flush()  # Redis answers again: the uncertain counter is rebuilt from the store
+    ks.flush()  # Redis answers again: the refund is sent again
+    assert counter(redis_client, ks)["pages"] == 1
     assert stored_pages(ks) == 1
     assert hit(ks, token).quota.used == 2  # type: ignore[union-attr]
     assert counter(redis_client, ks)["pages"] == 2
@@ -720,8 +721,8 @@ def test_degrade_admits_when_redis_is_unreachable_and_records_the_usage(
     ks.flush()
     assert stored_pages(ks) == 4  # recorded in the store
     assert stored_requests(ks) == 3
-    # Redis is still unreachable: its counter waits to be rebuilt
-    assert (ACCOUNT, PERIOD, "live") in ks.admission.uncertain
+    # Redis is still unreachable: the charges wait to be resolved in its counter
+    assert (ACCOUNT, PERIOD, "live") in ks.admission.resends.counters()
 
 
 def test_degrade_admits_async_when_redis_is_unreachable(engines: Engines) -> None:
@@ -755,10 +756,10 @@ def test_degraded_charges_are_reconciled_into_redis(
             assert principal.meter is not None and not principal.meter.replay
         hit(ks, token, charge=3)
     assert counter(redis_client, ks)["pages"] == 2
-    ks.flush()  # Redis is back
-    assert len(ks.admission.uncertain) == 0
-    assert stored_pages(ks) == 7
-    principal = hit(ks, token)  # rebuilt from the store: 7, then this one
+    ks.flush()  # Redis is back: each charge it never saw is made, once
+    assert len(ks.admission.resends) == 0
+    assert counter(redis_client, ks)["pages"] == stored_pages(ks) == 7
+    principal = hit(ks, token)
     assert principal.quota is not None and principal.quota.used == 8
     ks.flush()  # reconciled once only
     assert counter(redis_client, ks)["pages"] == 8
@@ -775,9 +776,9 @@ def test_reconciliation_waits_while_redis_stays_down(
         hit(ks, token)
         ks.flush()  # the store gets it, Redis can't
         assert stored_pages(ks) == 2
-    assert (ACCOUNT, PERIOD, "live") in ks.admission.uncertain
+    assert (ACCOUNT, PERIOD, "live") in ks.admission.resends.counters()
     ks.flush()
-    assert len(ks.admission.uncertain) == 0
+    assert len(ks.admission.resends) == 0
     assert hit(ks, token).quota.used == 3  # type: ignore[union-attr]
     assert counter(redis_client, ks)["pages"] == 3
 
@@ -832,7 +833,7 @@ class LostReply:
 
 
 @pytest.mark.parametrize("policy", ["degrade", "fail_closed"])
-def test_a_timed_out_charge_is_never_counted_twice_nor_for_a_refusal(
+def test_a_timed_out_charge_is_sent_again_and_counted_once(
     engines: Engines, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, policy: str
 ) -> None:
     (ks,) = engines(1, monthly_page_limit=10, on_backend_error=policy)
@@ -841,15 +842,32 @@ def test_a_timed_out_charge_is_never_counted_twice_nor_for_a_refusal(
     hit(ks, token)
     lost = LostReply(ks, monkeypatch)
     lost.lost = 1
+    hit(ks, token)  # the retry is answered from the first call's marker: admitted, either way
+    assert lost.lost == 0
+    assert counter(redis_client, ks)["pages"] == 3
+    ks.flush()
+    assert counter(redis_client, ks)["pages"] == stored_pages(ks) == 3
+
+
+@pytest.mark.parametrize("policy", ["degrade", "fail_closed"])
+def test_a_charge_lost_twice_is_never_counted_twice_nor_for_a_refusal(
+    engines: Engines, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    (ks,) = engines(1, monthly_page_limit=10, on_backend_error=policy)
+    token = new_key(ks)
+    hit(ks, token)
+    hit(ks, token)
+    lost = LostReply(ks, monkeypatch)
+    lost.lost = 2  # the call and its retry both run, neither reply arrives
     if policy == "degrade":
         hit(ks, token)  # admitted: served, so billed once
         served = 3
     else:
         refused(ks, token, BACKEND_UNAVAILABLE)  # refused: not billed
         served = 2
-    assert counter(redis_client, ks)["pages"] == 3  # Redis did run the script
-    ks.flush()
-    assert stored_pages(ks) == served
+    assert counter(redis_client, ks)["pages"] == 3  # Redis ran it, once
+    ks.flush()  # resolved: a refusal's charge is taken back
+    assert counter(redis_client, ks)["pages"] == stored_pages(ks) == served
     assert hit(ks, token).quota.used == served + 1  # type: ignore[union-attr]
     ks.flush()
     assert counter(redis_client, ks)["pages"] == stored_pages(ks) == served + 1

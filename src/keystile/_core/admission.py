@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from keystile._core.charging import NO_ROW, Charging, UncertainCounters, resolve_limit
+from keystile._core.charging import NO_ROW, Charging, resolve_limit
 from keystile._core.credentials import IDEMPOTENCY_HEADER, Credentials
 from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
 from keystile._core.leases import LeaseBook
@@ -37,6 +37,7 @@ from keystile._core.metering import (
 from keystile._core.periods import Period, PeriodPolicy
 from keystile._core.principal import Principal
 from keystile._core.rediskeys import RedisKeys
+from keystile._core.resends import CallIds, Resends
 from keystile._core.settings import Settings
 from keystile._core.store import AccountLimit
 from keystile._core.verification import SessionIdle, Snapshot, Steps, Verifier, principal_of
@@ -116,9 +117,10 @@ class Admission(Charging):
         self.has_redis = verifier.has_redis
         self.counters = LocalCounters()
         self.buffer = UsageBuffer()
-        #: Redis counters a failed call may or may not have changed (a timeout hides which):
-        #: never retried blindly, they are rebuilt from the store once Redis answers again.
-        self.uncertain = UncertainCounters()
+        #: Counter changes Redis did not confirm: sent again, safely, until it does.
+        self.resends = Resends()
+        self.call_ids = CallIds()
+        self.gens: dict[tuple[str, str, str], str] = {}
         self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, monotonic)
         self._period: tuple[Period, float, float] | None = None
         #: Where the management API is mounted, with the pattern of its routes: they cost no
@@ -222,7 +224,7 @@ class Admission(Charging):
 
     def meter_failed(self, call: MeterCall, error: BackendError) -> Admitted:
         """The warm request's meter call failed: the one Redis error policy (refuse or go on)."""
-        outcome = self._redis_failed(call.charge, error)
+        outcome = self._redis_failed(call.charge, error, call.keys)
         return self.admitted(
             call.snapshot, call.account, call.auth_method, call.charge, outcome, call.now
         )

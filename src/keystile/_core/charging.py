@@ -9,8 +9,7 @@ core, nothing here does I/O: the steps yield it.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,7 +29,8 @@ from keystile._core.metering import (
     parse_script_reply,
     rebuild_fields,
 )
-from keystile._core.rediskeys import RedisKeys
+from keystile._core.rediskeys import CALL_MARKER_TTL, RedisKeys
+from keystile._core.resends import FIRST, CallIds, Resend, Resends, resolution
 from keystile._core.settings import Settings
 from keystile._core.store import AccountLimit
 from keystile._core.verification import Snapshot, Steps, Verifier
@@ -64,7 +64,10 @@ class Charging:
     has_redis: bool
     counters: LocalCounters
     buffer: UsageBuffer
-    uncertain: UncertainCounters
+    resends: Resends
+    call_ids: CallIds
+    #: Each counter's generation in the last reply: what a resolution expects to find.
+    gens: dict[tuple[str, str, str], str]
     limits: LocalCache[AccountLimit | None]
     leases: LeaseBook | None
     lease_ttl_ms: int
@@ -91,6 +94,8 @@ class Charging:
         state = keys.state(unchecked.account_id, unchecked.kid) if unchecked else usage
         thresholds, idem_ttl, limit_ttl = self._script_tail
         args: list[Any] = [
+            FIRST,
+            CALL_MARKER_TTL,
             charge.kid,
             charge.cost,
             unchecked.version if unchecked else "",
@@ -104,7 +109,8 @@ class Charging:
             "1" if charge.idempotency else "0",
             "1" if charge.count_request else "0",
         ]
-        return [usage, keys.limit(account, charge.environment), idem, state], args
+        marker = keys.call(account, self.call_ids())
+        return [usage, keys.limit(account, charge.environment), idem, state, marker], args
 
     def meter(self, charge: Charge, unchecked: Snapshot | None, lease: bool = True) -> Steps:
         """Check and charge; ``unchecked`` is a snapshot whose stamp to compare at once.
@@ -145,7 +151,7 @@ class Charging:
             try:
                 reply = yield ("redis_meter", (keys, args))
             except BackendError as exc:
-                return self._redis_failed(charge, exc)
+                return self._redis_failed(charge, exc, keys)
             parsed = parse_script_reply(reply, self.by_points)
             if parsed == "need_limit" or parsed == "need_usage":
                 seed, rebuild = yield from self._seed(parsed, charge, seed, rebuild)
@@ -164,8 +170,8 @@ class Charging:
             return ("none" if limit is None else str(limit)), rebuild
         rebuild = encode_rebuild((yield from self._store_usage(charge)))
         # The rebuilt counter holds every charge this process recorded, including those
-        # admitted while Redis was down: nothing left to reconcile.
-        self.uncertain.discard(charge)
+        # admitted while Redis was down: nothing left to resolve.
+        self.resends.drop_counter(charge.counter)
         return seed, rebuild
 
     def _spend_lease(self, charge: Charge) -> Outcome | None:
@@ -188,14 +194,17 @@ class Charging:
             return outcome
         counter = charge.counter
         keys = self.keys
-        names = [
-            keys.usage(*counter),
-            keys.limit(charge.account_id, charge.environment),
-            keys.leases(*counter),
-        ]
         seed, rebuild = "", ""
         for _ in range(4):
+            names = [
+                keys.usage(*counter),
+                keys.limit(charge.account_id, charge.environment),
+                keys.leases(*counter),
+                keys.call(charge.account_id, self.call_ids()),
+            ]
             args = [
+                FIRST,
+                CALL_MARKER_TTL,
                 leases.holder,
                 leases.want(counter, charge.cost),
                 seed,
@@ -220,6 +229,7 @@ class Charging:
             else:
                 limit = None if int(reply[3]) < 0 else int(reply[3])
                 leases.grant(counter, int(reply[1]), int(reply[2]), limit, int(reply[5]))
+                self.gens[counter] = str(reply[5])
                 outcome = self._spend_lease(charge)
                 if outcome is not None:
                     marks = str(reply[4])
@@ -236,11 +246,16 @@ class Charging:
         if self.leases is None:
             return []
         holder = self.leases.holder
+        keys = self.keys
         return [
             (
                 report,
-                [self.keys.usage(*report.counter), self.keys.leases(*report.counter)],
-                report_args(report, holder, self.lease_ttl_ms),
+                [
+                    keys.usage(*report.counter),
+                    keys.leases(*report.counter),
+                    keys.call(report.counter[0], self.call_ids()),
+                ],
+                [FIRST, CALL_MARKER_TTL, *report_args(report, holder, self.lease_ttl_ms)],
             )
             for report in self.leases.reports(keep=keep)
         ]
@@ -252,10 +267,21 @@ class Charging:
         elif len(reply) > 2 and int(reply[2]) == 0:
             self.leases.revoke(report.counter)  # presumed dead and swept: stop spending it
 
-    def _redis_failed(self, charge: Charge, error: BackendError) -> Outcome:
-        """A meter call failed: its counter is uncertain; refuse or go on (the policy)."""
-        self.uncertain.add(charge)
-        self.verifier.backend_down(error)
+    def _redis_failed(
+        self, charge: Charge, error: BackendError, call_keys: list[str] | None = None
+    ) -> Outcome:
+        """A meter (``call_keys``: its usage, idempotency and marker keys) or lease call
+        failed, even sent again: refuse or go on (the policy), and have the counter resolved
+        once Redis answers."""
+        marked = None if call_keys is None else [call_keys[0], call_keys[2], call_keys[4]]
+        gen = self.gens.get(charge.counter, "")
+        try:
+            self.verifier.backend_down(error)
+        except AuthError:
+            if marked is not None:  # a lease call that ran only leased pages: they expire
+                self.resends.add(resolution(self.keys, charge, marked, gen, admitted=False))
+            raise
+        self.resends.add(resolution(self.keys, charge, marked, gen, admitted=True))
         return self._degraded(charge)
 
     def _store_usage(self, charge: Charge) -> Steps:
@@ -285,6 +311,11 @@ class Charging:
     def _record(self, charge: Charge, outcome: Outcome) -> None:
         if outcome.result == "ok":
             self.buffer.add(charge, charge.cost, 1 if charge.count_request else 0)
+            gen = outcome.gen
+            if gen and self.gens.get(charge.counter) != gen:
+                if len(self.gens) >= 10_000:  # a bound, like the charge cache's
+                    self.gens.clear()
+                self.gens[charge.counter] = gen
 
     def _degraded(self, charge: Charge) -> Outcome:
         """Redis is down and the policy admits: the store records the charge."""
@@ -323,12 +354,14 @@ class Charging:
         idem = usage
         if forget and charge.idempotency:
             idem = keys.idempotency(charge.account_id, charge.idempotency)
-        return charge, [usage, idem], [charge.kid, delta, "1" if forget else "0"]
+        marker = keys.call(charge.account_id, self.call_ids())
+        args = [FIRST, CALL_MARKER_TTL, charge.kid, delta, "1" if forget else "0"]
+        return charge, [usage, idem, marker], args
 
-    def settle_failed(self, charge: Charge) -> None:
-        # Never retried blindly: the store has the delta, and Redis's counter is rebuilt
-        # from the store once it answers again.
-        self.uncertain.add(charge)
+    def settle_failed(self, charge: Charge, keys: list[str], args: list[Any]) -> None:
+        """A settle call failed, even sent again: sent again by the flusher until Redis
+        answers (its marker makes that safe)."""
+        self.resends.add(Resend("settle", keys, args, charge.counter))
 
     def settle(self, meter: Meter, status_code: int | None) -> Steps:
         call = self.settle_call(meter, status_code)
@@ -336,7 +369,7 @@ class Charging:
             try:
                 yield ("redis_settle", (call[1], call[2]))
             except BackendError:
-                self.settle_failed(call[0])
+                self.settle_failed(*call)
         return None
 
     def reserve(self, meter: Meter, pages: int) -> Steps:
@@ -363,34 +396,3 @@ class Charging:
             meter.reserved += extra
             meter.update(outcome.used)
         return outcome.crossed
-
-
-class UncertainCounters:
-    """(account, period, environment) counters to rebuild from the store (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: set[tuple[str, str, str]] = set()
-
-    def add(self, charge: Charge) -> None:
-        with self._lock:
-            self._counters.add((charge.account_id, charge.period.label, charge.environment))
-
-    def discard(self, charge: Charge) -> None:
-        with self._lock:
-            self._counters.discard((charge.account_id, charge.period.label, charge.environment))
-
-    def take(self) -> list[tuple[str, str, str]]:
-        with self._lock:
-            taken, self._counters = sorted(self._counters), set()
-        return taken
-
-    def give_back(self, counters: Iterable[tuple[str, str, str]]) -> None:
-        with self._lock:
-            self._counters.update(counters)
-
-    def __contains__(self, counter: object) -> bool:
-        return counter in self._counters
-
-    def __len__(self) -> int:
-        return len(self._counters)

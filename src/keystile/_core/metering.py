@@ -102,6 +102,8 @@ class Outcome:
     scope: str = "account"
     crossed: tuple[float, ...] = ()
     leased: bool = False  # spent from this process's lease (fast mode): settled locally
+    #: The Redis counter's generation that took the charge (see ``resolve.lua``).
+    gen: str = ""
 
 
 class Meter:
@@ -251,7 +253,7 @@ def parse_script_reply(reply: Sequence[Any], by_points: Mapping[int, float]) -> 
     if kind == "ok":
         marks = reply[3]
         crossed = tuple(by_points[int(t)] for t in str(marks).split(",")) if marks else ()
-        return Outcome("ok", int(reply[1]), limit, crossed=crossed)
+        return Outcome("ok", int(reply[1]), limit, crossed=crossed, gen=str(reply[4]))
     if kind == "exceeded":
         return Outcome("exceeded", int(reply[1]), limit, str(reply[3]))
     return Outcome("replay", int(reply[1]), limit)

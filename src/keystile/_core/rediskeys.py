@@ -35,6 +35,10 @@ class RedisKeys:
     def leases(self, account_id: str, period: str, environment: str) -> str:
         return self._account(account_id, f"ls:{period}:{environment}")
 
+    def call(self, account_id: str, call_id: str) -> str:
+        """A counter-changing call's marker (``once.lua``): it holds the reply for a retry."""
+        return self._account(account_id, f"c:{call_id}")
+
     def kids(self) -> str:
         """The set of every existing key id; holding :data:`KIDS_READY` too once it was
         seeded from the store in full (so that an evicted or flushed set is never ready)."""
@@ -44,6 +48,11 @@ class RedisKeys:
         """Held (SET NX EX) by the one engine seeding :meth:`kids` from the store."""
         return f"{self.prefix}:{{kids}}:seeding"
 
+
+#: How long a call's marker is kept, so the call can be sent again: at once after a lost
+#: reply, and by the next flushes while Redis does not answer. A resolution later than this
+#: (an outage that long) presumes the call did not run.
+CALL_MARKER_TTL = 120
 
 #: The member of :meth:`RedisKeys.kids` meaning "seeded": never a key id (those are base62).
 KIDS_READY = "*ready"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from keystile._core.errors import ConfigError
+from keystile._core.redisurl import RedisUrlError, parse_redis_url
 
 _NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 POLICIES = ("fail_closed", "degrade")
@@ -206,8 +207,10 @@ def _redis_url(key: str, value: Any) -> str | None:
     if value is None:
         return None
     url = _str(key, value)
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise _fail(key, "None or a 'redis://', 'rediss://' or 'unix://' URL", redact_url(url))
+    try:
+        parse_redis_url(url)
+    except RedisUrlError as exc:
+        raise ConfigError(f"{key}: {exc} (got {redact_url(url)!r})") from None
     return url
 
 

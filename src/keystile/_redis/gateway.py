@@ -4,6 +4,10 @@ The policy: a Redis error or a socket error becomes :class:`BackendError`, named
 operation and chained to the cause; anything else is a bug and goes on up. The callers decide
 what a :class:`BackendError` means where they are (a 503, a fallback, a retry later), never
 which exceptions count as Redis failing.
+
+A call that changes a counter (meter, settle, lease, lease report) whose reply is lost (a
+timeout, a cut connection, a failover) is sent once more at once, marked as sent again: its
+marker answers it when the first one ran, so nothing is counted twice. Nothing else is retried.
 """
 
 from __future__ import annotations
@@ -16,12 +20,26 @@ import redis
 
 from keystile._core.errors import BackendError
 from keystile._core.rediskeys import KIDS_READY, RedisKeys
+from keystile._core.resends import AGAIN
 from keystile._core.settings import Settings
+from keystile._redis.clients import is_cluster, shards_pubsub
 from keystile._redis.invalidation import invalidation_channel
-from keystile._redis.scripts import AsyncRedis, SyncRedis
+from keystile._redis.scripts import ONCE, AsyncRedis, SyncRedis
 
 #: What counts as Redis failing (redis-py raises ``OSError`` subclasses for some socket errors).
 REDIS_ERRORS = (redis.RedisError, OSError)
+#: Errors of a script that ran and failed as written: sending it again would fail alike.
+#: (A replica's READONLY, a cluster's CLUSTERDOWN or TRYAGAIN: the script did not run.)
+_RAN = redis.ResponseError
+_DID_NOT_RUN = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+
+
+def _send_again(name: str, exc: BaseException) -> bool:
+    return name in ONCE and (not isinstance(exc, _RAN) or isinstance(exc, _DID_NOT_RUN))
 
 
 def backend_error(operation: str, exc: BaseException) -> BackendError:
@@ -45,6 +63,10 @@ class RedisGateway:
         self.channel = invalidation_channel(settings.redis_prefix)
         self._sync: SyncRedis | None = None
         self.aio = AsyncRedis(settings)
+        #: On Redis Cluster a script's keys must share a slot: the few calls whose keys
+        #: cannot (the key-id set is one for all keys) go as separate commands.
+        self.cluster = is_cluster(settings)
+        self._sharded: bool | None = None
 
     @property
     def sync(self) -> SyncRedis:
@@ -72,7 +94,13 @@ class RedisGateway:
         return value
 
     def fetch_known(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
-        """``(snapshot or None, kid in the key-id set, set seeded)``: one EVALSHA."""
+        """``(snapshot or None, kid in the key-id set, set seeded)``: one EVALSHA (two
+        commands on a Cluster, where the set and the snapshot live in different slots)."""
+        if self.cluster:
+            known = self._run("fetch_known", "SMISMEMBER", self.keys.kids(), kid, KIDS_READY)
+            if known[1] == 1 and known[0] == 0:
+                return None, False, True
+            return self.fetch(kid, digest), known[0] == 1, known[1] == 1
         keys = [self.keys.snapshot(kid, digest), self.keys.kids()]
         return _known_reply(self._script("fetch_known", keys, [kid, KIDS_READY]))
 
@@ -108,7 +136,18 @@ class RedisGateway:
         try:
             return self.sync.scripts[name](keys=keys, args=args)
         except REDIS_ERRORS as exc:
+            if not _send_again(name, exc):
+                raise backend_error(name, exc) from exc
+        try:
+            return self.sync.scripts[name](keys=keys, args=[AGAIN, *args[1:]])
+        except REDIS_ERRORS as exc:
             raise backend_error(name, exc) from exc
+
+    def resend(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """A counter change Redis did not confirm, sent again (``resolve`` for a charge)."""
+        if name in ONCE:
+            args = [AGAIN, *args[1:]]
+        return self._script(name, keys, args)
 
     # -- the request path, async ------------------------------------------------------------
 
@@ -123,6 +162,13 @@ class RedisGateway:
         return value
 
     async def fetch_known_async(self, kid: str, digest: str) -> tuple[str | None, bool, bool]:
+        if self.cluster:
+            known = await self._run_async(
+                "fetch_known", "SMISMEMBER", self.keys.kids(), kid, KIDS_READY
+            )
+            if known[1] == 1 and known[0] == 0:
+                return None, False, True
+            return await self.fetch_async(kid, digest), known[0] == 1, known[1] == 1
         keys = [self.keys.snapshot(kid, digest), self.keys.kids()]
         return _known_reply(await self._script_async("fetch_known", keys, [kid, KIDS_READY]))
 
@@ -154,6 +200,11 @@ class RedisGateway:
         try:
             return await self.aio.scripts[name](keys=keys, args=args)
         except REDIS_ERRORS as exc:
+            if not _send_again(name, exc):
+                raise backend_error(name, exc) from exc
+        try:
+            return await self.aio.scripts[name](keys=keys, args=[AGAIN, *args[1:]])
+        except REDIS_ERRORS as exc:
             raise backend_error(name, exc) from exc
 
     # -- key changes, quotas, usage ---------------------------------------------------------
@@ -164,10 +215,19 @@ class RedisGateway:
         try:
             self.sync.client.set(self.keys.state(account_id, kid), version)
             if push:
-                # Plain PUBLISH: Redis Cluster forwards it to every node's subscribers.
-                self.sync.client.publish(self.channel, kid)
+                if self.sharded:
+                    self.sync.client.spublish(self.channel, kid)
+                else:  # one server, or a cluster that forwards it to every node
+                    self.sync.client.publish(self.channel, kid)
         except REDIS_ERRORS as exc:
             raise backend_error("announce_state", exc) from exc
+
+    @property
+    def sharded(self) -> bool:
+        """The invalidation channel is sharded: a Cluster of Redis 7 or later."""
+        if self._sharded is None:
+            self._sharded = self.cluster and shards_pubsub(self.sync.client)
+        return self._sharded
 
     def add_kids(self, kids: Iterable[str]) -> None:
         members = list(kids)
@@ -184,10 +244,6 @@ class RedisGateway:
         """The account's cached limits leave Redis: the next request seeds the new ones."""
         limits = [self.keys.limit(account_id, e) for e in environments]
         self._run("drop_limits", "DEL", *limits)
-
-    def forget_counter(self, account_id: str, period: str, environment: str) -> None:
-        """A counter a failed call left uncertain: the next request rebuilds it."""
-        self._run("forget_counter", "DEL", self.keys.usage(account_id, period, environment))
 
     def counter(self, account_id: str, period: str, environment: str) -> dict[str, str]:
         key = self.keys.usage(account_id, period, environment)

@@ -17,8 +17,10 @@ Why ``healthy`` can be trusted:
 * redis-py's own retries (and its RESP3 maintenance handling) would reconnect and resubscribe
   silently, skipping that resync; both are off, so every error takes the one path here.
 
-Redis Cluster: plain PUBLISH is broadcast to every node, which works but scales poorly;
-sharded pub/sub (SPUBLISH / SSUBSCRIBE) belongs in :func:`publish` and ``_session``.
+Redis Cluster (7 or later): the channel is sharded (SPUBLISH / SSUBSCRIBE), so a change goes
+to the one primary that owns the channel's slot, not to every node; the listener talks to that
+primary. The same ordering holds on that connection. A failover or a slot move drops the
+connection (Redis unsubscribes it), and the reconnect resyncs like any other.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class InvalidationListener:
 
     def __init__(
         self,
-        url: str,
+        connect: Callable[..., tuple[redis.Redis, bool]],
         channel: str,
         *,
         on_invalidate: Callable[[str], None],
@@ -74,7 +76,7 @@ class InvalidationListener:
         heartbeat: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._url, self._channel = url, channel
+        self._connect, self._channel = connect, channel
         self._on_invalidate, self._on_resync = on_invalidate, on_resync
         self._timeout, self._heartbeat, self._clock = timeout, heartbeat, clock
         self.healthy = False
@@ -130,24 +132,26 @@ class InvalidationListener:
             self._delay = min(self._delay * 2, _BACKOFF_MAX)
 
     def _session(self) -> None:
-        client = redis.Redis.from_url(
-            self._url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
+        client, sharded = self._connect(
+            self._channel,
+            self._timeout,
             retry=Retry(NoBackoff(), 0, supported_errors=()),
             maint_notifications_config=MaintNotificationsConfig(enabled=False),  # reconnects too
         )
         pubsub: PubSub = client.pubsub()  # type: ignore[no-untyped-call]
         try:
-            self._listen(pubsub)
+            self._listen(pubsub, sharded)
         finally:
             self._set_healthy(False)
             pubsub.close()
             client.close()
 
-    def _listen(self, pubsub: PubSub) -> None:
+    def _listen(self, pubsub: PubSub, sharded: bool) -> None:
         resynced, token = False, 0
-        pubsub.subscribe(self._channel)
+        message_kind, confirmed = (
+            ("smessage", "ssubscribe") if sharded else ("message", "subscribe")
+        )
+        (pubsub.ssubscribe if sharded else pubsub.subscribe)(self._channel)
         probe: float | None = self._clock()  # SUBSCRIBE is the first probe
         while not self._stop.is_set():
             # Judged on a fresh reading at the top of every turn, so a turn that was stalled
@@ -163,9 +167,9 @@ class InvalidationListener:
                 due = min(due, self.synced_at + self._heartbeat + self._timeout)  # staleness
             message = pubsub.get_message(timeout=max(_MIN_READ, min(_POLL, due - now)))
             kind = message["type"] if message else None
-            if kind == "message":
+            if kind == message_kind:
                 self._invalidate(_text(message["data"]))
-            elif kind == "subscribe" and not resynced and probe is not None:
+            elif kind == confirmed and not resynced and probe is not None:
                 try:
                     self._on_resync()
                 except Exception as exc:
@@ -175,6 +179,8 @@ class InvalidationListener:
             elif kind == "pong" and probe is not None:
                 if _text(message["data"]) == f"keystile-{token}":
                     self.synced_at, probe = probe, None
+            elif kind == "sunsubscribe":
+                raise _Lost("the channel's slot moved")  # failover or resharding
             elif message is None and probe is not None and self._clock() - probe > self._timeout:
                 raise _Lost("no reply in time")  # judged only once nothing is left to read
 

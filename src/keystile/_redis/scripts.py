@@ -12,38 +12,36 @@ from importlib import resources
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from keystile._core.rediskeys import RedisKeys
+from keystile._core.redisurl import SINGLE
 from keystile._core.settings import Settings
+from keystile._redis.clients import async_client, sync_client, target_of
 from keystile._redis.multiplex import LuaScript, RedisMultiplexer
 
 __all__ = ["AsyncRedis", "RedisKeys", "SyncRedis", "load_script"]
 
-SCRIPT_NAMES = ("adopt", "meter", "settle", "lease", "lease_report", "fetch_known", "seed_done")
+SCRIPT_NAMES = (
+    "adopt", "meter", "settle", "lease", "lease_report", "resolve", "fetch_known", "seed_done"
+)  # fmt: skip
+#: The scripts that change a counter: each call carries a marker, so it can be sent again.
+ONCE = frozenset({"meter", "settle", "lease", "lease_report"})
 
 
-def load_script(name: str) -> str:
+def _lua(name: str) -> str:
     return resources.files("keystile._redis").joinpath("lua", f"{name}.lua").read_text()
 
 
-def _options(settings: Settings) -> dict[str, Any]:
-    return {
-        "socket_timeout": settings.redis_timeout,
-        "socket_connect_timeout": settings.redis_timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
-        "decode_responses": True,
-    }
+def load_script(name: str) -> str:
+    """A script's source; those in :data:`ONCE` start with ``once.lua``."""
+    return (_lua("once") + _lua(name)) if name in ONCE else _lua(name)
 
 
 class SyncRedis:
     """A blocking client and its registered scripts."""
 
     def __init__(self, settings: Settings) -> None:
-        assert settings.redis_url
-        self.client: redis.Redis = redis.Redis.from_url(settings.redis_url, **_options(settings))
+        self.client: redis.Redis = sync_client(settings)
         self.scripts = {
             name: self.client.register_script(load_script(name)) for name in SCRIPT_NAMES
         }
@@ -63,6 +61,21 @@ class _Script:
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._client.evalsha(self._script, keys, args)
+
+
+class _ClientScript(_Script):
+    """A script on redis-py's asyncio Cluster or Sentinel client: loaded (on every primary)
+    when the server does not know it, which means it did not run."""
+
+    __slots__ = ()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client: Any = self._client
+        try:
+            return await client.evalsha(self._script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await client.script_load(self._script.source)
+            return await client.evalsha(self._script.sha, len(keys), *keys, *args)
 
 
 class AsyncRedis:
@@ -85,8 +98,15 @@ class AsyncRedis:
             for old in [old for old in self._by_loop if old.is_closed()]:
                 del self._by_loop[old]
             assert self.settings.redis_url
-            client = RedisMultiplexer(self.settings.redis_url, timeout=self.settings.redis_timeout)
-            scripts = {name: _Script(client, load_script(name)) for name in SCRIPT_NAMES}
+            client: Any
+            if target_of(self.settings).kind == SINGLE:
+                client = RedisMultiplexer(
+                    self.settings.redis_url, timeout=self.settings.redis_timeout
+                )
+                kind: type[_Script] = _Script
+            else:
+                client, kind = async_client(self.settings), _ClientScript
+            scripts = {name: kind(client, load_script(name)) for name in SCRIPT_NAMES}
             pair = self._by_loop[loop] = (client, scripts)
         return pair
 

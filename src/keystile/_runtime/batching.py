@@ -1,5 +1,5 @@
 """What requests leave to be written later, in batches: last-use times, session use, usage
-charges, lease reports and the counters a Redis failure left uncertain."""
+charges, lease reports, and the counter changes Redis did not confirm."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from keystile._backends.backends import Backends
 from keystile._core.admission import Admission
 from keystile._core.errors import BackendError
+from keystile._core.resends import Resend
 from keystile._core.verification import Verifier
 from keystile._runtime.flusher import Flusher
 
@@ -38,8 +39,9 @@ class BatchedWrites:
             self._flusher.start()
 
     def flush(self) -> None:
-        """Write batched last-use times and usage to the store; have Redis rebuild the
-        counters an outage left uncertain."""
+        """Send Redis again what it did not confirm; report leases; write batched last-use
+        times and usage to the store."""
+        self._resend()
         # Leases first: should Redis have lost a counter meanwhile, it is rebuilt from the
         # store, which then does not hold this flush yet (an error in the customer's favour).
         self._report_leases()
@@ -60,7 +62,6 @@ class BatchedWrites:
             except Exception as exc:
                 self._admission.buffer.give_back(deltas)
                 log.warning("keystile: could not write usage, will retry (%s)", type(exc).__name__)
-        self._reconcile()
 
     def stop(self) -> None:
         self._flusher.stop()
@@ -75,7 +76,11 @@ class BatchedWrites:
             try:
                 reply = redis.lease_report(keys, args)
             except BackendError as exc:
-                admission.leases.give_back(r for r, _, _ in calls[index:])
+                # Not merged into the next report: this one may have run. Sent again as is.
+                for report, keys, args in calls[index:]:
+                    admission.resends.add(
+                        Resend("lease_report", keys, args, report.counter, report)
+                    )
                 log.warning("keystile: could not report leases, will retry (%s)", exc)
                 return
             admission.lease_reported(report, reply)
@@ -96,17 +101,17 @@ class BatchedWrites:
             if at < cutoff:
                 seen.pop(sid, None)
 
-    def _reconcile(self) -> None:
-        """Counters a failed Redis call may have changed leave Redis: the next request
-        rebuilds each from the store plus this process's unflushed charges, which are exact.
-        Re-sending the increments instead could count a timed-out one twice."""
-        redis = self._backends.redis
-        if redis is None:
+    def _resend(self) -> None:
+        """Counter changes Redis did not confirm, sent again (their markers make it safe)."""
+        redis, admission = self._backends.redis, self._admission
+        if redis is None or not len(admission.resends):
             return
-        counters = self._admission.uncertain.take()
-        for index, (account_id, period, environment) in enumerate(counters):
+        calls = admission.resends.take()
+        for index, call in enumerate(calls):
             try:
-                redis.forget_counter(account_id, period, environment)
+                reply = redis.resend(call.script, call.keys, call.args)
             except BackendError:
-                self._admission.uncertain.give_back(counters[index:])
+                admission.resends.give_back(calls[index:])
                 return
+            if call.report is not None:
+                admission.lease_reported(call.report, reply)

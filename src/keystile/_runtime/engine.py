@@ -17,6 +17,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from keystile._backends.backends import Backends, build_backends
@@ -31,6 +32,8 @@ from keystile._core.principal import Principal
 from keystile._core.settings import Settings, load_settings
 from keystile._core.store import KeyStore
 from keystile._core.verification import Snapshot, Verifier
+from keystile._redis.clients import pubsub_client
+from keystile._redis.eviction import check_eviction_soon
 from keystile._redis.invalidation import InvalidationListener
 from keystile._runtime.batching import BatchedWrites
 from keystile._runtime.drivers import AsyncDriver, SyncDriver
@@ -72,11 +75,13 @@ class Keystile:
         #: The Redis gateway (``redis.client`` is the blocking redis-py client), or None.
         self.redis = backends.redis
         self.verifier = Verifier(self.settings, backends.local, self.has_redis)
+        if backends.redis is not None:
+            self.eviction_check = check_eviction_soon(self.settings)
         self.listener: InvalidationListener | None = None
         if backends.fast:
             assert self.settings.redis_url and backends.redis is not None
             self.listener = InvalidationListener(
-                self.settings.redis_url,
+                partial(pubsub_client, self.settings),
                 backends.redis.channel,
                 on_invalidate=backends.local.drop_group,
                 on_resync=backends.local.clear,
@@ -250,7 +255,7 @@ class Keystile:
                 try:
                     self.redis.settle(call[1], call[2])  # type: ignore[union-attr]
                 except BackendError:
-                    self.admission.settle_failed(call[0])
+                    self.admission.settle_failed(*call)
 
     async def settle_async(self, principal: Principal | None, status_code: int | None) -> None:
         meter = None if principal is None else principal.meter
@@ -260,7 +265,7 @@ class Keystile:
                 try:
                     await self.redis.settle_async(call[1], call[2])  # type: ignore[union-attr]
                 except BackendError:
-                    self.admission.settle_failed(call[0])
+                    self.admission.settle_failed(*call)
 
     def reserve(self, principal: Principal, pages: int) -> None:
         """Raise the request's reservation to a route's declared cost (BILLING_001 if over)."""
@@ -293,8 +298,8 @@ class Keystile:
         fire_thresholds(self.settings.on_quota_threshold, meter, crossed)
 
     def flush(self) -> None:
-        """Write batched last-use times and usage to the store; have Redis rebuild the
-        counters an outage left uncertain."""
+        """Write batched last-use times and usage to the store; send Redis again the counter
+        changes it did not confirm."""
         self.batches.flush()
 
     def _spawn(self, work: Awaitable[Any]) -> None:

@@ -4,29 +4,25 @@
 --
 -- KEYS[1] usage hash of (account, period, environment)   KEYS[2] the limit in force
 -- KEYS[3] leases hash: holder -> '<outstanding pages>:<expiry, server ms>'
--- ARGV: holder, want, limit to seed ('' = none known, 'none' = unlimited), usage to rebuild
+-- KEYS[4] this call's marker (once.lua)
+-- ARGV: retry ('1'), marker ttl (once.lua), holder, want, limit to seed ('' = none known, 'none' = unlimited), usage to rebuild
 -- (JSON, ''), usage ttl (s), limit ttl (s), lease ttl (ms), thresholds in basis points
 -- ('8000,10000'), spread (>= 1: a grant takes at most 1/spread of what is left),
--- need (optional, default 1: pages the caller's request still lacks; fewer left = exceeded)
+-- need (pages the caller's request still lacks; fewer left = exceeded)
 -- Returns {'ok', grant, pages after, limit or -1, crossed thresholds CSV, generation},
 -- {'exceeded', pages, limit}, {'need_limit'} or {'need_usage'}. The generation ('gen', set
 -- when this script rebuilds the hash; '0' if it never did) tells a holder that leases it
 -- got from an earlier hash are void.
--- Common path: GET, TIME, HMGET, HGETALL, HSET usage, HSET leases (6 calls).
+-- Common path: GET, TIME, HMGET, HGETALL, HSET usage, HSET leases, SET marker (7 calls).
 local usage, limit_key, leases = KEYS[1], KEYS[2], KEYS[3]
-local holder, want = ARGV[1], tonumber(ARGV[2])
-local seed_limit, rebuild = ARGV[3], ARGV[4]
-local usage_ttl, limit_ttl, lease_ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
-local thresholds, spread = ARGV[8], math.max(1, tonumber(ARGV[9]) or 1)
-local need = 1
-if ARGV[10] and ARGV[10] ~= '' then need = tonumber(ARGV[10]) end
+local holder, want = ARGV[3], tonumber(ARGV[4])
+local seed_limit, rebuild = ARGV[5], ARGV[6]
+local usage_ttl, limit_ttl, lease_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local thresholds, spread = ARGV[10], math.max(1, tonumber(ARGV[11]) or 1)
+local need = tonumber(ARGV[12])
 
-local limit = redis.call('GET', limit_key)
-if not limit then
-  if seed_limit == '' then return {'need_limit'} end
-  redis.call('SET', limit_key, seed_limit, 'EX', limit_ttl)
-  limit = seed_limit
-end
+local limit = limit_in_force(redis.call('GET', limit_key), limit_key, seed_limit, limit_ttl)
+if not limit then return {'need_limit'} end
 local lim = tonumber(limit)  -- nil: unlimited, still metered
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -88,7 +84,7 @@ if lim then
   local available = lim - pages
   if need > 0 and available < need then
     if forgiven > 0 then redis.call('HSET', usage, 'pages', string.format('%d', pages)) end
-    return {'exceeded', pages, lim}
+    return once({'exceeded', pages, lim})
   end
   -- Near the limit grants shrink to single pages, so one holder cannot strand the rest.
   grant = math.max(need, math.min(want, math.floor(available / spread)))
@@ -108,4 +104,4 @@ if grant > 0 then
   redis.call('HSET', leases, holder, string.format('%d:%d', held + grant, now + lease_ttl))
   if fresh then redis.call('EXPIRE', leases, usage_ttl) end
 end
-return {'ok', grant, after, lim or -1, table.concat(crossed, ','), gen}
+return once({'ok', grant, after, lim or -1, table.concat(crossed, ','), gen})

@@ -5,14 +5,16 @@
 -- or counted twice. A lost counter is not recreated half-empty: the store has the charges.
 --
 -- KEYS[1] usage hash   KEYS[2] leases hash (holder -> '<outstanding>:<expiry ms>')
--- ARGV: holder, spent (>= 0), returned (>= 0), extra (pages beyond any lease, any sign),
+-- KEYS[3] this call's marker (once.lua)
+-- ARGV: retry ('1'), marker ttl (once.lua), holder, spent (>= 0), returned (>= 0), extra
+-- (pages beyond any lease, any sign),
 -- keep ('1': refresh the lease's expiry), lease ttl (ms), requests, then kid, pages, requests
 -- for each key.
 -- Returns {'ok', pages after, 1 if the holder still had a lease here else 0} or {'lost'}.
 local usage, leases = KEYS[1], KEYS[2]
-local holder = ARGV[1]
-local spent, returned, extra = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local keep, lease_ttl, requests = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7])
+local holder = ARGV[3]
+local spent, returned, extra = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local keep, lease_ttl, requests = ARGV[7] == '1', tonumber(ARGV[8]), tonumber(ARGV[9])
 
 if redis.call('EXISTS', usage) == 0 then return {'lost'} end
 
@@ -43,11 +45,11 @@ end
 local after = redis.call('HINCRBY', usage, 'pages',
   string.format('%d', spent - covered - back + extra))
 if requests ~= 0 then redis.call('HINCRBY', usage, 'requests', requests) end
-for i = 8, #ARGV, 3 do
+for i = 10, #ARGV, 3 do
   local kid, key_pages, key_requests = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if key_pages ~= '0' then redis.call('HINCRBY', usage, 'k:' .. kid .. ':pages', key_pages) end
   if key_requests ~= '0' then
     redis.call('HINCRBY', usage, 'k:' .. kid .. ':requests', key_requests)
   end
 end
-return {'ok', after, value and 1 or 0}
+return once({'ok', after, value and 1 or 0})

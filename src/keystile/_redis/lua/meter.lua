@@ -1,19 +1,19 @@
 -- One request's whole Redis step: is the key's cached state current, is there quota left,
 -- charge it. Atomic, so concurrent requests can never admit more than the limit.
--- Six commands on the warm path (MGET, HMGET, four HINCRBY): every read is one command.
+-- Seven commands on the warm path (MGET, HMGET, four HINCRBY, the SET of once.lua's marker).
 --
 -- KEYS[1] usage hash of (account, period, environment)   KEYS[2] the limit in force
--- KEYS[3] idempotency marker   KEYS[4] the key's state stamp
+-- KEYS[3] idempotency marker   KEYS[4] the key's state stamp   KEYS[5] this call's marker
 -- (KEYS[3] and KEYS[4] repeat KEYS[1] when unused: every key named stays in one slot.)
--- ARGV: kid, cost, expected stamp ('' = no check), key limit (''), limit to seed ('' = none
--- known, 'none' = unlimited), usage to rebuild (JSON, ''), usage ttl, thresholds in basis points
--- ('8000,10000': integer maths, so 55% of 100 is exactly 55),
--- idempotency ttl, limit ttl, use idempotency ('1'), count the request ('1')
+-- ARGV: retry ('1'), marker ttl (once.lua), then kid, cost, expected stamp ('' = no check),
+-- key limit (''), limit to seed ('' = none known, 'none' = unlimited), usage to rebuild
+-- (JSON, ''), usage ttl, thresholds in basis points ('8000,10000': integer maths, so 55% of
+-- 100 is exactly 55), idempotency ttl, limit ttl, use idempotency ('1'), count the request ('1')
 local usage, limit_key, idem_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local kid, cost, expected = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local key_limit, seed_limit, rebuild = ARGV[4], ARGV[5], ARGV[6]
-local usage_ttl, thresholds, idem_ttl, limit_ttl = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local use_idem, count_request = ARGV[11] == '1', ARGV[12] == '1'
+local kid, cost, expected = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local key_limit, seed_limit, rebuild = ARGV[6], ARGV[7], ARGV[8]
+local usage_ttl, thresholds, idem_ttl, limit_ttl = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local use_idem, count_request = ARGV[13] == '1', ARGV[14] == '1'
 
 local limit
 if expected ~= '' then
@@ -23,27 +23,27 @@ if expected ~= '' then
 else
   limit = redis.call('GET', limit_key)
 end
-if not limit then
-  if seed_limit == '' then return {'need_limit'} end
-  redis.call('SET', limit_key, seed_limit, 'EX', limit_ttl)
-  limit = seed_limit
-end
+limit = limit_in_force(limit, limit_key, seed_limit, limit_ttl)
+if not limit then return {'need_limit'} end
 local lim = tonumber(limit)  -- nil: unlimited, still metered
 
 local marks = {}
 for t in string.gmatch(thresholds, '[^,]+') do table.insert(marks, t) end
 local key_pages = 'k:' .. kid .. ':pages'
-local fields = {'pages', key_pages}
+local fields = {'pages', key_pages, 'gen'}
 for _, t in ipairs(marks) do table.insert(fields, 'th:' .. t) end
 
 local got = redis.call('HMGET', usage, unpack(fields))
 if not got[1] then
-  -- New period, or Redis lost the counter: start from what the store has recorded.
+  -- New period, or Redis lost the counter: start from what the store has recorded. A new
+  -- generation ('gen', as lease.lua's) tells what was charged before it from what after.
   if rebuild == '' then return {'need_usage'} end
   for field, value in pairs(cjson.decode(rebuild)) do
     redis.call('HSET', usage, field, value)
   end
   redis.call('HSETNX', usage, 'pages', 0)
+  local clock = redis.call('TIME')
+  redis.call('HSET', usage, 'gen', clock[1] .. string.format('%06d', tonumber(clock[2])))
   if lim and lim > 0 then
     local pages = tonumber(redis.call('HGET', usage, 'pages'))
     for _, t in ipairs(marks) do
@@ -79,11 +79,11 @@ if use_idem then redis.call('SET', idem_key, '1', 'EX', idem_ttl) end
 local crossed = {}
 if lim and lim > 0 then
   for i, t in ipairs(marks) do
-    -- got[2 + i]: whether this period already announced the threshold (read above).
-    if not got[2 + i] and after * 10000 >= tonumber(t) * lim then
+    -- got[3 + i]: whether this period already announced the threshold (read above).
+    if not got[3 + i] and after * 10000 >= tonumber(t) * lim then
       redis.call('HSET', usage, 'th:' .. t, 1)
       table.insert(crossed, t)
     end
   end
 end
-return {'ok', after, lim or -1, table.concat(crossed, ',')}
+return once({'ok', after, lim or -1, table.concat(crossed, ','), got[3] or '0'})
