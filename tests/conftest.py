@@ -11,6 +11,8 @@ from keystile import Keystile
 from keystile.stores import KeyStore, open_store
 
 from .services import *  # noqa: F403  (the redis_* and postgres_* fixtures)
+from .services import new_redis_prefix
+from .topologies import *  # noqa: F403  (redis_cluster, redis_sentinel)
 
 #: argon2 at its minimum cost: tests check behaviour, not hashing strength.
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
@@ -60,6 +62,20 @@ def make_keystile() -> Iterator[Callable[..., Keystile]]:
 def redis_settings(redis_url: str, redis_prefix: str) -> dict[str, Any]:
     """Settings that put an engine on the test Redis, under this test's own key prefix."""
     return {"redis_url": redis_url, "secret": SECRET, "redis_prefix": redis_prefix}
+
+
+#: The Redis deployments the topology-wide suites run on.
+TOPOLOGIES = ("single", "cluster", "sentinel")
+
+
+def topology_settings(request: pytest.FixtureRequest, topology: str) -> dict[str, Any]:
+    """Settings on the test Redis of ``topology``: the shared single server under the test's
+    own prefix, or the private Cluster / Sentinel setup (a fresh prefix: nobody else's)."""
+    if topology == "single":
+        settings: dict[str, Any] = request.getfixturevalue("redis_settings")
+        return dict(settings)
+    setup = request.getfixturevalue(f"redis_{topology}")
+    return {"redis_url": setup.url, "secret": SECRET, "redis_prefix": new_redis_prefix()}
 
 
 @pytest.fixture

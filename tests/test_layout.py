@@ -26,7 +26,9 @@ ADAPTERS = (
     "django/decorators.py",
     "django/views.py",
 )
-LINT_IMPORTS = "from importlinter.cli import lint_imports; raise SystemExit(lint_imports(no_cache=True))"
+LINT_IMPORTS = (
+    "from importlinter.cli import lint_imports; raise SystemExit(lint_imports(no_cache=True))"
+)
 MAX_MODULE_LINES = 400
 MAX_ADAPTER_LINES = 150
 

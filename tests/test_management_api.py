@@ -23,7 +23,7 @@ from keystile import CreatedKey, Keystile
 from keystile._http.management import MAX_BODY, ApiRequest, ManagementAPI, openapi_document
 from keystile.starlette import KeystileMiddleware, management_mount
 
-from .conftest import Clock
+from .conftest import TOPOLOGIES, Clock, topology_settings
 
 UTC = timezone.utc
 ACCT = "acct_a"
@@ -63,9 +63,12 @@ def key_headers(token: str, **extra: str) -> dict[str, str]:
     return {"x-api-key": token, **extra}
 
 
-@pytest.fixture
-def ks(make_keystile: Make, clock: Clock) -> Keystile:
-    return make_keystile(clock=clock)
+@pytest.fixture(params=["memory", *TOPOLOGIES])
+def ks(make_keystile: Make, clock: Clock, request: pytest.FixtureRequest) -> Keystile:
+    """The API on an engine without Redis, and on each Redis topology."""
+    if request.param == "memory":
+        return make_keystile(clock=clock)
+    return make_keystile(clock=clock, **topology_settings(request, request.param))
 
 
 @pytest.fixture

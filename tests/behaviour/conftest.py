@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from keystile import Keystile
 
+from ..conftest import TOPOLOGIES, topology_settings
 from .harness import EXEMPT_PATHS, Harness
 from .harness import HARNESSES as ASGI_HARNESSES
 from .harness_sync import SYNC_HARNESSES
@@ -20,14 +22,41 @@ HARNESSES = {**ASGI_HARNESSES, **SYNC_HARNESSES}
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(params=["memory", "redis-strict", "redis-fast"])
+BACKENDS = ["memory"] + [
+    f"{topology}-{mode}" for topology in TOPOLOGIES for mode in ("strict", "fast")
+]
+
+
+#: On a Cluster or Sentinel one async stack and one blocking stack run every case: below the
+#: adapters the engine is the same for all, and these two drive both of its drivers.
+TOPOLOGY_FRAMEWORKS = frozenset({"starlette", "flask"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        params = params.params if params is not None else {}
+        backend, framework = params.get("backend", ""), params.get("framework")
+        here = item.path.is_relative_to(Path(__file__).parent)
+        on_topology = here and backend.startswith(("cluster-", "sentinel-"))
+        if on_topology and framework is not None and framework not in TOPOLOGY_FRAMEWORKS:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings for the engine: nothing more (in-memory only), or the test Redis in either
-    consistency mode."""
+    """Settings for the engine: nothing more (in-memory only), or a test Redis (one server,
+    a Cluster, Sentinel) in either consistency mode."""
     if request.param == "memory":
         return {}
-    settings: dict[str, Any] = request.getfixturevalue("redis_settings")
-    return {**settings, "consistency": request.param.removeprefix("redis-")}
+    topology, mode = request.param.split("-")
+    return {**topology_settings(request, topology), "consistency": mode}
 
 
 @pytest.fixture

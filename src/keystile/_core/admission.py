@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from keystile._core.charging import NO_ROW, Charging, resolve_limit
+from keystile._core.charging import NO_ROW, resolve_limit
 from keystile._core.credentials import IDEMPOTENCY_HEADER, Credentials
 from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
 from keystile._core.leases import LeaseBook
@@ -39,6 +39,7 @@ from keystile._core.principal import Principal
 from keystile._core.rediskeys import RedisKeys
 from keystile._core.resends import CallIds, Resends
 from keystile._core.settings import Settings
+from keystile._core.settlement import Settlement
 from keystile._core.store import AccountLimit
 from keystile._core.verification import SessionIdle, Snapshot, Steps, Verifier, principal_of
 
@@ -99,7 +100,7 @@ class MeterCall(NamedTuple):
 Admitted = tuple[Principal, Meter, tuple[float, ...]]
 
 
-class Admission(Charging):
+class Admission(Settlement):
     def __init__(
         self,
         settings: Settings,
@@ -139,6 +140,7 @@ class Admission(Charging):
         self._charges: dict[tuple[str, str, str, int, int | None], Charge] = {}
         #: Fast mode: pages leased from Redis counters, spent here without a round trip.
         self.leases = LeaseBook() if settings.consistency == "fast" else None
+        self.holder = self.call_ids.prefix if self.has_redis and self.leases is None else ""
         #: A crashed process's lease is forgiven this long after its last report.
         self.lease_ttl_ms = int(max(1.0, 3 * settings.usage_flush_interval) * 1000)
 

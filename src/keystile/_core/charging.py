@@ -1,4 +1,4 @@
-"""How a charge reaches its counter, and how it is settled after the response.
+"""How a charge reaches its counter (settling it after the response: :mod:`.settlement`).
 
 In strict mode a charge is one call of ``meter.lua`` in Redis; in fast mode pages come from a
 lease this process holds (:mod:`keystile._core.leases`); without Redis, from this process's
@@ -22,15 +22,13 @@ from keystile._core.metering import (
     LocalCounters,
     Meter,
     Outcome,
-    QuotaStatus,
     UsageBuffer,
     encode_rebuild,
-    exceeded_error,
     parse_script_reply,
     rebuild_fields,
 )
 from keystile._core.rediskeys import CALL_MARKER_TTL, RedisKeys
-from keystile._core.resends import FIRST, CallIds, Resend, Resends, resolution
+from keystile._core.resends import FIRST, CallIds, Resends, resolution
 from keystile._core.settings import Settings
 from keystile._core.store import AccountLimit
 from keystile._core.verification import Snapshot, Steps, Verifier
@@ -68,6 +66,8 @@ class Charging:
     call_ids: CallIds
     #: Each counter's generation in the last reply: what a resolution expects to find.
     gens: dict[tuple[str, str, str], str]
+    #: This process in the counters' pending fields (pending.lua); '' in fast mode.
+    holder: str
     limits: LocalCache[AccountLimit | None]
     leases: LeaseBook | None
     lease_ttl_ms: int
@@ -108,6 +108,7 @@ class Charging:
             limit_ttl,
             "1" if charge.idempotency else "0",
             "1" if charge.count_request else "0",
+            self.holder,
         ]
         marker = keys.call(account, self.call_ids())
         return [usage, keys.limit(account, charge.environment), idem, state, marker], args
@@ -279,9 +280,11 @@ class Charging:
             self.verifier.backend_down(error)
         except AuthError:
             if marked is not None:  # a lease call that ran only leased pages: they expire
-                self.resends.add(resolution(self.keys, charge, marked, gen, admitted=False))
+                self.resends.add(
+                    resolution(self.keys, charge, marked, gen, self.holder, admitted=False)
+                )
             raise
-        self.resends.add(resolution(self.keys, charge, marked, gen, admitted=True))
+        self.resends.add(resolution(self.keys, charge, marked, gen, self.holder, admitted=True))
         return self._degraded(charge)
 
     def _store_usage(self, charge: Charge) -> Steps:
@@ -291,7 +294,10 @@ class Charging:
             raise AuthError(BACKEND_UNAVAILABLE) from None
         mine = [r for r in rows if r.environment == charge.environment]
         pending = self.buffer.pending(charge.account_id, charge.period.label, charge.environment)
-        return rebuild_fields(mine, pending)
+        fields = rebuild_fields(mine, pending)
+        if self.holder:  # the rebuilt counter holds this process's unflushed pages: say so
+            fields[f"p:{self.holder}"] = sum(d.pages for d in pending)
+        return fields
 
     def _limit(self, account_id: str, environment: str) -> Steps:
         # With Redis the limit is cached there and dropped on every change; a copy here would
@@ -321,78 +327,3 @@ class Charging:
         """Redis is down and the policy admits: the store records the charge."""
         self.buffer.add(charge, charge.cost, 1 if charge.count_request else 0)
         return Outcome("degraded")
-
-    # -- after the response ---------------------------------------------------------------------
-
-    def settle_call(self, meter: Meter, status_code: int | None) -> tuple[Any, ...] | None:
-        """Charge the real cost (or refund) once the response is known: what to tell Redis,
-        None when nothing (the reservation was right, or no Redis)."""
-        if meter.settled:
-            return None
-        meter.settled = True
-        counted = status_code is not None and status_code in self.counted
-        if counted and meter.final is None:
-            return None  # the common case: the reservation was the cost
-        delta = meter.delta(status_code, self.counted)
-        charge = meter.charge_info
-        forget = not counted and charge.idempotency is not None and not meter.replay
-        if not delta and not forget:
-            return None
-        self.buffer.add(charge, delta, 0)
-        if meter.leased:
-            assert self.leases is not None
-            if delta < 0:  # a refund goes back into the lease, for the next request
-                self.leases.refund(charge.counter, charge.kid, -delta)
-            else:
-                self.leases.overage(charge.counter, charge.kid, delta)
-            return None
-        if not self.has_redis:
-            self.counters.settle(charge, delta, forget)
-            return None
-        keys = self.keys
-        usage = keys.usage(charge.account_id, charge.period.label, charge.environment)
-        idem = usage
-        if forget and charge.idempotency:
-            idem = keys.idempotency(charge.account_id, charge.idempotency)
-        marker = keys.call(charge.account_id, self.call_ids())
-        args = [FIRST, CALL_MARKER_TTL, charge.kid, delta, "1" if forget else "0"]
-        return charge, [usage, idem, marker], args
-
-    def settle_failed(self, charge: Charge, keys: list[str], args: list[Any]) -> None:
-        """A settle call failed, even sent again: sent again by the flusher until Redis
-        answers (its marker makes that safe)."""
-        self.resends.add(Resend("settle", keys, args, charge.counter))
-
-    def settle(self, meter: Meter, status_code: int | None) -> Steps:
-        call = self.settle_call(meter, status_code)
-        if call is not None:
-            try:
-                yield ("redis_settle", (call[1], call[2]))
-            except BackendError:
-                self.settle_failed(*call)
-        return None
-
-    def reserve(self, meter: Meter, pages: int) -> Steps:
-        """Raise this request's reservation to ``pages`` (a route that costs more).
-
-        A cheaper route (``cost(0)`` under a ``page_cost`` of 1) makes its cost the real one,
-        so settling refunds the difference; ``principal.charge()`` still has the last word.
-        Returns the thresholds this crossed."""
-        if meter.route_cost is None:
-            meter.route_cost = pages
-            if pages < meter.reserved and meter.final is None:
-                meter.final = pages
-        extra = pages - meter.reserved
-        if extra <= 0 or meter.replay:
-            return ()
-        charge = replace(meter.charge_info, cost=extra, idempotency=None, count_request=False)
-        outcome = yield from self.meter(charge, None, lease=meter.leased)
-        if outcome.result == "exceeded":
-            status = QuotaStatus(
-                outcome.limit, outcome.used, 0, charge.period.end, charge.period.label
-            )
-            raise exceeded_error(outcome, status, [], self.clock())
-        if outcome.result == "ok":
-            meter.reserved += extra
-            meter.update(outcome.used)
-        return outcome.crossed

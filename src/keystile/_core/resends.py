@@ -29,11 +29,12 @@ class CallIds:
     """Ids unique to each call: this process's random prefix and a counter."""
 
     def __init__(self) -> None:
-        self._prefix = secrets.token_hex(6)
+        #: Unique to this process (this engine): it also names it in counters' pending fields.
+        self.prefix = secrets.token_hex(6)
         self._next = itertools.count()
 
     def __call__(self) -> str:
-        return f"{self._prefix}{next(self._next)}"  # next() on a count is atomic under the GIL
+        return f"{self.prefix}{next(self._next)}"  # next() on a count is atomic under the GIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +51,26 @@ class Resend:
 
 
 def resolution(
-    keys: RedisKeys, charge: Any, call_keys: list[str] | None, gen: str, *, admitted: bool
+    keys: RedisKeys,
+    charge: Any,
+    call_keys: list[str] | None,
+    gen: str,
+    holder: str,
+    *,
+    admitted: bool,
 ) -> Resend:
     """The ``resolve.lua`` call for a meter call lost twice (``charge``: its Charge).
     ``call_keys``: its usage, idempotency and marker keys; None when there was no such call
     (a lease): then an admitted request is charged, under a marker no call set. ``gen``: the
-    counter's generation when last seen ('' = never seen)."""
+    counter's generation when last seen ('' = never seen); ``holder``: this process in the
+    counter's pending field (pending.lua)."""
     counter = charge.counter
     if call_keys is None:
         usage = keys.usage(*counter)
         call_keys = [usage, usage, keys.call(counter[0], "none-" + secrets.token_hex(8))]
     mode = "ensure" if admitted else "cancel"
     requests = 1 if charge.count_request else 0
-    args = [mode, CALL_MARKER_TTL, charge.kid, charge.cost, requests, gen]
+    args = [mode, CALL_MARKER_TTL, charge.kid, charge.cost, requests, gen, holder]
     return Resend("resolve", call_keys, args, counter)
 
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 from redis.backoff import NoBackoff
@@ -23,7 +20,7 @@ from redis.retry import Retry
 from keystile._core.redisurl import CLUSTER, SENTINEL, SINGLE, RedisTarget, parse_redis_url
 from keystile._core.settings import Settings
 
-__all__ = ["async_client", "is_cluster", "pubsub_client", "sync_client", "target_of"]
+__all__ = ["is_cluster", "pubsub_client", "sync_client", "target_of"]
 
 
 def target_of(settings: Settings) -> RedisTarget:
@@ -69,27 +66,6 @@ def sync_client(settings: Settings, timeout: float | None = None) -> Any:
     )
     return sentinel.master_for(  # type: ignore[no-untyped-call]
         target.service, db=target.db, retry=Retry(NoBackoff(), 0), **options, **_auth(target)
-    )
-
-
-def async_client(settings: Settings) -> Any:
-    """redis-py's asyncio client for a Cluster or Sentinel (one server has its own, faster
-    pipelined client: :mod:`keystile._redis.multiplex`)."""
-    from redis.asyncio.retry import Retry as AsyncRetry
-
-    target = target_of(settings)
-    options = _options(settings)
-    if target.kind == CLUSTER:
-        nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in target.nodes]
-        return redis.asyncio.cluster.RedisCluster(
-            startup_nodes=nodes, retry=AsyncRetry(NoBackoff(), 0), **options, **_auth(target)
-        )
-    assert target.kind == SENTINEL and target.service
-    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        list(target.nodes), sentinel_kwargs=_options(settings), **options
-    )
-    return sentinel.master_for(
-        target.service, db=target.db, retry=AsyncRetry(NoBackoff(), 0), **options, **_auth(target)
     )
 
 

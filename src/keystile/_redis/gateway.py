@@ -122,6 +122,9 @@ class RedisGateway:
     def settle(self, keys: list[str], args: list[Any]) -> None:
         self._script("settle", keys, args)
 
+    def pending(self, keys: list[str], args: list[Any]) -> Any:
+        return self._script("pending", keys, args)
+
     def lease_report(self, keys: list[str], args: list[Any]) -> list[Any]:
         reply: list[Any] = self._script("lease_report", keys, args)
         return reply

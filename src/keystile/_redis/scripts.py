@@ -14,15 +14,17 @@ from typing import Any
 import redis
 
 from keystile._core.rediskeys import RedisKeys
-from keystile._core.redisurl import SINGLE
+from keystile._core.redisurl import CLUSTER, SENTINEL
 from keystile._core.settings import Settings
-from keystile._redis.clients import async_client, sync_client, target_of
+from keystile._redis.clients import sync_client, target_of
 from keystile._redis.multiplex import LuaScript, RedisMultiplexer
+from keystile._redis.routing import ClusterMultiplexer, SentinelMultiplexer
 
 __all__ = ["AsyncRedis", "RedisKeys", "SyncRedis", "load_script"]
 
 SCRIPT_NAMES = (
-    "adopt", "meter", "settle", "lease", "lease_report", "resolve", "fetch_known", "seed_done"
+    "adopt", "meter", "settle", "lease", "lease_report", "resolve", "pending", "fetch_known",
+    "seed_done",
 )  # fmt: skip
 #: The scripts that change a counter: each call carries a marker, so it can be sent again.
 ONCE = frozenset({"meter", "settle", "lease", "lease_report"})
@@ -55,7 +57,7 @@ class _Script:
 
     __slots__ = ("_client", "_script")
 
-    def __init__(self, client: RedisMultiplexer, source: str) -> None:
+    def __init__(self, client: Multiplexer, source: str) -> None:
         self._client = client
         self._script = LuaScript(source)
 
@@ -63,19 +65,17 @@ class _Script:
         return await self._client.evalsha(self._script, keys, args)
 
 
-class _ClientScript(_Script):
-    """A script on redis-py's asyncio Cluster or Sentinel client: loaded (on every primary)
-    when the server does not know it, which means it did not run."""
+Multiplexer = RedisMultiplexer | ClusterMultiplexer | SentinelMultiplexer
 
-    __slots__ = ()
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        client: Any = self._client
-        try:
-            return await client.evalsha(self._script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            await client.script_load(self._script.source)
-            return await client.evalsha(self._script.sha, len(keys), *keys, *args)
+def _multiplexer(settings: Settings) -> Multiplexer:
+    target, timeout = target_of(settings), settings.redis_timeout
+    if target.kind == CLUSTER:
+        return ClusterMultiplexer(target, timeout=timeout)
+    if target.kind == SENTINEL:
+        return SentinelMultiplexer(target, timeout=timeout)
+    assert settings.redis_url
+    return RedisMultiplexer(settings.redis_url, timeout=timeout)
 
 
 class AsyncRedis:
@@ -86,32 +86,22 @@ class AsyncRedis:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # Not weak: each client holds its loop. A closed loop's client is let go instead.
-        self._by_loop: dict[
-            asyncio.AbstractEventLoop, tuple[RedisMultiplexer, dict[str, _Script]]
-        ] = {}
+        self._by_loop: dict[asyncio.AbstractEventLoop, tuple[Multiplexer, dict[str, _Script]]] = {}
 
-    def _get(self) -> tuple[RedisMultiplexer, dict[str, _Script]]:
+    def _get(self) -> tuple[Multiplexer, dict[str, _Script]]:
         loop = asyncio.get_running_loop()
         pair = self._by_loop.get(loop)
         if pair is None:
             # Code that runs a loop per call (asyncio.run, async_to_sync) leaves closed ones.
             for old in [old for old in self._by_loop if old.is_closed()]:
                 del self._by_loop[old]
-            assert self.settings.redis_url
-            client: Any
-            if target_of(self.settings).kind == SINGLE:
-                client = RedisMultiplexer(
-                    self.settings.redis_url, timeout=self.settings.redis_timeout
-                )
-                kind: type[_Script] = _Script
-            else:
-                client, kind = async_client(self.settings), _ClientScript
-            scripts = {name: kind(client, load_script(name)) for name in SCRIPT_NAMES}
+            client = _multiplexer(self.settings)
+            scripts = {name: _Script(client, load_script(name)) for name in SCRIPT_NAMES}
             pair = self._by_loop[loop] = (client, scripts)
         return pair
 
     @property
-    def client(self) -> RedisMultiplexer:
+    def client(self) -> Multiplexer:
         return self._get()[0]
 
     @property

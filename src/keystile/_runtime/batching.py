@@ -11,10 +11,12 @@ from keystile._backends.backends import Backends
 from keystile._core.admission import Admission
 from keystile._core.errors import BackendError
 from keystile._core.resends import Resend
+from keystile._core.store import UsageDelta
 from keystile._core.verification import Verifier
 from keystile._runtime.flusher import Flusher
 
 log = logging.getLogger("keystile")
+Counter = tuple[str, str, str]
 
 
 class BatchedWrites:
@@ -57,14 +59,57 @@ class BatchedWrites:
         self._flush_sessions()
         deltas = self._admission.buffer.take()
         if deltas:
+            reconciled = self._reconcile(deltas)
             try:
                 store.add_usage(deltas)
             except Exception as exc:
                 self._admission.buffer.give_back(deltas)
                 log.warning("keystile: could not write usage, will retry (%s)", type(exc).__name__)
+            else:
+                self._written(reconciled)
 
     def stop(self) -> None:
         self._flusher.stop()
+
+    def _reconcile(self, deltas: list[UsageDelta]) -> dict[Counter, tuple[int, str]]:
+        """Strict mode, before the store write: each counter gets back any of this process's
+        unwritten pages it lost (``pending.lua``). ``{counter: (pages in this batch, the
+        counter's generation)}``."""
+        redis, admission = self._backends.redis, self._admission
+        if redis is None or not admission.holder:
+            return {}
+        batch: dict[Counter, int] = {}
+        for d in deltas:
+            counter = (d.account_id, d.period, d.environment)
+            batch[counter] = batch.get(counter, 0) + d.pages
+        reconciled: dict[Counter, tuple[int, str]] = {}
+        for counter, pages in batch.items():
+            unwritten = pages + sum(d.pages for d in admission.buffer.pending(*counter))
+            args = ["reconcile", admission.holder, unwritten]
+            try:
+                reply = redis.pending([admission.keys.usage(*counter)], args)
+            except BackendError:
+                reply = ["down"]  # the counter is as the last reply left it, or so presumed
+            if reply[0] == "ok" and int(reply[2]):
+                log.warning(
+                    "keystile: Redis had lost %s page(s) of %s; added back", reply[2], counter
+                )
+            gen = str(reply[1]) if reply[0] == "ok" else admission.gens.get(counter, "")
+            if reply[0] != "lost":
+                reconciled[counter] = (pages, gen)
+        return reconciled
+
+    def _written(self, reconciled: dict[Counter, tuple[int, str]]) -> None:
+        """The batch is in the store: its pages leave this process's pending fields."""
+        redis, admission = self._backends.redis, self._admission
+        assert redis is not None or not reconciled
+        for counter, (pages, gen) in reconciled.items():
+            keys = [admission.keys.usage(*counter)]
+            args = ["written", admission.holder, pages, gen]
+            try:
+                redis.pending(keys, args)  # type: ignore[union-attr]
+            except BackendError:
+                admission.resends.add(Resend("pending", keys, args, counter))
 
     def _report_leases(self) -> None:
         """Fast mode: report the pages spent from leases and give every unused page back."""

@@ -1,6 +1,6 @@
 -- One request's whole Redis step: is the key's cached state current, is there quota left,
 -- charge it. Atomic, so concurrent requests can never admit more than the limit.
--- Seven commands on the warm path (MGET, HMGET, four HINCRBY, the SET of once.lua's marker).
+-- Eight commands on the warm path: MGET, HMGET, five HINCRBY, the SET of once.lua's marker.
 --
 -- KEYS[1] usage hash of (account, period, environment)   KEYS[2] the limit in force
 -- KEYS[3] idempotency marker   KEYS[4] the key's state stamp   KEYS[5] this call's marker
@@ -8,12 +8,15 @@
 -- ARGV: retry ('1'), marker ttl (once.lua), then kid, cost, expected stamp ('' = no check),
 -- key limit (''), limit to seed ('' = none known, 'none' = unlimited), usage to rebuild
 -- (JSON, ''), usage ttl, thresholds in basis points ('8000,10000': integer maths, so 55% of
--- 100 is exactly 55), idempotency ttl, limit ttl, use idempotency ('1'), count the request ('1')
+-- 100 is exactly 55), idempotency ttl, limit ttl, use idempotency ('1'), count the request ('1'),
+-- holder ('' = none: fast mode): the field 'p:<holder>' sums the pages this process has charged
+-- and not yet written to the store (pending.lua)
 local usage, limit_key, idem_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local kid, cost, expected = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local key_limit, seed_limit, rebuild = ARGV[6], ARGV[7], ARGV[8]
 local usage_ttl, thresholds, idem_ttl, limit_ttl = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local use_idem, count_request = ARGV[13] == '1', ARGV[14] == '1'
+local holder = ARGV[15]
 
 local limit
 if expected ~= '' then
@@ -70,6 +73,7 @@ end
 
 local after = redis.call('HINCRBY', usage, 'pages', cost)
 redis.call('HINCRBY', usage, key_pages, cost)
+if holder ~= '' then redis.call('HINCRBY', usage, 'p:' .. holder, cost) end
 if count_request then
   redis.call('HINCRBY', usage, 'requests', 1)
   redis.call('HINCRBY', usage, 'k:' .. kid .. ':requests', 1)

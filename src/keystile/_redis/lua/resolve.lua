@@ -4,11 +4,11 @@
 -- then says 'resolved', so sending this again changes nothing.
 -- KEYS[1] usage hash   KEYS[2] idempotency marker (or KEYS[1])   KEYS[3] the call's marker
 -- ARGV: 'cancel' or 'ensure', marker ttl (s), kid, pages, requests, the counter's generation
--- when the charge was made ('' = unknown)
+-- when the charge was made ('' = unknown), holder ('' = none; see meter.lua)
 -- Returns the sign of the change made: -1, 0 or 1.
 local usage, idem, marker = KEYS[1], KEYS[2], KEYS[3]
 local mode, ttl, kid = ARGV[1], ARGV[2], ARGV[3]
-local pages, requests, gen = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local pages, requests, gen, holder = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local seen = redis.call('GET', marker)
 if seen == '"resolved"' then return 0 end
 if gen ~= '' and (redis.call('HGET', usage, 'gen') or '0') ~= gen then
@@ -28,6 +28,7 @@ end
 if sign ~= 0 and redis.call('EXISTS', usage) == 1 then
   redis.call('HINCRBY', usage, 'pages', sign * pages)
   redis.call('HINCRBY', usage, 'k:' .. kid .. ':pages', sign * pages)
+  if holder ~= '' then redis.call('HINCRBY', usage, 'p:' .. holder, sign * pages) end
   if requests ~= 0 then
     redis.call('HINCRBY', usage, 'requests', sign * requests)
     redis.call('HINCRBY', usage, 'k:' .. kid .. ':requests', sign * requests)
