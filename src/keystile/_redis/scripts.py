@@ -7,6 +7,8 @@ increment must not run twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -18,7 +20,7 @@ from keystile._core.redisurl import CLUSTER, SENTINEL
 from keystile._core.settings import Settings
 from keystile._redis.clients import sync_client, target_of
 from keystile._redis.multiplex import LuaScript, RedisMultiplexer
-from keystile._redis.routing import ClusterMultiplexer, SentinelMultiplexer
+from keystile._redis.routing import SENTINEL_POLL, ClusterMultiplexer, SentinelMultiplexer
 
 __all__ = ["AsyncRedis", "RedisKeys", "SyncRedis", "load_script"]
 
@@ -47,8 +49,21 @@ class SyncRedis:
         self.scripts = {
             name: self.client.register_script(load_script(name)) for name in SCRIPT_NAMES
         }
+        self._closed = threading.Event()
+        if target_of(settings).kind == SENTINEL:
+            threading.Thread(target=self._watch, name="keystile-sentinel", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Each second, ask the sentinels for the primary: after a failover the old one takes
+        writes (then lost) until it is demoted; this moves the idle connections within about
+        a second of the sentinels naming the new one."""
+        pool: Any = self.client.connection_pool
+        while not self._closed.wait(SENTINEL_POLL):
+            with contextlib.suppress(redis.RedisError, OSError):
+                pool.get_master_address()
 
     def close(self) -> None:
+        self._closed.set()
         self.client.close()
 
 
