@@ -126,11 +126,8 @@ class Meter:
         replay: bool,
         leased: bool = False,
     ) -> None:
-        self.charge_info = charge_info
-        self.limit = limit
-        self.used = used
-        self.reserved = reserved
-        self.replay = replay
+        self.charge_info, self.limit, self.used = charge_info, limit, used
+        self.reserved, self.replay = reserved, replay
         #: Its pages came from this process's lease (fast mode): settled locally.
         self.leased = leased
         self.final: int | None = None

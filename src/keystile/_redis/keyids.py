@@ -23,12 +23,7 @@ SEED_LOCK_TTL = 120
 
 
 class KeyIdSet:
-    def __init__(
-        self,
-        gateway: RedisGateway,
-        store: KeyStore,
-        monotonic: Callable[[], float],
-    ) -> None:
+    def __init__(self, gateway: RedisGateway, store: KeyStore, monotonic: Callable[[], float]):
         self._gateway = gateway
         self._store = store
         self._monotonic = monotonic

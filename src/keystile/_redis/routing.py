@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -57,7 +58,7 @@ def node_url(target: RedisTarget, address: Address, *, data: bool = True) -> str
     return f"{scheme}://{user}{host}:{port}/{target.db if data else 0}"
 
 
-class _Routed:
+class _Routed(ABC):
     """What both share: a multiplexer per server address, made when first needed."""
 
     def __init__(self, target: RedisTarget, *, timeout: float, decode_responses: bool) -> None:
@@ -73,6 +74,23 @@ class _Routed:
             server = RedisMultiplexer(url, timeout=self._timeout, decode_responses=self._decode)
             self._servers[address] = server
         return server
+
+    @abstractmethod
+    async def execute_command(self, *args: Any) -> Any: ...
+
+    @abstractmethod
+    async def _load(self, script: LuaScript, keys: Sequence[str]) -> None:
+        """Load ``script`` on the server that runs it for ``keys``."""
+
+    async def evalsha(
+        self, script: LuaScript, keys: Sequence[str], args: Sequence[str | int | float | bytes]
+    ) -> Any:
+        call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await self.execute_command(*call)
+        except rx.NoScriptError:  # it did not run (a new primary may lack it): load, run once
+            await self._load(script, keys)
+            return await self.execute_command(*call)
 
     async def _close_all(self) -> None:
         servers, self._servers = list(self._servers.values()), {}
@@ -96,15 +114,8 @@ class ClusterMultiplexer(_Routed):
             key = args[1] if len(args) > 1 else None
         return await self._send(key, args)
 
-    async def evalsha(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[str | int | float | bytes]
-    ) -> Any:
-        call = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            return await self.execute_command(*call)
-        except rx.NoScriptError:  # it did not run: load it where it runs, and run it, once
-            await self._send(keys[0], ("SCRIPT", "LOAD", script.source))
-            return await self.execute_command(*call)
+    async def _load(self, script: LuaScript, keys: Sequence[str]) -> None:
+        await self._send(keys[0], ("SCRIPT", "LOAD", script.source))
 
     async def aclose(self) -> None:
         self._stale = True
@@ -182,15 +193,8 @@ class SentinelMultiplexer(_Routed):
     async def execute_command(self, *args: Any) -> Any:
         return await self._send(args)
 
-    async def evalsha(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[str | int | float | bytes]
-    ) -> Any:
-        call = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            return await self.execute_command(*call)
-        except rx.NoScriptError:  # a new primary may not have it yet: it did not run
-            await self._send(("SCRIPT", "LOAD", script.source))
-            return await self.execute_command(*call)
+    async def _load(self, script: LuaScript, keys: Sequence[str]) -> None:
+        await self._send(("SCRIPT", "LOAD", script.source))
 
     async def aclose(self) -> None:
         if self._watch is not None:
