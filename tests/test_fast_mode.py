@@ -15,6 +15,7 @@ else. Waits are bounded and wait for a state, never for a duration.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -333,3 +334,38 @@ def test_a_crashed_engine_loses_at_most_its_lease_and_never_against_the_customer
     # What the crash lost went to the customer: served beyond the limit, by at most the lease.
     total = served_by_crashed + served_by_survivor
     assert limit < total <= limit + held
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_on_a_cluster_the_channel_is_sharded_and_a_revoke_arrives(
+    redis_cluster: Any, shared_store: KeyStore, kind: str
+) -> None:
+    settings = {
+        "redis_url": redis_cluster.url,
+        "secret": "test-server-secret-0123456789",
+        "redis_prefix": f"fast-{uuid.uuid4().hex[:8]}",
+        "consistency": "fast",
+        "store": "memory://",
+        "argon2": FAST_ARGON2,
+    }
+    a, b = Keystile(settings, store=shared_store), Keystile(settings, store=shared_store)
+    try:
+        assert a.ready(WAIT) and b.ready(WAIT)
+        assert a.redis.sharded  # Redis 7: SPUBLISH to the primary owning the channel
+        owner = redis_cluster.node_client(redis_cluster.master_of(a.redis.channel)[1])
+        subscribed = owner.execute_command("PUBSUB", "SHARDNUMSUB", a.redis.channel)
+        owner.close()
+        assert subscribed[1] == 2  # both listeners, on the channel's own primary
+        key = a.keys.create(ACCOUNT, "k")
+        if kind == "sync":
+            assert auth(b, key.token).account_id == ACCOUNT
+        else:
+            assert asyncio.run(aauth(b, key.token)).account_id == ACCOUNT
+        digest = b.digest(_parsed(key.token))
+        assert b.local.get(digest) is not None
+        a.keys.revoke(key.key_id)
+        assert eventually(lambda: b.local.get(digest) is None)  # the message, not a check
+        assert auth(b, key.token) == "AUTH_003"
+    finally:
+        a.close()
+        b.close()
