@@ -76,21 +76,28 @@ class _Routed(ABC):
         return server
 
     @abstractmethod
-    async def execute_command(self, *args: Any) -> Any: ...
-
-    @abstractmethod
-    async def _load(self, script: LuaScript, keys: Sequence[str]) -> None:
-        """Load ``script`` on the server that runs it for ``keys``."""
+    async def execute_command(self, *args: Any, script: LuaScript | None = None) -> Any:
+        """``args`` on the server they belong to; ``script``: the one an EVALSHA runs."""
 
     async def evalsha(
         self, script: LuaScript, keys: Sequence[str], args: Sequence[str | int | float | bytes]
     ) -> Any:
-        call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await self.execute_command(
+            "EVALSHA", script.sha, len(keys), *keys, *args, script=script
+        )
+
+    @staticmethod
+    async def _run(
+        server: RedisMultiplexer, args: tuple[Any, ...], script: LuaScript | None
+    ) -> Any:
         try:
-            return await self.execute_command(*call)
-        except rx.NoScriptError:  # it did not run (a new primary may lack it): load, run once
-            await self._load(script, keys)
-            return await self.execute_command(*call)
+            return await server.execute_command(*args)
+        except rx.NoScriptError:
+            if script is None:
+                raise
+            # It did not run: this server (a promoted replica, a restarted node) lacks it.
+            await server.execute_command("SCRIPT", "LOAD", script.source)
+            return await server.execute_command(*args)
 
     async def _close_all(self) -> None:
         servers, self._servers = list(self._servers.values()), {}
@@ -107,32 +114,29 @@ class ClusterMultiplexer(_Routed):
         self._stale = True
         self._mapping: asyncio.Future[None] | None = None
 
-    async def execute_command(self, *args: Any) -> Any:
+    async def execute_command(self, *args: Any, script: LuaScript | None = None) -> Any:
         if str(args[0]).upper() in _SCRIPT_CALLS:  # EVALSHA sha numkeys key...
             key = args[3] if int(args[2]) > 0 else None
         else:
             key = args[1] if len(args) > 1 else None
-        return await self._send(key, args)
-
-    async def _load(self, script: LuaScript, keys: Sequence[str]) -> None:
-        await self._send(keys[0], ("SCRIPT", "LOAD", script.source))
+        return await self._send(key, args, script)
 
     async def aclose(self) -> None:
         self._stale = True
         await self._close_all()
 
-    async def _send(self, key: Any, args: tuple[Any, ...]) -> Any:
+    async def _send(self, key: Any, args: tuple[Any, ...], script: LuaScript | None) -> Any:
         if self._stale:
             await self._map()
         address = self._slots[key_slot(_bytes(key))] if key is not None else self._any()
         if address is None:
             raise rx.ClusterDownError(f"no primary serves the slot of {key!r}")
         try:
-            return await self._server(address).execute_command(*args)
+            return await self._run(self._server(address), args, script)
         except rx.MovedError as moved:  # not run: the slot has a new owner
             self._slots[moved.slot_id] = moved.node_addr
             self._stale = True  # a failover moves many slots at once: read them all next time
-            return await self._server(moved.node_addr).execute_command(*args)
+            return await self._run(self._server(moved.node_addr), args, script)
         except rx.AskError as ask:  # the slot is migrating: this key is there already
             server = self._server(ask.node_addr)
             return (
@@ -190,11 +194,15 @@ class SentinelMultiplexer(_Routed):
         self._asking: asyncio.Future[None] | None = None
         self._watch: asyncio.Task[None] | None = None
 
-    async def execute_command(self, *args: Any) -> Any:
-        return await self._send(args)
-
-    async def _load(self, script: LuaScript, keys: Sequence[str]) -> None:
-        await self._send(("SCRIPT", "LOAD", script.source))
+    async def execute_command(self, *args: Any, script: LuaScript | None = None) -> Any:
+        primary = self._primary
+        if primary is None:
+            primary = await self._discover()
+        try:
+            return await self._run(self._server(primary), args, script)
+        except _MOVED_ON:
+            self._primary = None  # ask the sentinels before the next command
+            raise
 
     async def aclose(self) -> None:
         if self._watch is not None:
@@ -204,16 +212,6 @@ class SentinelMultiplexer(_Routed):
             self._watch = None
         self._primary = None
         await self._close_all()
-
-    async def _send(self, args: tuple[Any, ...]) -> Any:
-        primary = self._primary
-        if primary is None:
-            primary = await self._discover()
-        try:
-            return await self._server(primary).execute_command(*args)
-        except _MOVED_ON:
-            self._primary = None  # ask the sentinels before the next command
-            raise
 
     async def _discover(self) -> Address:
         if self._asking is None:
