@@ -990,3 +990,31 @@ def test_a_charge_on_its_way_back_is_never_taken_away(
     assert counter(redis_client, ks)["pages"] == 2
     ks.flush()
     assert counter(redis_client, ks)["pages"] == stored_pages(ks) == 2
+
+
+@pytest.mark.parametrize("lost", [1, 2])
+def test_a_pending_write_whose_reply_is_lost_takes_its_pages_off_once(
+    engines: Engines, redis_client: Any, monkeypatch: pytest.MonkeyPatch, lost: int
+) -> None:
+    """``lost=2``: the call and its retry both ran unanswered; the flusher sends it again."""
+    (ks,) = engines(1, monthly_page_limit=100)
+    token = new_key(ks)
+    for _ in range(3):
+        hit(ks, token)
+    original = ks.redis.scripts["pending"]
+    left = [lost]
+
+    def written_then_time_out(**call: Any) -> Any:
+        reply = original(**call)
+        if call["args"][2] == "written" and left[0]:
+            left[0] -= 1
+            raise redis.TimeoutError("Timeout reading from socket (simulated)")
+        return reply
+
+    monkeypatch.setitem(ks.redis.scripts, "pending", written_then_time_out)
+    ks.flush()
+    ks.flush()  # sends a twice-lost one again: answered from its marker
+    hit(ks, token)
+    ks.flush()
+    assert counter(redis_client, ks)["pages"] == stored_pages(ks) == 4
+    assert f"p:{ks.admission.holder}" not in counter(redis_client, ks)

@@ -58,7 +58,8 @@ class ASGIExchange(Exchange):
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            extra = self.start(message["status"])
+            self.status = message["status"]  # start(), inline: once per response
+            extra = self.engine.quota_headers(self.principal)
             if extra:
                 message = {
                     **message,

@@ -27,7 +27,8 @@ from keystile._redis.invalidation import invalidation_channel
 from keystile._redis.scripts import ONCE, AsyncRedis, SyncRedis
 
 #: What counts as Redis failing (redis-py raises ``OSError`` subclasses for some socket errors).
-REDIS_ERRORS = (redis.RedisError, OSError)
+#: A cluster client that cannot map the cluster raises RedisClusterException, not a RedisError.
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 #: Errors of a script that ran and failed as written: sending it again would fail alike.
 #: (A replica's READONLY, a cluster's CLUSTERDOWN or TRYAGAIN: the script did not run.)
 _RAN = redis.ResponseError

@@ -29,7 +29,7 @@ SCRIPT_NAMES = (
     "seed_done",
 )  # fmt: skip
 #: The scripts that change a counter: each call carries a marker, so it can be sent again.
-ONCE = frozenset({"meter", "settle", "lease", "lease_report"})
+ONCE = frozenset({"meter", "settle", "lease", "lease_report", "pending"})
 
 
 def _lua(name: str) -> str:

@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from keystile._backends.backends import Backends
 from keystile._core.admission import Admission
 from keystile._core.errors import BackendError
-from keystile._core.resends import Resend
+from keystile._core.rediskeys import CALL_MARKER_TTL
+from keystile._core.resends import FIRST, Resend
 from keystile._core.store import UsageDelta
 from keystile._core.verification import Verifier
 from keystile._runtime.flusher import Flusher
@@ -59,7 +60,11 @@ class BatchedWrites:
         self._flush_sessions()
         deltas = self._admission.buffer.take()
         if deltas:
-            reconciled = self._reconcile(deltas)
+            try:
+                reconciled = self._reconcile(deltas)
+            except Exception as exc:  # never lose the batch to it: the store write comes first
+                log.warning("keystile: could not reconcile counters (%s)", type(exc).__name__)
+                reconciled = {}
             try:
                 store.add_usage(deltas)
             except Exception as exc:
@@ -85,9 +90,13 @@ class BatchedWrites:
         reconciled: dict[Counter, tuple[int, str]] = {}
         for counter, pages in batch.items():
             unwritten = pages + sum(d.pages for d in admission.buffer.pending(*counter))
-            args = ["reconcile", admission.holder, unwritten]
+            keys = [
+                admission.keys.usage(*counter),
+                admission.keys.call(counter[0], admission.call_ids()),
+            ]
+            args = [FIRST, CALL_MARKER_TTL, "reconcile", admission.holder, unwritten]
             try:
-                reply = redis.pending([admission.keys.usage(*counter)], args)
+                reply = redis.pending(keys, args)
             except BackendError:
                 reply = ["down"]  # the counter is as the last reply left it, or so presumed
             if reply[0] == "ok" and int(reply[2]):
@@ -104,8 +113,11 @@ class BatchedWrites:
         redis, admission = self._backends.redis, self._admission
         assert redis is not None or not reconciled
         for counter, (pages, gen) in reconciled.items():
-            keys = [admission.keys.usage(*counter)]
-            args = ["written", admission.holder, pages, gen]
+            keys = [
+                admission.keys.usage(*counter),
+                admission.keys.call(counter[0], admission.call_ids()),
+            ]
+            args = [FIRST, CALL_MARKER_TTL, "written", admission.holder, pages, gen]
             try:
                 redis.pending(keys, args)  # type: ignore[union-attr]
             except BackendError:
