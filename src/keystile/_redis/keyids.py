@@ -89,9 +89,14 @@ class KeyIdSet:
         self.seeder.start()
 
     def _seed(self) -> None:
-        keys = self._gateway.keys
-        own = SyncRedis(self._gateway.settings)  # its own connection: requests' stay theirs
-        client = own.client
+        try:
+            # Its own connection: requests' stay theirs. (A cluster client maps the cluster
+            # as it is made: that can fail too.)
+            own = SyncRedis(self._gateway.settings)
+        except REDIS_ERRORS as exc:
+            log.warning("keystile: could not seed the key-id set (%s)", type(exc).__name__)
+            return
+        keys, client = self._gateway.keys, own.client
         try:
             if client.sismember(keys.kids(), KIDS_READY):
                 return
