@@ -276,3 +276,33 @@ def test_password_url_is_passed_through(listen, password_redis, redis_prefix, ca
     assert listener.wait_for(("kid", "kid-auth"))
     assert eventually(lambda: "channel lost (AuthenticationError)" in caplog.text)
     assert not wrong.healthy and "resync" not in wrong.events
+
+
+def test_the_engines_own_connection_stays_healthy_across_heartbeats(
+    redis_url: str, channel: str
+) -> None:
+    """The listener on the client keystile builds for it (``pubsub_client``): its pongs are
+    read as pongs, so heartbeats keep it healthy with no resync after the first."""
+    from functools import partial
+
+    from keystile._core.settings import load_settings
+    from keystile._redis.clients import pubsub_client
+
+    settings = load_settings({"redis_url": db15(redis_url), "secret": "s" * 32})
+    resyncs: list[float] = []
+    listener = InvalidationListener(
+        partial(pubsub_client, settings),
+        channel,
+        on_invalidate=lambda kid: None,
+        on_resync=lambda: resyncs.append(time.monotonic()),
+        timeout=TIMEOUT,
+        heartbeat=HEARTBEAT,
+    )
+    listener.start()
+    try:
+        assert listener.wait_healthy(WAIT)
+        first = listener.synced_at
+        assert eventually(lambda: listener.synced_at > first + 5 * HEARTBEAT)
+        assert len(resyncs) == 1 and listener.healthy
+    finally:
+        listener.stop()

@@ -77,7 +77,8 @@ def pubsub_client(
     On a Cluster of Redis 7 or later it is (SSUBSCRIBE): the client talks to the primary that
     owns the channel's slot. Older clusters broadcast plain PUBLISH to every node."""
     target = target_of(settings)
-    options = {**_options(settings, timeout), **extra}
+    # Bytes: with decode_responses redis-py reads a subscribed PING's pong as a string (8.1).
+    options = {**_options(settings, timeout), **extra, "decode_responses": False}
     if target.kind == SINGLE:
         assert settings.redis_url
         return redis.Redis.from_url(settings.redis_url, **options), False
