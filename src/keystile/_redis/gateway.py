@@ -5,9 +5,11 @@ operation and chained to the cause; anything else is a bug and goes on up. The c
 what a :class:`BackendError` means where they are (a 503, a fallback, a retry later), never
 which exceptions count as Redis failing.
 
-A call that changes a counter (meter, settle, lease, lease report) whose reply is lost (a
-timeout, a cut connection, a failover) is sent once more at once, marked as sent again: its
-marker answers it when the first one ran, so nothing is counted twice. Nothing else is retried.
+A call whose reply is lost (a timeout, a cut connection, a failover) is sent once more at
+once; async, on a connection of its own, since the shared one may be stalled behind a slow
+reply. Every other call is a read or writes the same thing twice alike; a call that changes a
+counter (meter, settle, lease, lease report, pending) goes again marked as sent again, and its
+marker answers it when the first one ran, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ _DID_NOT_RUN = (
 )
 
 
-def _send_again(name: str, exc: BaseException) -> bool:
-    return name in ONCE and (not isinstance(exc, _RAN) or isinstance(exc, _DID_NOT_RUN))
+def _send_again(exc: BaseException) -> bool:
+    return not isinstance(exc, _RAN) or isinstance(exc, _DID_NOT_RUN)
+
+
+def _again(name: str, args: Sequence[Any]) -> list[Any]:
+    return [AGAIN, *args[1:]] if name in ONCE else list(args)
 
 
 def backend_error(operation: str, exc: BaseException) -> BackendError:
@@ -131,6 +137,13 @@ class RedisGateway:
         return reply
 
     def _run(self, operation: str, *command: Any) -> Any:
+        """A plain command: every one keystile sends reads, or writes the same thing twice
+        alike (GET, SET, SMISMEMBER, SREM, DEL, HGETALL, PING)."""
+        try:
+            return self.sync.client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except REDIS_ERRORS as exc:
+            if not _send_again(exc):
+                raise backend_error(operation, exc) from exc
         try:
             return self.sync.client.execute_command(*command)  # type: ignore[no-untyped-call]
         except REDIS_ERRORS as exc:
@@ -140,18 +153,16 @@ class RedisGateway:
         try:
             return self.sync.scripts[name](keys=keys, args=args)
         except REDIS_ERRORS as exc:
-            if not _send_again(name, exc):
+            if not _send_again(exc):
                 raise backend_error(name, exc) from exc
         try:
-            return self.sync.scripts[name](keys=keys, args=[AGAIN, *args[1:]])
+            return self.sync.scripts[name](keys=keys, args=_again(name, args))
         except REDIS_ERRORS as exc:
             raise backend_error(name, exc) from exc
 
     def resend(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """A counter change Redis did not confirm, sent again (``resolve`` for a charge)."""
-        if name in ONCE:
-            args = [AGAIN, *args[1:]]
-        return self._script(name, keys, args)
+        return self._script(name, keys, _again(name, args))
 
     # -- the request path, async ------------------------------------------------------------
 
@@ -198,16 +209,21 @@ class RedisGateway:
         try:
             return await self.aio.client.execute_command(*command)
         except REDIS_ERRORS as exc:
+            if not _send_again(exc):
+                raise backend_error(operation, exc) from exc
+        try:
+            return await self.aio.client.execute_alone(*command)
+        except REDIS_ERRORS as exc:
             raise backend_error(operation, exc) from exc
 
     async def _script_async(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             return await self.aio.scripts[name](keys=keys, args=args)
         except REDIS_ERRORS as exc:
-            if not _send_again(name, exc):
+            if not _send_again(exc):
                 raise backend_error(name, exc) from exc
         try:
-            return await self.aio.scripts[name](keys=keys, args=[AGAIN, *args[1:]])
+            return await self.aio.scripts[name].alone(keys=keys, args=_again(name, args))
         except REDIS_ERRORS as exc:
             raise backend_error(name, exc) from exc
 

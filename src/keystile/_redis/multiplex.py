@@ -192,6 +192,7 @@ class RedisMultiplexer:
     the object stays usable after ``aclose()``."""
 
     def __init__(self, url: str, *, timeout: float, decode_responses: bool = True) -> None:
+        self._url = url
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._decode = decode_responses
@@ -227,6 +228,21 @@ class RedisMultiplexer:
         except rx.NoScriptError:  # it did not run: load it and run it, once
             await self.execute_command("SCRIPT", "LOAD", script.source)
             return await self.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def execute_alone(self, *args: Any, script: LuaScript | None = None) -> Any:
+        """A command on a connection of its own, closed after (``script``: the one an EVALSHA
+        runs): a retry must not queue behind the reply that stalled the shared connection."""
+        one = RedisMultiplexer(self._url, timeout=self._timeout, decode_responses=self._decode)
+        try:
+            try:
+                return await one.execute_command(*args)
+            except rx.NoScriptError:
+                if script is None:
+                    raise
+                await one.execute_command("SCRIPT", "LOAD", script.source)  # it did not run
+                return await one.execute_command(*args)
+        finally:
+            await one.aclose()
 
     async def aclose(self) -> None:
         """Close the connection; its pending commands fail with ConnectionError."""

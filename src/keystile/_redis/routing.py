@@ -86,6 +86,28 @@ class _Routed(ABC):
             "EVALSHA", script.sha, len(keys), *keys, *args, script=script
         )
 
+    async def execute_alone(self, *args: Any, script: LuaScript | None = None) -> Any:
+        """A command on a connection of its own, closed after: a retry must not queue behind
+        the reply that stalled the shared connection."""
+        address = await self._address_for(_key_of(args))
+        url = node_url(self._target, address)
+        one = RedisMultiplexer(url, timeout=self._timeout, decode_responses=self._decode)
+        try:
+            return await self._run(one, args, script)
+        except (rx.MovedError, *_MOVED_ON):
+            self._forget_route()
+            raise
+        finally:
+            await one.aclose()
+
+    @abstractmethod
+    async def _address_for(self, key: Any) -> Address:
+        """The server that runs commands on ``key`` now."""
+
+    @abstractmethod
+    def _forget_route(self) -> None:
+        """The server may have changed: find it again before the next command."""
+
     @staticmethod
     async def _run(
         server: RedisMultiplexer, args: tuple[Any, ...], script: LuaScript | None
@@ -115,11 +137,7 @@ class ClusterMultiplexer(_Routed):
         self._mapping: asyncio.Future[None] | None = None
 
     async def execute_command(self, *args: Any, script: LuaScript | None = None) -> Any:
-        if str(args[0]).upper() in _SCRIPT_CALLS:  # EVALSHA sha numkeys key...
-            key = args[3] if int(args[2]) > 0 else None
-        else:
-            key = args[1] if len(args) > 1 else None
-        return await self._send(key, args, script)
+        return await self._send(_key_of(args), args, script)
 
     async def aclose(self) -> None:
         self._stale = True
@@ -147,6 +165,17 @@ class ClusterMultiplexer(_Routed):
         except _MOVED_ON:
             self._stale = True
             raise
+
+    async def _address_for(self, key: Any) -> Address:
+        if self._stale:
+            await self._map()
+        address = self._slots[key_slot(_bytes(key))] if key is not None else self._any()
+        if address is None:
+            raise rx.ClusterDownError(f"no primary serves the slot of {key!r}")
+        return address
+
+    def _forget_route(self) -> None:
+        self._stale = True
 
     def _any(self) -> Address | None:
         return next((a for a in self._slots if a is not None), None)
@@ -213,6 +242,12 @@ class SentinelMultiplexer(_Routed):
         self._primary = None
         await self._close_all()
 
+    async def _address_for(self, key: Any) -> Address:
+        return self._primary if self._primary is not None else await self._discover()
+
+    def _forget_route(self) -> None:
+        self._primary = None
+
     async def _discover(self) -> Address:
         if self._asking is None:
             self._asking = asyncio.ensure_future(self._ask())
@@ -247,6 +282,13 @@ class SentinelMultiplexer(_Routed):
             await asyncio.sleep(SENTINEL_POLL)
             with contextlib.suppress(rx.RedisError, OSError):
                 await self._ask()
+
+
+def _key_of(args: tuple[Any, ...]) -> Any:
+    """The key a command routes by (None: any server will do)."""
+    if str(args[0]).upper() in _SCRIPT_CALLS:  # EVALSHA sha numkeys key...
+        return args[3] if int(args[2]) > 0 else None
+    return args[1] if len(args) > 1 else None
 
 
 def _bytes(key: Any) -> bytes:

@@ -79,6 +79,12 @@ class _Script:
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._client.evalsha(self._script, keys, args)
 
+    async def alone(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """On a connection of its own (a retry): see ``execute_alone``."""
+        script = self._script
+        call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await self._client.execute_alone(*call, script=script)
+
 
 Multiplexer = RedisMultiplexer | ClusterMultiplexer | SentinelMultiplexer
 
