@@ -167,6 +167,21 @@ def settle_all(engines: list[Keystile], client: Any) -> tuple[int, int]:
 
 
 def run_failover(
+    setup: Cluster | SentinelSetup,
+    make_engines: Callable[..., list[Keystile]],
+    failover: Callable[[str], float],
+) -> dict[str, Any]:
+    """Two engines on ``setup`` serve traffic through ``failover(the account's usage key)``."""
+    engines = make_engines(setup.url)
+    client = setup.client()
+    try:
+        key = engines[0].redis_keys.usage(ACCOUNT, "x", "live")  # the account's slot
+        return _run_failover(engines, client, lambda: failover(key))
+    finally:
+        client.close()
+
+
+def _run_failover(
     engines: list[Keystile], client: Any, failover: Callable[[], float]
 ) -> dict[str, Any]:
     a, b = engines
@@ -199,35 +214,24 @@ def run_failover(
 def test_cluster_failover_is_followed_without_errors_or_loss(
     redis_cluster: Cluster, make_engines: Callable[..., list[Keystile]]
 ) -> None:
-    engines = make_engines(redis_cluster.url)
-    client = redis_cluster.client()
-    key = engines[0].redis_keys.usage(ACCOUNT, "x", "live")  # the account's slot
-    result = run_failover(engines, client, lambda: redis_cluster.failover(key))
+    result = run_failover(redis_cluster, make_engines, redis_cluster.failover)
     assert result["lost"] == 0 and not result["errors"]  # a manual failover syncs first
-    client.close()
 
 
 def test_a_killed_cluster_primary_heals_and_the_flush_restores_what_it_lost(
     redis_cluster: Cluster, make_engines: Callable[..., list[Keystile]]
 ) -> None:
-    engines = make_engines(redis_cluster.url)
-    client = redis_cluster.client()
-    key = engines[0].redis_keys.usage(ACCOUNT, "x", "live")
-    result = run_failover(engines, client, lambda: redis_cluster.kill_master_of(key))
+    result = run_failover(redis_cluster, make_engines, redis_cluster.kill_master_of)
     # Replication is asynchronous: what the dead primary acknowledged and had not yet sent
     # is lost from Redis. On loopback that is at most the last few charges.
     assert 0 <= result["lost"] <= 10
-    client.close()
 
 
 def test_a_sentinel_failover_moves_every_client_to_the_new_primary(
     redis_sentinel: SentinelSetup, make_engines: Callable[..., list[Keystile]]
 ) -> None:
-    engines = make_engines(redis_sentinel.url)
-    client = redis_sentinel.client()
-    result = run_failover(engines, client, redis_sentinel.failover)
+    result = run_failover(redis_sentinel, make_engines, lambda _key: redis_sentinel.failover())
     # The old primary takes writes until it is demoted; keystile's clients leave it within
     # about a second of the sentinels naming the new one, so about that second of charges
     # is lost from Redis (and given back by the flush). Bound: two seconds of them.
     assert 0 <= result["lost"] <= 2 * result["per_second"]
-    client.close()

@@ -869,16 +869,25 @@ class LostReply:
         monkeypatch.setitem(ks.redis.scripts, "meter", meter_then_time_out)
 
 
-@pytest.mark.parametrize("policy", ["degrade", "fail_closed"])
-def test_a_timed_out_charge_is_sent_again_and_counted_once(
-    engines: Engines, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, policy: str
-) -> None:
+def two_charged_then_lost(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch, policy: str, *, replies: int
+) -> tuple[Keystile, str, LostReply]:
+    """An engine whose key has 2 pages charged, and whose next ``replies`` meter replies are
+    lost after the script ran."""
     (ks,) = engines(1, monthly_page_limit=10, on_backend_error=policy)
     token = new_key(ks)
     hit(ks, token)
     hit(ks, token)
     lost = LostReply(ks, monkeypatch)
-    lost.lost = 1
+    lost.lost = replies
+    return ks, token, lost
+
+
+@pytest.mark.parametrize("policy", ["degrade", "fail_closed"])
+def test_a_timed_out_charge_is_sent_again_and_counted_once(
+    engines: Engines, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    ks, token, lost = two_charged_then_lost(engines, monkeypatch, policy, replies=1)
     hit(ks, token)  # the retry is answered from the first call's marker: admitted, either way
     assert lost.lost == 0
     assert counter(redis_client, ks)["pages"] == 3
@@ -890,12 +899,8 @@ def test_a_timed_out_charge_is_sent_again_and_counted_once(
 def test_a_charge_lost_twice_is_never_counted_twice_nor_for_a_refusal(
     engines: Engines, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, policy: str
 ) -> None:
-    (ks,) = engines(1, monthly_page_limit=10, on_backend_error=policy)
-    token = new_key(ks)
-    hit(ks, token)
-    hit(ks, token)
-    lost = LostReply(ks, monkeypatch)
-    lost.lost = 2  # the call and its retry both run, neither reply arrives
+    # the call and its retry both run, neither reply arrives
+    ks, token, _ = two_charged_then_lost(engines, monkeypatch, policy, replies=2)
     if policy == "degrade":
         hit(ks, token)  # admitted: served, so billed once
         served = 3
