@@ -662,6 +662,92 @@ async def test_single_flight_tasks_one_argon2_run_per_engine(
         await aclose(a, b)
 
 
+def cold_reader(
+    engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch, *, fail_first: bool
+) -> tuple[Keystile, Any, Calls]:
+    """An engine whose cache lacks a key that another process verified (so its snapshot is
+    in Redis), with its async snapshot reads counted; each is held open a moment, so that
+    concurrent requests join it. ``fail_first``: the first read fails, as a lost reply."""
+    other, ks = engines(), engines(redis_timeout=5)
+    key = other.keys.create("acct-1", "k")
+    assert auth(other, key.token).key_id == key.key_id
+    reads = Calls()
+    original = ks.redis.fetch_known_async
+
+    async def fetch_known_async(kid: str, digest: str) -> Any:
+        reads.add("fetch_known")
+        if len(reads) == 1:
+            await asyncio.sleep(0.05)
+            if fail_first:
+                raise BackendError("redis fetch_known failed: TimeoutError")
+        return await original(kid, digest)
+
+    monkeypatch.setattr(ks.redis, "fetch_known_async", fetch_known_async)
+    return ks, key, reads
+
+
+@pytest.mark.anyio
+async def test_a_cold_burst_shares_one_read_of_the_snapshot(
+    engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ks, key, reads = cold_reader(engines, monkeypatch, fail_first=False)
+    argon2 = count_argon2(monkeypatch, ks)
+    try:
+        results = await asyncio.gather(*(aauth(ks, key.token) for _ in range(100)))
+        assert all(getattr(r, "key_id", r) == key.key_id for r in results), results
+        assert len(reads) == 1
+        assert len(argon2) == 0  # the snapshot came from Redis
+    finally:
+        await aclose(ks)
+
+
+@pytest.mark.anyio
+async def test_a_shared_read_that_fails_fails_only_its_own_request(
+    engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ks, key, reads = cold_reader(engines, monkeypatch, fail_first=True)
+    try:
+        results = await asyncio.gather(*(aauth(ks, key.token) for _ in range(20)))
+        # The request that made the read is refused (fail_closed); those that joined it
+        # read again on their own, and get in.
+        assert sum(r == "SVC_001" for r in results) == 1, results
+        assert sum(getattr(r, "key_id", None) == key.key_id for r in results) == 19
+        assert 2 <= len(reads) <= 20
+    finally:
+        await aclose(ks)
+
+
+def test_threads_share_one_read_of_the_snapshot(
+    engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other, ks = engines(), engines()
+    key = other.keys.create("acct-1", "k")
+    assert auth(other, key.token).key_id == key.key_id
+    reads = Calls()
+    original = ks.redis.fetch_known
+
+    def fetch_known(kid: str, digest: str) -> Any:
+        reads.add("fetch_known")
+        time.sleep(0.2)  # keeps the read open so that every thread joins it
+        return original(kid, digest)
+
+    monkeypatch.setattr(ks.redis, "fetch_known", fetch_known)
+    barrier = threading.Barrier(10)
+    results: list[Any] = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(auth(ks, key.token))
+
+    threads = [threading.Thread(target=worker) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [getattr(r, "key_id", r) for r in results] == [key.key_id] * 10
+    assert len(reads) == 1
+
+
 def test_single_flight_late_joiner_uses_the_finished_flight(
     engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -669,16 +755,16 @@ def test_single_flight_late_joiner_uses_the_finished_flight(
     key = ks.keys.create("acct-1", "k")
     argon2 = count_argon2(monkeypatch, ks)
     late_missed, first_done = threading.Event(), threading.Event()
-    original = ks.redis.fetch_known  # an API key's first Redis call (not a session's)
+    ops = ks.driver.ops
+    original = ops["single_flight"]  # after the cache and Redis missed, before the store
 
-    def fetch(kid: str, digest: str) -> Any:
-        value = original(kid, digest)
+    def flight(digest: str, token: Any) -> Any:
         if threading.current_thread().name == "late":
             late_missed.set()  # a cache miss, like the first request's
             first_done.wait(10)  # ... which completes before this one goes on
-        return value
+        return original(digest, token)
 
-    monkeypatch.setattr(ks.redis, "fetch_known", fetch)
+    monkeypatch.setitem(ops, "single_flight", flight)
     results: list[Any] = []
     late = threading.Thread(target=lambda: results.append(auth(ks, key.token)), name="late")
     late.start()

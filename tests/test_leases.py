@@ -535,3 +535,102 @@ def test_thresholds_fire_once(client: redis.Redis, redis_prefix: str) -> None:
     assert r.crossed == ["8000", "10000"]
     th = client.hmget(keys(redis_prefix, u)[0], ["th:5000", "th:8000", "th:10000"])
     assert th == ["1", "1", "1"]
+
+
+# ------------------------------------------------------------- a lease whose reply was lost
+
+
+def lost_lease(e: Engine, cost: int = 1) -> str:
+    """A lease call that ran but whose reply never reached ``e`` (its book learns nothing):
+    the marker it left, which lease_lost.lua asks."""
+    usage, limit_key, leases = keys(e.prefix, C)
+    call_marker = marker(e.prefix, C)
+    args = first_call(e.book.holder, e.book.want(C, cost), "" if e.limit is None else str(e.limit),
+                      "", USAGE_TTL, LIMIT_TTL, e.lease_ttl, e.thresholds, e.spread,
+                      e.book.need(C, cost))  # fmt: skip
+    reply = e.lease(keys=[usage, limit_key, leases, call_marker], args=args)
+    if reply[0] == "need_usage":  # a counter not made yet: make it, as the engine would
+        args[5] = json.dumps(e.store)
+        reply = e.lease(keys=[usage, limit_key, leases, call_marker], args=args)
+    assert reply[0] == "ok" and int(reply[1]) > 0, reply
+    return call_marker
+
+
+def ask_lost(client: redis.Redis, e: Engine, call_marker: str) -> list[Any]:
+    usage, _, leases = keys(e.prefix, C)
+    script = client.register_script(load_script("lease_lost"))
+    reply: list[Any] = script(keys=[usage, leases, call_marker], args=[e.book.holder])
+    return reply
+
+
+@pytest.mark.redis
+def test_a_lost_grant_is_given_back_once(client: redis.Redis, redis_prefix: str) -> None:
+    a = Engine(client, redis_prefix, limit=100)
+    b = Engine(client, redis_prefix, limit=100)
+    for _ in range(3):
+        assert a.request()
+    known = outstanding(client, redis_prefix, a.book.holder)
+    before = pages(client, redis_prefix)
+    call_marker = lost_lease(a, cost=5)
+    lost = outstanding(client, redis_prefix, a.book.holder) - known  # type: ignore[operator]
+    assert lost >= 5 and pages(client, redis_prefix) == before + lost
+
+    assert ask_lost(client, a, call_marker) == ["returned", lost]
+    assert pages(client, redis_prefix) == before
+    assert outstanding(client, redis_prefix, a.book.holder) == known  # a's own pages stay
+    assert ask_lost(client, a, call_marker) == ["unseen"]  # asked again: nothing comes off
+    assert pages(client, redis_prefix) == before
+
+    # Every page a did not learn of is free again: a and b reach the limit exactly.
+    served = 3
+    while a.request() or b.request():
+        served += 1
+    a.flush(keep=False)
+    b.flush(keep=False)
+    assert served == pages(client, redis_prefix) == 100
+
+
+@pytest.mark.redis
+def test_a_lost_grant_of_a_lease_swept_since_is_left_alone(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    a = Engine(client, redis_prefix, limit=100, spread=1)
+    b = Engine(client, redis_prefix, limit=100)
+    call_marker = lost_lease(a, cost=10)
+    leases = keys(redis_prefix, C)[2]
+    out, _, born = str(client.hget(leases, a.book.holder)).split(":")
+    client.hset(leases, a.book.holder, f"{out}:0:{born}")  # a stalls past its lease ttl
+    assert b.request()  # sweeps a's lease: its 10 pages are forgiven
+    assert outstanding(client, redis_prefix, a.book.holder) is None
+    assert a.request()  # a new lease, made anew: the lost grant is not in it
+    new = outstanding(client, redis_prefix, a.book.holder)
+    before = pages(client, redis_prefix)
+
+    assert ask_lost(client, a, call_marker) == ["kept"]
+    assert outstanding(client, redis_prefix, a.book.holder) == new  # pages a knows it has
+    assert pages(client, redis_prefix) == before
+
+
+@pytest.mark.redis
+def test_a_lost_call_that_never_ran_gives_nothing_back(
+    client: redis.Redis, redis_prefix: str
+) -> None:
+    a = Engine(client, redis_prefix, limit=100)
+    assert a.request()
+    before = pages(client, redis_prefix), outstanding(client, redis_prefix, a.book.holder)
+    assert ask_lost(client, a, marker(redis_prefix, C)) == ["unseen"]
+    assert (pages(client, redis_prefix), outstanding(client, redis_prefix, a.book.holder)) == before
+
+
+def test_book_spends_a_lease_only_until_it_may_lapse() -> None:
+    book = LeaseBook()
+    book.grant(C, 10, used=10, limit=100, born="1", until=50.0)
+    assert book.spend(C, "k1", 1, now=49.0) == 9
+    assert book.spend(C, "k1", 1, now=50.0) is None  # may have lapsed in Redis: acquire
+    assert book.spend(C, "k1", 0, now=60.0) == 9  # a free request spends nothing
+    book.grant(C, 2, used=12, limit=100, born="1", until=80.0)  # the same lease, refreshed
+    assert book.spend(C, "k1", 1, now=60.0) == 10
+    book.grant(C, 3, used=13, limit=100, born="2", until=90.0)  # swept and made anew
+    assert book.spend(C, "k1", 1, now=60.0) == 2  # the old 10 are void, the new 3 are not
+    (report,) = book.reports(keep=False)
+    assert (report.spent, report.returned) == (3, 2)  # what was spent is still reported

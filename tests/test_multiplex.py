@@ -22,6 +22,7 @@ import pytest
 import redis
 import redis.exceptions as rx
 
+from keystile._redis import multiplex
 from keystile._redis.multiplex import LuaScript, RedisMultiplexer
 
 from .services import free_port, redis_error, service_missing
@@ -64,7 +65,8 @@ def count_writes(client: RedisMultiplexer) -> list[bytes]:
 
 class FaultProxy:
     """Forwards 127.0.0.1:<port> to Redis; ``mode`` is "pass", "delay" (by ``delay`` s)
-    or "drop" (a link that drops once stays blackholed, like a dead network path)."""
+    or "drop" (a link that drops once stays blackholed, like a dead network path).
+    :meth:`stall_open_links` blackholes the links open now, not those made after."""
 
     def __init__(self, target_url: str) -> None:
         parsed = urlparse(target_url)
@@ -76,6 +78,7 @@ class FaultProxy:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.accepted = 0  # connections accepted so far
+        self._open: list[list[bool]] = []  # per link: [stalled]
 
     def url(self, db: int = 0, auth: str = "") -> str:
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
@@ -94,6 +97,10 @@ class FaultProxy:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.server.wait_closed()
 
+    def stall_open_links(self) -> None:
+        for link in self._open:
+            link[0] = True
+
     def cut(self) -> None:
         """Reset every open link (both sides)."""
         for transport in self.links:
@@ -105,9 +112,11 @@ class FaultProxy:
         try:
             ureader, uwriter = await asyncio.open_connection(*self.target)
             self.links += [cwriter.transport, uwriter.transport]  # type: ignore[list-item]
+            link = [False]
+            self._open.append(link)
             pumps = [
                 asyncio.ensure_future(self._pump(creader, uwriter, replies=False)),
-                asyncio.ensure_future(self._pump(ureader, cwriter, replies=True)),
+                asyncio.ensure_future(self._pump(ureader, cwriter, replies=True, link=link)),
             ]
             self.tasks.update(pumps)  # cancelled at exit, not this task (streams logs that)
             await asyncio.gather(*pumps, return_exceptions=True)
@@ -116,12 +125,16 @@ class FaultProxy:
             cwriter.transport.abort()
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replies: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        replies: bool,
+        link: list[bool] | None = None,
     ) -> None:
         blackholed = False
         try:
             while data := await reader.read(65536):
-                if replies and (blackholed or self.mode == "drop"):
+                if replies and (blackholed or self.mode == "drop" or (link and link[0])):
                     blackholed = True
                     continue
                 if replies and self.mode == "delay":
@@ -338,6 +351,50 @@ async def test_timeout_closes_the_connection_and_recovery_stays_aligned(
         await set_get_pairs(client, redis_prefix, 20, "after")
         await asyncio.sleep(1.0)  # the late replies (delay mode) would arrive by now
         await set_get_pairs(client, redis_prefix, 20, "later")
+
+
+@pytest.mark.anyio
+async def test_a_retry_on_a_spare_does_not_wait_for_the_stalled_connection(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with FaultProxy(redis_url) as proxy, multiplexer(proxy.url(), timeout=5.0) as client:
+        assert await client.execute_command("PING") == "PONG"  # the shared connection
+        proxy.stall_open_links()
+        stalled = asyncio.ensure_future(client.execute_command("GET", f"{redis_prefix}:k"))
+        await asyncio.sleep(0.05)
+        assert await client.execute_alone("SET", f"{redis_prefix}:k", "v") == "OK"
+        assert await client.execute_alone("GET", f"{redis_prefix}:k") == "v"
+        assert not stalled.done()  # still waiting for its reply, which never comes
+        stalled.cancel()
+
+
+@pytest.mark.anyio
+async def test_spares_are_few_and_kept_for_the_next_fault(redis_url: str) -> None:
+    async with FaultProxy(redis_url) as proxy, multiplexer(proxy.url(), timeout=5.0) as client:
+        retries = 3 * multiplex.SPARE_CONNECTIONS
+        replies = await asyncio.gather(*(client.execute_alone("PING") for _ in range(retries)))
+        assert replies == ["PONG"] * retries
+        assert proxy.accepted <= multiplex.SPARE_CONNECTIONS
+        opened = proxy.accepted
+        await asyncio.gather(*(client.execute_alone("PING") for _ in range(retries)))
+        assert proxy.accepted == opened  # kept, not opened again
+
+
+@pytest.mark.anyio
+async def test_a_retry_waits_for_a_spare_a_bounded_time(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(multiplex, "SPARE_CONNECTIONS", 1)
+    monkeypatch.setattr(multiplex, "SPARE_WAIT", 0.5)  # of the timeout: before the first ends
+    async with FaultProxy(redis_url) as proxy, multiplexer(proxy.url(), timeout=0.4) as client:
+        proxy.mode = "drop"
+        first, second = await asyncio.gather(
+            client.execute_alone("PING"), client.execute_alone("PING"), return_exceptions=True
+        )
+        assert isinstance(first, rx.TimeoutError) and "no reply" in str(first)
+        assert isinstance(second, rx.TimeoutError) and "no spare" in str(second)
+        proxy.mode = "pass"
+        assert await client.execute_alone("PING") == "PONG"  # the spare reconnects
 
 
 @pytest.mark.anyio

@@ -62,6 +62,8 @@ START_TIMEOUT = 60.0
 FAULT_DELAY, FAULT_FRACTION = 2 * REDIS_TIMEOUT, 0.10
 #: b: "few" 503s: at most one request in ten of the burst (the fraction of replies delayed).
 FEW_UNAVAILABLE = BURST // 10  # of the requests sent one at a time under faults
+#: b: the burst's 503s, twice the share of replies lost twice (one in ten): a bound, with room.
+BURST_UNAVAILABLE = int(2 * FAULT_FRACTION * BURST)
 HEAL_BOUND = 15.0  # d: seconds from the failover call to requests succeeding again
 HEALED_RUN = 20  # d: consecutive 200s that count as healed
 STEADY = 50  # d: concurrent requests of the background traffic
@@ -289,6 +291,25 @@ async def burst(url: str, token: str, n: int) -> list[Reply]:
         return list(await asyncio.gather(*(call(http, url, token) for _ in range(n))))
 
 
+def burst_apart(url: str, token: str, n: int) -> list[Reply]:
+    """:func:`burst` from a process of its own: the fault proxies forward every reply on
+    threads of this one, and a thousand requests' worth of Python here would hold them up
+    (a slow network made by the test, not by keystile)."""
+    code = "from tests.test_scaleout import _burst_main; _burst_main()"
+    done = subprocess.run(
+        [sys.executable, "-c", code, url, token, str(n)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [Reply(*fields) for fields in json.loads(done.stdout)]
+
+
+def _burst_main() -> None:
+    url, token, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    replies = asyncio.run(burst(url, token, n))
+    print(json.dumps([[r.status, r.code, r.pid, r.at] for r in replies]))
+
+
 async def until_refused(url: str, token: str, most: int = LIMIT + 50) -> list[Reply]:
     """Sequential requests up to the first 429 (a 503 does not stop them)."""
     replies: list[Reply] = []
@@ -435,7 +456,7 @@ def burst_under_faults(d: Deployment, proxies: Any, name: str) -> FaultRun:
     proxies.faults(delay=FAULT_DELAY, delay_fraction=FAULT_FRACTION)
     started = time.monotonic()
     try:
-        replies = asyncio.run(burst(d.server.url, token, BURST))
+        replies = burst_apart(d.server.url, token, BURST)
         if admitted(replies) <= LIMIT:  # else already failed: the test says so
             rounds = top_up(d.server.url, token)
     finally:
@@ -480,10 +501,14 @@ def test_b_burst_with_delayed_replies_never_overshoots(
     assert f.counter == f.admitted, "the Redis counter holds what was admitted"
     kinds = {(r.status, r.code) for r in run.burst}
     assert kinds <= {(200, None), (429, "BILLING_001"), (503, "SVC_001")}, "never a 500"
-    # A burst shares one pipelined connection per primary, so a delayed reply stalls every
-    # command behind it (head-of-line) and most of the burst is refused with 503: measured,
-    # not bounded. One request at a time, a timed-out charge is sent once more and almost
-    # always served: there, a 503 needs a reply lost twice.
+    # A delayed reply stalls every command behind it on the shared connection, so most of
+    # the burst's charges time out once and go again on spare connections, where one reply
+    # in ten is delayed again: a 503 is a reply lost twice, about one request in ten.
+    assert unavailable(run.burst) <= BURST_UNAVAILABLE, "503s: only replies lost twice"
+    if consistency == "strict":  # (fast: a lease lost twice holds a block of pages)
+        # A charge lost twice holds its page until the flusher resolves it: the burst admits
+        # the limit but for those.
+        assert admitted(run.burst) + unavailable(run.burst) >= LIMIT
     sequential = [r for round_ in run.faulty for r in round_]
     assert unavailable(sequential) <= FEW_UNAVAILABLE, "few 503s: a reply lost twice"
 

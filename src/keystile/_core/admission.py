@@ -49,6 +49,10 @@ log = logging.getLogger("keystile")
 _UNREAD = object()  # the body has not been read (yet)
 
 
+#: Seconds: the least time a lease lives in Redis after its last grant or report.
+LEASE_TTL_FLOOR = 30.0
+
+
 class RequestInfo:
     """What a ``page_cost`` callable sees of a request (read-only by convention: a plain
     class, since every request makes one and a frozen dataclass costs three times more)."""
@@ -141,8 +145,10 @@ class Admission(Settlement):
         #: Fast mode: pages leased from Redis counters, spent here without a round trip.
         self.leases = LeaseBook() if settings.consistency == "fast" else None
         self.holder = self.call_ids.prefix if self.has_redis and self.leases is None else ""
-        #: A crashed process's lease is forgiven this long after its last report.
-        self.lease_ttl_ms = int(max(1.0, 3 * settings.usage_flush_interval) * 1000)
+        #: A crashed process's lease is forgiven this long after its last report. A live one's
+        #: must outlast any slow flush (its reports held up by Redis timeouts or the store):
+        #: forgiven while it is spent, its pages would be spent twice.
+        self.lease_ttl_ms = int(max(LEASE_TTL_FLOOR, 3 * settings.usage_flush_interval) * 1000)
 
     def period_at(self, now: float) -> Period:
         # Computing a period costs tens of µs (zone maths); it changes once a month.
@@ -196,7 +202,7 @@ class Admission(Settlement):
         charge = self._charge(snapshot, account, self.period_at(now), self.cost_of(request))
         if self.has_redis:
             if checked and self.leases is not None and charge.key_limit is None:
-                outcome = self._spend_lease(charge)
+                outcome = self._spend_lease(charge, now)
                 if outcome is None:
                     return None  # the lease is short: admit() takes a new one
                 return self.admitted(snapshot, account, creds.auth_method, charge, outcome, now)

@@ -28,7 +28,7 @@ from keystile._core.metering import (
     rebuild_fields,
 )
 from keystile._core.rediskeys import CALL_MARKER_TTL, RedisKeys
-from keystile._core.resends import FIRST, CallIds, Resends, resolution
+from keystile._core.resends import FIRST, CallIds, Resend, Resends, resolution
 from keystile._core.settings import Settings
 from keystile._core.store import AccountLimit
 from keystile._core.verification import Snapshot, Steps, Verifier
@@ -175,11 +175,12 @@ class Charging:
         self.resends.drop_counter(charge.counter)
         return seed, rebuild
 
-    def _spend_lease(self, charge: Charge) -> Outcome | None:
-        """Fast mode: the charge out of this process's lease, or None when it is short."""
+    def _spend_lease(self, charge: Charge, now: float) -> Outcome | None:
+        """Fast mode: the charge out of this process's lease, or None when it is short (or
+        may have lapsed in Redis by ``now``)."""
         assert self.leases is not None
         counter = charge.counter
-        if self.leases.spend(counter, charge.kid, charge.cost, charge.count_request) is None:
+        if self.leases.spend(counter, charge.kid, charge.cost, charge.count_request, now) is None:
             return None
         self._record(charge, _OK)
         used, limit = self.leases.view(counter)
@@ -190,13 +191,14 @@ class Charging:
         counter (``lease.lua``), which never leases past the limit."""
         assert self.leases is not None
         leases = self.leases
-        outcome = self._spend_lease(charge)
+        outcome = self._spend_lease(charge, self.clock())
         if outcome is not None:
             return outcome
         counter = charge.counter
         keys = self.keys
         seed, rebuild = "", ""
         for _ in range(4):
+            sent = self.clock()
             names = [
                 keys.usage(*counter),
                 keys.limit(charge.account_id, charge.environment),
@@ -210,7 +212,7 @@ class Charging:
                 leases.want(counter, charge.cost),
                 seed,
                 rebuild,
-                int(charge.period.end.timestamp() - self.clock()) + USAGE_GRACE_SECONDS,
+                int(charge.period.end.timestamp() - sent) + USAGE_GRACE_SECONDS,
                 self.settings.cache_ttl,
                 self.lease_ttl_ms,
                 self._script_tail[0],
@@ -220,6 +222,8 @@ class Charging:
             try:
                 reply = yield ("redis_lease", (names, args))
             except BackendError as exc:
+                lost = [names[0], names[2], names[3]]
+                self.resends.add(Resend("lease_lost", lost, [leases.holder], counter))
                 return self._redis_failed(charge, exc)
             kind = reply[0]
             if kind == "need_limit" or kind == "need_usage":
@@ -229,9 +233,15 @@ class Charging:
                 return Outcome("exceeded", int(reply[1]), limit)
             else:
                 limit = None if int(reply[3]) < 0 else int(reply[3])
-                leases.grant(counter, int(reply[1]), int(reply[2]), limit, int(reply[5]))
+                born = str(reply[6]) if len(reply) > 6 else ""
+                # Spent here for 2/3 of the lease's ttl after the call went out, at most: the
+                # lease must not lapse in Redis, and be forgiven, while pages of it are spent.
+                until = sent + self.lease_ttl_ms / 1500
+                leases.grant(
+                    counter, int(reply[1]), int(reply[2]), limit, int(reply[5]), born, until
+                )
                 self.gens[counter] = str(reply[5])
-                outcome = self._spend_lease(charge)
+                outcome = self._spend_lease(charge, self.clock())
                 if outcome is not None:
                     marks = str(reply[4])
                     if marks:
@@ -279,7 +289,7 @@ class Charging:
         try:
             self.verifier.backend_down(error)
         except AuthError:
-            if marked is not None:  # a lease call that ran only leased pages: they expire
+            if marked is not None:  # a meter call (a lease call's: lease_lost.lua, queued)
                 self.resends.add(
                     resolution(self.keys, charge, marked, gen, self.holder, admitted=False)
                 )

@@ -16,6 +16,7 @@ spent here since the last report``; every method below keeps that true.
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 from collections.abc import Iterable
@@ -59,7 +60,8 @@ class _Lease:
     """One counter's local state. Mutable and slotted: spend() only does integer updates."""
 
     __slots__ = (
-        "block", "extra", "gen", "have", "limit", "per_key", "requests", "spent", "used"
+        "block", "born", "extra", "gen", "have", "limit", "per_key", "requests", "spent",
+        "until", "used",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -72,6 +74,8 @@ class _Lease:
         self.used = 0  # the counter's pages as of the last grant (leases included)
         self.limit: int | None = None
         self.gen: int | None = None  # the counter generation its lease came from (None: none)
+        self.born = ""  # when its lease in Redis was made ('': not known)
+        self.until = 0.0  # wall clock: spent here only before then (its lease may lapse after)
 
     def key(self, kid: str) -> list[int]:
         counts = self.per_key.get(kid)
@@ -95,14 +99,15 @@ class LeaseBook:
         self._leases: dict[Counter, _Lease] = {}
 
     def spend(
-        self, counter: Counter, kid: str, cost: int, count_request: bool = True
+        self, counter: Counter, kid: str, cost: int, count_request: bool = True, now: float = 0.0
     ) -> int | None:
         """Take ``cost`` pages (>= 0, already validated) from the local lease: the pages left,
-        or None when the lease is short and the caller must acquire (nothing is taken then).
+        or None when the lease is short, or may have lapsed in Redis by ``now`` (wall clock),
+        and the caller must acquire (nothing is taken then).
         The hot path: one dict lookup and a few integer operations under the lock."""
         with self._lock:
             lease = self._leases.get(counter)
-            if lease is None or lease.have < cost:
+            if lease is None or lease.have < cost or (cost and now >= lease.until):
                 return None
             lease.have -= cost
             lease.spent += cost
@@ -133,14 +138,26 @@ class LeaseBook:
             return max(0, cost - (lease.have if lease is not None else 0))
 
     def grant(
-        self, counter: Counter, pages: int, used: int, limit: int | None, gen: int = 0
+        self,
+        counter: Counter,
+        pages: int,
+        used: int,
+        limit: int | None,
+        gen: int = 0,
+        born: str = "",
+        until: float = math.inf,
     ) -> None:
         """``lease.lua`` answered ok: ``pages`` more to spend; ``used`` is the counter after,
         ``gen`` its generation. A different generation means Redis lost the counter and it was
         rebuilt from the store: what this book held or owed for the old one is void (its leases
         were dropped with it, its charges are in the store), so it starts over. Comparing here,
         not in a forget() on 'need_usage', keeps a sibling thread's fresh grant: at the start
-        of each period every thread of every process sees 'need_usage' at once."""
+        of each period every thread of every process sees 'need_usage' at once.
+
+        ``born``: when the holder's lease in Redis was made. Another one than before means the
+        old lease lapsed and was swept (forgiven): its unspent pages are no longer reserved, so
+        they are not spent here (what was spent is still reported). ``until``: the grant
+        refreshed the whole lease, which may be spent here until then."""
         with self._lock:
             lease = self._leases.get(counter)
             if lease is None:
@@ -148,7 +165,13 @@ class LeaseBook:
             elif lease.gen is not None and lease.gen != gen:
                 lease.have = lease.spent = lease.extra = lease.requests = 0
                 lease.per_key = {}
+            elif born and lease.born and born != lease.born:
+                lease.used -= lease.have
+                lease.have = 0
             lease.gen = gen
+            if born:
+                lease.born = born
+            lease.until = max(lease.until, until)
             lease.have += pages
             lease.used = used
             lease.limit = limit

@@ -1,11 +1,13 @@
 """Counter changes Redis did not confirm, to send again until it does.
 
 Every call that changes a counter carries an id and a marker key (``once.lua``), so sending it
-again is answered from the marker when the first one ran. Three kinds wait here:
+again is answered from the marker when the first one ran. Four kinds wait here:
 
 * a settle or a lease report whose reply was lost twice: the same call, sent again;
 * a meter call lost twice: ``resolve.lua`` with ``cancel`` (the request was refused: take the
-  charge back if the call ran) or ``ensure`` (admitted without Redis: charge it if it did not).
+  charge back if the call ran) or ``ensure`` (admitted without Redis: charge it if it did not);
+* a lease call lost twice: ``lease_lost.lua``, which gives back what it granted, if it ran
+  (this process never learned of those pages, and its reports would keep them leased).
 
 Nothing is dropped from Redis to be rebuilt, so no counter ever loses another process's
 unflushed charges because this one lost a reply.

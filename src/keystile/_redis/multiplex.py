@@ -8,6 +8,12 @@ is FIFO) and resolve the commands' futures in order: one connection, no task per
 Errors are redis-py's classes, so ``except (redis.RedisError, OSError)`` applies.  A reply
 overdue by ``timeout`` closes the connection (a late reply would go to the wrong command).
 Nothing is retried but EVALSHA after NOSCRIPT (which means the script did not run).
+
+A caller's retry goes on a spare connection (``execute_alone``) that carries one command at a
+time: it must not queue behind the slow reply that stalled the shared connection, nor behind
+another retry's.  A stall fails every command in flight at once, so the spares are few (at most
+``SPARE_CONNECTIONS`` per server, more retries wait for one) and kept for the next fault: a
+stall under load opens a bounded number of connections, not one per request.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from redis.connection import parse_url
 __all__ = ["LuaScript", "RedisMultiplexer"]
 
 _NOT_ENOUGH_DATA = object()  # hiredis' "no complete reply yet" (False/None are replies)
+SPARE_CONNECTIONS = 32
+#: A retry waits for a spare this many timeouts at most: every command on a spare ends within
+#: one, so the spares work through four rounds of a stall's retries; beyond that, in an outage,
+#: a request is refused without waiting longer.
+SPARE_WAIT = 4
 
 
 class LuaScript:
@@ -213,6 +224,8 @@ class RedisMultiplexer:
         self._where = self._path or f"{self._host}:{self._port}"
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
+        self._spares: list[RedisMultiplexer] = []  # idle ones
+        self._spare_free: asyncio.Semaphore | None = None  # made with the first spare
 
     async def execute_command(self, *args: str | bytes | int | float) -> Any:
         conn = self._conn
@@ -230,9 +243,21 @@ class RedisMultiplexer:
             return await self.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def execute_alone(self, *args: Any, script: LuaScript | None = None) -> Any:
-        """A command on a connection of its own, closed after (``script``: the one an EVALSHA
-        runs): a retry must not queue behind the reply that stalled the shared connection."""
-        one = RedisMultiplexer(self._url, timeout=self._timeout, decode_responses=self._decode)
+        """A command on a spare connection, alone on it while it runs (``script``: the one an
+        EVALSHA runs).  Waits up to ``SPARE_WAIT`` timeouts for a spare when all are busy."""
+        free = self._spare_free
+        if free is None:
+            free = self._spare_free = asyncio.Semaphore(SPARE_CONNECTIONS)
+        try:
+            await asyncio.wait_for(free.acquire(), SPARE_WAIT * self._timeout)
+        except asyncio.TimeoutError:
+            raise rx.TimeoutError("no spare connection to Redis free in time") from None
+        spares = self._spares
+        one = (
+            spares.pop()
+            if spares
+            else RedisMultiplexer(self._url, timeout=self._timeout, decode_responses=self._decode)
+        )
         try:
             try:
                 return await one.execute_command(*args)
@@ -242,16 +267,20 @@ class RedisMultiplexer:
                 await one.execute_command("SCRIPT", "LOAD", script.source)  # it did not run
                 return await one.execute_command(*args)
         finally:
-            await one.aclose()
+            self._spares.append(one)  # (after a failure it reconnects on its next command)
+            free.release()
 
     async def aclose(self) -> None:
-        """Close the connection; its pending commands fail with ConnectionError."""
+        """Close the connections; their pending commands fail with ConnectionError."""
         if self._connecting is not None:
             with contextlib.suppress(Exception):  # a failed attempt leaves nothing to close
                 await asyncio.shield(self._connecting)
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.fail(rx.ConnectionError("connection closed by aclose()"))
+        spares, self._spares = self._spares, []
+        for spare in spares:
+            await spare.aclose()
 
     async def _ready(self) -> _Connection:
         conn = self._conn

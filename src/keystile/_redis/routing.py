@@ -6,11 +6,14 @@ server:
 
 * :class:`ClusterMultiplexer` sends a command to the primary that owns its first key's slot,
   from a slot map read with ``CLUSTER SLOTS``. ``MOVED`` (the command did not run) updates the
-  map and goes to the new owner; ``ASK`` sends ``ASKING`` first. A lost connection, a timeout
-  or ``CLUSTERDOWN`` marks the map stale, so the next command (keystile's own retry of a charge
-  included) reads it anew: that is how a promoted replica is found.
+  map and goes to the new owner; ``ASK`` sends ``ASKING`` first. A lost connection or
+  ``CLUSTERDOWN`` marks the map stale, so the next command (keystile's own retry of a charge
+  included) reads it anew: that is how a promoted replica is found. A timeout has the map read
+  again in the background instead: a slow reply seldom means a new owner, and the retries
+  of every command it held up must not wait behind one more round trip.
 * :class:`SentinelMultiplexer` asks the sentinels for the primary, and asks again each second
-  in the background and after any failure, so after a failover it moves to the new primary
+  in the background and after any failure (before the next command, or beside it after a
+  timeout), so after a failover it moves to the new primary
   within about a second of the sentinels naming it, instead of writing on to the old one until
   it is demoted (writes that are lost then).
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -87,26 +90,32 @@ class _Routed(ABC):
         )
 
     async def execute_alone(self, *args: Any, script: LuaScript | None = None) -> Any:
-        """A command on a connection of its own, closed after: a retry must not queue behind
-        the reply that stalled the shared connection."""
+        """A command on one of its server's spare connections (see
+        :meth:`RedisMultiplexer.execute_alone`), routed as :meth:`execute_command` is."""
         address = await self._address_for(_key_of(args))
-        url = node_url(self._target, address)
-        one = RedisMultiplexer(url, timeout=self._timeout, decode_responses=self._decode)
         try:
-            return await self._run(one, args, script)
-        except (rx.MovedError, *_MOVED_ON):
-            self._forget_route()
+            return await self._alone(address, args, script)
+        except rx.MovedError as moved:  # not run: the slot has a new owner
+            self._failed(moved)
+            return await self._alone(moved.node_addr, args, script)
+
+    async def _alone(
+        self, address: Address, args: tuple[Any, ...], script: LuaScript | None
+    ) -> Any:
+        try:
+            return await self._server(address).execute_alone(*args, script=script)
+        except _MOVED_ON as exc:
+            self._failed(exc)
             raise
-        finally:
-            await one.aclose()
 
     @abstractmethod
     async def _address_for(self, key: Any) -> Address:
         """The server that runs commands on ``key`` now."""
 
     @abstractmethod
-    def _forget_route(self) -> None:
-        """The server may have changed: find it again before the next command."""
+    def _failed(self, exc: BaseException) -> None:
+        """The server may have changed (``exc`` says why): find it again, before the next
+        command, or beside it after a timeout."""
 
     @staticmethod
     async def _run(
@@ -134,7 +143,7 @@ class ClusterMultiplexer(_Routed):
         super().__init__(target, timeout=timeout, decode_responses=decode_responses)
         self._slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._stale = True
-        self._mapping: asyncio.Future[None] | None = None
+        self._mapping = _Shared(self._read_map)
 
     async def execute_command(self, *args: Any, script: LuaScript | None = None) -> Any:
         return await self._send(_key_of(args), args, script)
@@ -162,8 +171,8 @@ class ClusterMultiplexer(_Routed):
                     server.execute_command("ASKING"), server.execute_command(*args)
                 )
             )[1]
-        except _MOVED_ON:
-            self._stale = True
+        except _MOVED_ON as exc:
+            self._failed(exc)
             raise
 
     async def _address_for(self, key: Any) -> Address:
@@ -174,18 +183,18 @@ class ClusterMultiplexer(_Routed):
             raise rx.ClusterDownError(f"no primary serves the slot of {key!r}")
         return address
 
-    def _forget_route(self) -> None:
-        self._stale = True
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, rx.TimeoutError):
+            self._mapping.start()
+        else:
+            self._stale = True
 
     def _any(self) -> Address | None:
         return next((a for a in self._slots if a is not None), None)
 
     async def _map(self) -> None:
         """Read the slot map (one reader at a time; the others wait for it)."""
-        if self._mapping is None:
-            self._mapping = asyncio.ensure_future(self._read_map())
-            self._mapping.add_done_callback(lambda _: setattr(self, "_mapping", None))
-        await asyncio.shield(self._mapping)
+        await asyncio.shield(self._mapping.start())
 
     async def _read_map(self) -> None:
         known = [a for a in dict.fromkeys(self._slots) if a is not None]
@@ -220,7 +229,7 @@ class SentinelMultiplexer(_Routed):
         assert target.service
         self._service = target.service
         self._primary: Address | None = None
-        self._asking: asyncio.Future[None] | None = None
+        self._asking = _Shared(self._ask)
         self._watch: asyncio.Task[None] | None = None
 
     async def execute_command(self, *args: Any, script: LuaScript | None = None) -> Any:
@@ -229,8 +238,8 @@ class SentinelMultiplexer(_Routed):
             primary = await self._discover()
         try:
             return await self._run(self._server(primary), args, script)
-        except _MOVED_ON:
-            self._primary = None  # ask the sentinels before the next command
+        except _MOVED_ON as exc:
+            self._failed(exc)
             raise
 
     async def aclose(self) -> None:
@@ -245,14 +254,14 @@ class SentinelMultiplexer(_Routed):
     async def _address_for(self, key: Any) -> Address:
         return self._primary if self._primary is not None else await self._discover()
 
-    def _forget_route(self) -> None:
-        self._primary = None
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, rx.TimeoutError):
+            self._asking.start()
+        else:
+            self._primary = None  # ask the sentinels before the next command
 
     async def _discover(self) -> Address:
-        if self._asking is None:
-            self._asking = asyncio.ensure_future(self._ask())
-            self._asking.add_done_callback(lambda _: setattr(self, "_asking", None))
-        await asyncio.shield(self._asking)
+        await asyncio.shield(self._asking.start())
         if self._primary is None:
             raise rx.ConnectionError(f"no sentinel names a primary for {self._service!r}")
         if self._watch is None:
@@ -282,6 +291,26 @@ class SentinelMultiplexer(_Routed):
             await asyncio.sleep(SENTINEL_POLL)
             with contextlib.suppress(rx.RedisError, OSError):
                 await self._ask()
+
+
+class _Shared:
+    """One run of ``work`` at a time, shared by whoever starts it meanwhile; its failure is
+    retrieved even when nobody waited for it (a lookup started beside the commands)."""
+
+    def __init__(self, work: Callable[[], Awaitable[None]]) -> None:
+        self._work = work
+        self.running: asyncio.Future[None] | None = None
+
+    def start(self) -> asyncio.Future[None]:
+        if self.running is None:
+            self.running = asyncio.ensure_future(self._work())
+            self.running.add_done_callback(self._done)
+        return self.running
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        self.running = None
+        if not task.cancelled():
+            task.exception()
 
 
 def _key_of(args: tuple[Any, ...]) -> Any:

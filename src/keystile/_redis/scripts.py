@@ -25,8 +25,8 @@ from keystile._redis.routing import SENTINEL_POLL, ClusterMultiplexer, SentinelM
 __all__ = ["AsyncRedis", "RedisKeys", "SyncRedis", "load_script"]
 
 SCRIPT_NAMES = (
-    "adopt", "meter", "settle", "lease", "lease_report", "resolve", "pending", "fetch_known",
-    "seed_done",
+    "adopt", "meter", "settle", "lease", "lease_report", "lease_lost", "resolve", "pending",
+    "fetch_known", "seed_done",
 )  # fmt: skip
 #: The scripts that change a counter: each call carries a marker, so it can be sent again.
 ONCE = frozenset({"meter", "settle", "lease", "lease_report", "pending"})

@@ -37,6 +37,10 @@ def as_backend_error(operation: str, exc: Exception) -> BackendError:
 #: The store's and the gateway's calls the steps ask for by name (``store_get``, ...).
 STORE_OPS = ("get", "set_hash", "usage", "get_limit", "get_session")
 REDIS_OPS = ("version", "fetch", "fetch_known", "adopt", "put", "meter", "lease", "settle")
+#: The reads of a key's snapshot: a burst of requests with one credential not yet in this
+#: process's cache shares one of each, as it shares one argon2 run (if it fails, the requests
+#: that joined it read on their own).
+SHARED_READS = ("fetch", "fetch_known")
 
 
 class Done:
@@ -75,6 +79,24 @@ async def _read_body_async(reader: Callable[[], Any]) -> bytes | None:
     return result
 
 
+def _shared(flights: SyncSingleFlight, name: str, read: Callable[..., Any]) -> Callable[..., Any]:
+    """``read(kid, digest)``, shared by the concurrent callers for one digest."""
+
+    def shared(kid: str, digest: str) -> Any:
+        return flights.run(f"{name}:{digest}", lambda: read(kid, digest), (BackendError,))
+
+    return shared
+
+
+def _shared_async(
+    flights: AsyncSingleFlight, name: str, read: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    async def shared(kid: str, digest: str) -> Any:
+        return await flights.run(f"{name}:{digest}", lambda: read(kid, digest), (BackendError,))
+
+    return shared
+
+
 class SyncDriver:
     def __init__(self, backends: Backends, verifier: Verifier) -> None:
         self._verifier = verifier
@@ -94,6 +116,9 @@ class SyncDriver:
         }
         if redis is not None and backends.key_ids is not None:
             self.ops.update({f"redis_{name}": _late(redis, name) for name in REDIS_OPS})
+            reads = SyncSingleFlight()
+            for name in SHARED_READS:
+                self.ops[f"redis_{name}"] = _shared(reads, name, self.ops[f"redis_{name}"])
             self.ops["kids_seed"] = backends.key_ids.seed_soon
 
     def run(self, steps: Steps) -> Any:
@@ -146,6 +171,9 @@ class AsyncDriver:
         }
         if redis is not None and seed is not None:
             self.ops.update({f"redis_{name}": _late(redis, f"{name}_async") for name in REDIS_OPS})
+            reads = AsyncSingleFlight()
+            for name in SHARED_READS:
+                self.ops[f"redis_{name}"] = _shared_async(reads, name, self.ops[f"redis_{name}"])
             self.ops["kids_seed"] = _threaded(False, seed)  # only starts a thread
 
     async def run(self, steps: Steps) -> Any:

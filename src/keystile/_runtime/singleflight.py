@@ -1,6 +1,9 @@
 """Single flight: concurrent callers with the same key share one run of the work.
 
-Used so that a burst of requests with one cold key costs one argon2 run per process.
+Used so that a burst of requests with one cold key costs one argon2 run per process, and one
+read of its snapshot from Redis. ``again_on``: failures after which a caller that only joined
+the run does the work itself (a shared read that timed out must not fail every request that
+waited for it).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ class SyncSingleFlight:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight[Any]] = {}
 
-    def run(self, key: str, work: Callable[[], T]) -> T:
+    def run(
+        self, key: str, work: Callable[[], T], again_on: tuple[type[BaseException], ...] = ()
+    ) -> T:
         with self._lock:
             flight = self._flights.get(key)
             leader = flight is None
@@ -45,6 +50,8 @@ class SyncSingleFlight:
         else:
             flight.done.wait()
         if flight.error is not None:
+            if not leader and isinstance(flight.error, again_on):
+                return work()
             raise flight.error
         result: T = flight.result  # type: ignore[assignment]
         return result
@@ -54,15 +61,26 @@ class AsyncSingleFlight:
     def __init__(self) -> None:
         self._tasks: dict[tuple[int, str], asyncio.Task[Any]] = {}
 
-    async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> T:
+    async def run(
+        self,
+        key: str,
+        work: Callable[[], Awaitable[T]],
+        again_on: tuple[type[BaseException], ...] = (),
+    ) -> T:
         slot = (id(asyncio.get_running_loop()), key)
         task = self._tasks.get(slot)
+        leader = task is None
         if task is None:
             task = asyncio.ensure_future(work())
             self._tasks[slot] = task
             task.add_done_callback(lambda done: self._finish(slot, done))
-        # Shielded: one caller giving up (client gone) must not cancel the others' answer.
-        result: T = await asyncio.shield(task)
+        try:
+            # Shielded: one caller giving up (client gone) must not cancel the others' answer.
+            result: T = await asyncio.shield(task)
+        except again_on:
+            if leader:
+                raise
+            result = await work()
         return result
 
     def _finish(self, slot: tuple[int, str], task: asyncio.Task[Any]) -> None:

@@ -3,13 +3,14 @@
 -- to more than the limit: no request is admitted past it. Grants shrink as the limit nears.
 --
 -- KEYS[1] usage hash of (account, period, environment)   KEYS[2] the limit in force
--- KEYS[3] leases hash: holder -> '<outstanding pages>:<expiry, server ms>'
+-- KEYS[3] leases hash: holder -> '<outstanding pages>:<expiry, server ms>:<born, server us>'
+-- (born: when the field was made; a field swept and made anew has a later one)
 -- KEYS[4] this call's marker (once.lua)
 -- ARGV: retry ('1'), marker ttl (once.lua), holder, want, limit to seed ('' = none known, 'none' = unlimited), usage to rebuild
 -- (JSON, ''), usage ttl (s), limit ttl (s), lease ttl (ms), thresholds in basis points
 -- ('8000,10000'), spread (>= 1: a grant takes at most 1/spread of what is left),
 -- need (pages the caller's request still lacks; fewer left = exceeded)
--- Returns {'ok', grant, pages after, limit or -1, crossed thresholds CSV, generation},
+-- Returns {'ok', grant, pages after, limit or -1, crossed thresholds CSV, generation, born},
 -- {'exceeded', pages, limit}, {'need_limit'} or {'need_usage'}. The generation ('gen', set
 -- when this script rebuilds the hash; '0' if it never did) tells a holder that leases it
 -- got from an earlier hash are void.
@@ -64,12 +65,12 @@ end
 
 -- Sweep the expired leases of other holders: presumed dead, their unreported spending is
 -- forgiven (it goes to the customer). This holder's own lease is alive: it is asking.
-local held, forgiven, dead = 0, 0, {}
+local held, born, forgiven, dead = 0, '', 0, {}
 local all = redis.call('HGETALL', leases)
 for i = 1, #all, 2 do
-  local out, expiry = string.match(all[i + 1], '^(%d+):(%d+)$')
+  local out, expiry, since = string.match(all[i + 1], '^(%d+):(%d+):?(%d*)$')
   if all[i] == holder then
-    held = tonumber(out)
+    held, born = tonumber(out), since
   elseif tonumber(expiry) <= now then
     forgiven = forgiven + tonumber(out)
     dead[#dead + 1] = all[i]
@@ -101,7 +102,9 @@ for i, t in ipairs(points) do
 end
 if grant > 0 or forgiven > 0 or #crossed > 0 then redis.call('HSET', usage, unpack(writes)) end
 if grant > 0 then
-  redis.call('HSET', leases, holder, string.format('%d:%d', held + grant, now + lease_ttl))
+  if born == '' then born = clock[1] .. string.format('%06d', tonumber(clock[2])) end
+  redis.call('HSET', leases, holder,
+    string.format('%d:%d:%s', held + grant, now + lease_ttl, born))
   if fresh then redis.call('EXPIRE', leases, usage_ttl) end
 end
-return once({'ok', grant, after, lim or -1, table.concat(crossed, ','), gen})
+return once({'ok', grant, after, lim or -1, table.concat(crossed, ','), gen, born})

@@ -4,7 +4,7 @@
 -- it; or the counter was rebuilt) was real spending and is added back, so nothing is lost
 -- or counted twice. A lost counter is not recreated half-empty: the store has the charges.
 --
--- KEYS[1] usage hash   KEYS[2] leases hash (holder -> '<outstanding>:<expiry ms>')
+-- KEYS[1] usage hash   KEYS[2] leases hash (holder -> '<outstanding>:<expiry ms>:<born us>')
 -- KEYS[3] this call's marker (once.lua)
 -- ARGV: retry ('1'), marker ttl (once.lua), holder, spent (>= 0), returned (>= 0), extra
 -- (pages beyond any lease, any sign),
@@ -19,10 +19,10 @@ local keep, lease_ttl, requests = ARGV[7] == '1', tonumber(ARGV[8]), tonumber(AR
 if redis.call('EXISTS', usage) == 0 then return {'lost'} end
 
 local value = redis.call('HGET', leases, holder)
-local held, expiry = 0, '0'
+local held, expiry, born = 0, '0', ''
 if value then
-  local out, at = string.match(value, '^(%d+):(%d+)$')
-  held, expiry = tonumber(out), at
+  local out, at, since = string.match(value, '^(%d+):(%d+):?(%d*)$')
+  held, expiry, born = tonumber(out), at, since
 end
 local covered = math.min(spent, held)
 held = held - covered
@@ -36,7 +36,7 @@ if value then
       expiry = string.format('%d', tonumber(clock[1]) * 1000
         + math.floor(tonumber(clock[2]) / 1000) + lease_ttl)
     end
-    redis.call('HSET', leases, holder, string.format('%d:%s', held, expiry))
+    redis.call('HSET', leases, holder, string.format('%d:%s:%s', held, expiry, born))
   else
     redis.call('HDEL', leases, holder)
   end
