@@ -20,7 +20,6 @@ from keystile._http.asgi import WS_POLICY_VIOLATION as WS_POLICY_VIOLATION
 from keystile._http.asgi import ASGIApp, ASGIExchange, Message, Receive, Scope, Send
 from keystile._http.asgi import management_app as management_app
 from keystile._http.asgi import send_error as send_error
-from keystile._http.bodies import BufferedBody
 from keystile._http.guards import engine_of as engine_of
 from keystile._http.guards import principal_of as principal_of
 from keystile._http.headers import scope_headers as scope_headers
@@ -41,15 +40,14 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
         if engine.is_exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
-        body = BufferedBody(receive) if kind == "http" else None
-        exchange = ASGIExchange(engine, send)
+        exchange = ASGIExchange(engine, send, receive)
         try:
             principal = exchange.principal = await engine.authenticate_async(
                 asgi_headers(scope["headers"]),
                 scope.get("method", "GET"),
                 scope["path"],
                 query=scope.get("query_string", b"").decode("latin-1"),
-                body=b"" if body is None else body.read,
+                body=exchange.read_body if kind == "http" else b"",
             )
         except AuthError as error:
             await send_error(scope, send, error)
@@ -57,7 +55,7 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
         # A fresh state dict: the server's may be shared lifespan state.
         scope["state"] = {**scope.get("state", {}), "principal": principal, "keystile": engine}
         try:
-            await self.app(scope, receive if body is None else body.receive, exchange.send)
+            await self.app(scope, exchange.receive, exchange.send)
         except BaseException as exc:
             refusal = await exchange.fail_async(exc)  # raised by requires() or a dependency
             if refusal is None:

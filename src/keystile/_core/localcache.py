@@ -34,17 +34,19 @@ class LocalCache(Generic[T]):
 
     def get(self, key: str) -> T | None:
         with self._lock:
-            for entries in (self._entries, self._negatives):
+            entries = self._entries
+            entry = entries.get(key)
+            if entry is None:
+                entries = self._negatives
                 entry = entries.get(key)
                 if entry is None:
-                    continue
-                expires, group, value = entry
-                if expires <= self._clock():
-                    self._remove(key, group)
                     return None
-                entries.move_to_end(key)
-                return value
-            return None
+            expires, group, value = entry
+            if expires <= self._clock():
+                self._remove(key, group)
+                return None
+            entries.move_to_end(key)
+            return value
 
     def put(
         self,

@@ -313,13 +313,14 @@ class LocalCounters:
                 usage[key_requests] = usage.get(key_requests, 0) + 1
             if idem is not None:
                 self._remember(idem, now + idem_ttl, now)
+            if not limit:
+                return Outcome("ok", after, limit)
             crossed = []
-            if limit:
-                for threshold in crossed_marks(after, limit, thresholds):
-                    mark = f"th:{basis_points(threshold)}"
-                    if mark not in usage:
-                        usage[mark] = 1
-                        crossed.append(threshold)
+            for threshold in crossed_marks(after, limit, thresholds):
+                mark = f"th:{basis_points(threshold)}"
+                if mark not in usage:
+                    usage[mark] = 1
+                    crossed.append(threshold)
             return Outcome("ok", after, limit, crossed=tuple(crossed))
 
     def _remember(self, idem: str, until: float, now: float) -> None:

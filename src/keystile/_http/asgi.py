@@ -10,7 +10,7 @@ from typing import Any
 
 from keystile import AuthError, Keystile
 from keystile._core.errors import render
-from keystile._http.bodies import read_limited_async
+from keystile._http.bodies import buffer_body, read_limited_async
 from keystile._http.exchange import Exchange
 from keystile._http.headers import encode_headers, scope_headers
 from keystile._http.management import MAX_BODY, ApiRequest
@@ -43,17 +43,24 @@ async def send_error(scope: Scope, send: Send, error: AuthError) -> None:
 
 
 class ASGIExchange(Exchange):
-    """The exchange of an ASGI request: ``send`` is the app's, and adds the quota headers."""
+    """The exchange of an ASGI request: ``send`` is the app's, and adds the quota headers;
+    ``receive`` is the app's too, and replays the body if keystile read it (:meth:`read_body`,
+    for an ``Idempotency-Key``)."""
 
-    __slots__ = ("server_send",)
+    __slots__ = ("receive", "server_send")
 
-    def __init__(self, engine: Keystile, server_send: Send) -> None:
+    def __init__(self, engine: Keystile, server_send: Send, receive: Receive) -> None:
         # Every request makes one: the fields set here rather than through super().__init__.
         self.engine = engine
         self.principal = None
         self.status = None
         self.failed = self.settled = False
         self.server_send = server_send
+        self.receive = receive
+
+    async def read_body(self) -> bytes | None:
+        body, self.receive = await buffer_body(self.receive)
+        return body
 
     async def send(self, message: Message) -> None:
         kind = message["type"]

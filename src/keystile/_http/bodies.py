@@ -20,7 +20,6 @@ Receive = Callable[[], Awaitable[Message]]
 
 __all__ = [
     "IDEMPOTENT_BODY_LIMIT",
-    "BufferedBody",
     "buffer_body",
     "comparable_length",
     "oversized",
@@ -59,20 +58,6 @@ def read_environ_body(environ: dict[str, Any]) -> bytes | None:
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     return body
-
-
-class BufferedBody:
-    """An ASGI request's body, read only if keystile asks; the app's ``receive`` then
-    replays what was read."""
-
-    __slots__ = ("receive",)
-
-    def __init__(self, receive: Receive) -> None:
-        self.receive = receive
-
-    async def read(self) -> bytes | None:
-        body, self.receive = await buffer_body(self.receive)
-        return body
 
 
 async def buffer_body(receive: Receive) -> tuple[bytes | None, Receive]:

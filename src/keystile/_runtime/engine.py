@@ -115,6 +115,7 @@ class Keystile:
         self._background: set[asyncio.Task[Any]] = set()
         self._exempt = set(self.settings.exempt_exact)
         self._exempt_prefixes = self.settings.exempt_prefixes
+        self._digest = tokens.digester(backends.digest_key)  # the warm path's
         _UNCLOSED.add(self)
 
     # -- the parts, for adapters, tools and tests -------------------------------------------
@@ -166,7 +167,7 @@ class Keystile:
         creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
         reader = body if callable(body) else (lambda: body)
         request = RequestInfo(method, path, headers, query, reader)
-        digest = self.digest(creds.token)
+        digest = self._digest(creds.token)
         if creds.idempotent:  # a retry is compared with Redis: the steps do that
             return creds, digest, request, None
         return creds, digest, request, self.admission.warm(creds, digest, request, self.clock())
