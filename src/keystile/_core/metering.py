@@ -313,8 +313,12 @@ class LocalCounters:
                 usage[key_requests] = usage.get(key_requests, 0) + 1
             if idem is not None:
                 self._remember(idem, now + idem_ttl, now)
-            if not limit:
-                return Outcome("ok", after, limit)
+            if (
+                not limit
+                or not thresholds
+                or after * 10_000 < basis_points(min(thresholds)) * limit
+            ):
+                return Outcome("ok", after, limit)  # (the common case: no mark to look for)
             crossed = []
             for threshold in crossed_marks(after, limit, thresholds):
                 mark = f"th:{basis_points(threshold)}"

@@ -1,0 +1,123 @@
+"""Instructions per warm request, counted by valgrind: a measure the machine's noise leaves alone.
+
+    python bench/instructions.py [--src PATH] [--low 200] [--high 1200]
+
+Each scenario runs as a whole Python process under ``valgrind --tool=callgrind`` twice, with
+``--low`` and with ``--high`` requests (after 200 to warm up), through a Starlette app without
+Redis: the bare app, keystile with an unlimited key, keystile with a monthly limit. The
+difference of the two totals over ``high - low`` requests is the cost of one request, start-up
+and imports taken out; it repeats to about 0.2% from run to run. ``--src`` counts another
+checkout's ``src`` (an older commit, say) with this one's Python and packages. Needs valgrind
+(Debian: ``apt-get install valgrind``); two processes run at a time.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This folder holds bench/http.py, which must not shadow the standard library's http.
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("bare", "unlimited", "limit")
+WARMUP = 200
+
+
+def child(kind: str, count: int) -> None:
+    """The measured process: ``WARMUP + count`` requests of one scenario."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app: Any = Starlette(routes=[Route("/", hello)])
+    headers: list[tuple[bytes, bytes]] = []
+    if kind != "bare":
+        from keystile import Keystile
+        from keystile.starlette import KeystileMiddleware
+
+        limit = {"monthly_page_limit": 10**9} if kind == "limit" else {}
+        argon2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+        ks = Keystile({"store": "memory://", "argon2": argon2, **limit})
+        token = ks.keys.create("acct_bench", "bench").token
+        app.add_middleware(KeystileMiddleware, keystile=ks)
+        headers = [(b"authorization", f"Bearer {token}".encode())]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
+        "headers": headers, "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def run() -> None:
+        for _ in range(WARMUP + count):
+            await app(dict(scope), receive, send)
+
+    asyncio.run(run())
+    if statuses[-1] != 200:
+        raise SystemExit(f"{kind} answered {statuses[-1]}")
+
+
+def count(src: Path, kind: str, requests: int) -> int:
+    """Instructions of one whole process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
+        done = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
+             sys.executable, __file__, "--child", kind, str(requests)],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"valgrind failed for {kind}: {done.stderr[-1500:]}")
+    return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--src", type=Path, default=ROOT / "src")
+    parser.add_argument("--low", type=int, default=200)
+    parser.add_argument("--high", type=int, default=1200)
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child[0], int(args.child[1]))
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("needs valgrind: apt-get install valgrind")
+    if args.high <= args.low:
+        raise SystemExit("--high must be more than --low")
+    print(f"load average at start: {os.getloadavg()} (instructions do not depend on it)")
+    jobs = [(kind, n) for kind in SCENARIOS for n in (args.low, args.high)]
+    with ThreadPoolExecutor(2) as pool:
+        totals = dict(zip(jobs, pool.map(lambda job: count(args.src, *job), jobs)))
+    per = {k: (totals[k, args.high] - totals[k, args.low]) / (args.high - args.low) for k in SCENARIOS}
+    print(f"src: {args.src}")
+    print(f"{'scenario':12} {'instructions/request':>22} {'over bare':>12}")
+    for kind in SCENARIOS:
+        print(f"{kind:12} {per[kind]:22,.0f} {per[kind] - per['bare']:12,.0f}")
+
+
+if __name__ == "__main__":
+    main()
