@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(kind, n) for kind in SCENARIOS for n in (args.low, args.high)]
     with ThreadPoolExecutor(2) as pool:
         totals = dict(zip(jobs, pool.map(lambda job: count(args.src, *job), jobs)))
-    per = {k: (totals[k, args.high] - totals[k, args.low]) / (args.high - args.low) for k in SCENARIOS}
+    per = {
+        k: (totals[k, args.high] - totals[k, args.low]) / (args.high - args.low) for k in SCENARIOS
+    }
     print(f"src: {args.src}")
     print(f"{'scenario':12} {'instructions/request':>22} {'over bare':>12}")
     for kind in SCENARIOS:
