@@ -262,16 +262,17 @@ def test_cold_key_costs_store_argon2_adopt_snapshot_set_and_meter(
     assert auth(ks, key.token).key_id == key.key_id
     assert len(argon2) == 1
     assert len(store) == 1
-    # The fetch_known script (snapshot GET, a miss, and the id's existence), the adopt
-    # script, SET of the snapshot, then the meter script (run again to seed the account's
-    # limit and usage the first time). A script this server has not seen yet costs
-    # SCRIPT LOAD + another EVALSHA.
-    assert calls.names[0] == "EVALSHA"
-    first_set = calls.names.index("SET")
-    assert set(calls.names[1:first_set]) <= {"EVALSHA", "SCRIPT LOAD"}
-    assert "EVALSHA" in calls.names[1:first_set]  # adopt
-    assert set(calls.names[first_set + 1 :]) <= {"EVALSHA", "SCRIPT LOAD"}
-    assert "EVALSHA" in calls.names[first_set + 1 :]  # meter
+    # The fetch_known script (snapshot GET, a miss, and the id's existence), the GET of the
+    # key id's failures (its budget, before argon2) and the SET of its credential's digest
+    # (known: it passes the budget), the adopt script, SET of the snapshot, then the meter
+    # script (run again to seed the account's limit and usage the first time). A script
+    # this server has not seen yet costs SCRIPT LOAD + another EVALSHA.
+    assert calls.names[:3] == ["EVALSHA", "GET", "SET"]
+    snapshot_set = calls.names.index("SET", 3)
+    assert set(calls.names[3:snapshot_set]) <= {"EVALSHA", "SCRIPT LOAD"}
+    assert "EVALSHA" in calls.names[3:snapshot_set]  # adopt
+    assert set(calls.names[snapshot_set + 1 :]) <= {"EVALSHA", "SCRIPT LOAD"}
+    assert "EVALSHA" in calls.names[snapshot_set + 1 :]  # meter
     calls.reset()
     assert auth(ks, key.token).key_id == key.key_id
     assert calls.names == ["EVALSHA"]

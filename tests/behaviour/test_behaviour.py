@@ -27,6 +27,7 @@ ERRORS: dict[str, tuple[int, str, str | None]] = {
     "AUTH_004": (403, "insufficient_permissions", None),
     "AUTH_005": (403, "account_forbidden", None),
     "AUTH_006": (400, "malformed_credentials", 'Bearer realm="api", error="invalid_request"'),
+    "AUTH_007": (429, "too_many_attempts", None),
     "BILLING_001": (429, "quota_exceeded", None),
     "SVC_001": (503, "backend_unavailable", None),
 }
@@ -233,6 +234,40 @@ def test_wrong_secret_then_right_secret(client: Harness, ks: Keystile) -> None:
         assert_refused(client.request("GET", "/whoami", wrong), "AUTH_002")
     right = {"x-api-key": key.key_id, "x-api-secret": key.secret}
     assert client.request("GET", "/whoami", right).status == 200  # no owner lockout
+
+
+def test_a_key_ids_budget_of_wrong_secrets_refuses_guesses_but_never_its_owner(
+    harness_for: Callable[[Keystile], Harness], make_keystile: Callable[..., Keystile],
+    backend: dict[str, Any], clock: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    budget = 3
+    ks = make_keystile(
+        clock=clock, exempt_paths=EXEMPT_PATHS, login_max_failures_per_key=budget, **backend
+    )
+    assert ks.ready(10.0)
+    client = harness_for(ks)
+    key = new_key(ks)
+    runs = [0]
+    verify = ks.hasher.verify
+
+    def counting(*args: Any) -> Any:
+        runs[0] += 1
+        return verify(*args)
+
+    monkeypatch.setattr(ks.hasher, "verify", counting)
+    for n in range(budget + 5):
+        guess = other_secret(key.token)
+        refused = client.request("GET", "/whoami", bearer(guess))
+        if n < budget:
+            assert_refused(refused, "AUTH_002")
+        else:
+            assert_refused(refused, "AUTH_007")
+            assert refused.headers["retry-after"] == str(ks.settings.login_failure_window)
+    assert runs[0] == budget  # past the budget, a guess runs no argon2
+    # The owner's key, never used before, in both forms: its credential is known.
+    assert client.request("GET", "/whoami", bearer(key.token)).status == 200
+    pair = {"x-api-key": key.key_id, "x-api-secret": key.secret}
+    assert client.request("GET", "/whoami", pair).status == 200
 
 
 # ---------------------------------------------------------------------------- accounts

@@ -66,7 +66,7 @@ class Settings:
     session_ttl: int = 3600
     session_idle_ttl: int = 1800
     login_max_failures: int = 10
-    login_max_failures_per_key: int = 100
+    login_max_failures_per_key: int = 20
     login_failure_window: int = 900
 
     @property

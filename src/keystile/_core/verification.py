@@ -23,6 +23,7 @@ from keystile._core.errors import (
     BACKEND_UNAVAILABLE,
     EXPIRED_API_KEY,
     INVALID_API_KEY,
+    TOO_MANY_ATTEMPTS,
     AuthError,
     BackendError,
 )
@@ -230,9 +231,15 @@ class Verifier:
             raise AuthError(INVALID_API_KEY)
         new_hash = None
         if record.version != seen_version:  # the same record a moment ago: argon2 once is enough
+            yield from self._within_budget(cred.kid, digest)
             match, new_hash = yield ("argon2_verify", (record, cred.secret))
+            if match is None:
+                yield from self._remember_wrong(cred, digest)
+                yield from self._best_effort("key_failed", (cred.kid,))
+                raise AuthError(INVALID_API_KEY)
+            if match == record.secret_hash:  # (a rolled key's old secret is not the one known)
+                yield from self._best_effort("key_verified", (cred.kid, digest))
         if match is None:
-            yield from self._remember_wrong(cred, digest)
             raise AuthError(INVALID_API_KEY)
         if new_hash is not None:
             try:
@@ -240,6 +247,27 @@ class Verifier:
             except BackendError:
                 log.warning("keystile: could not store a rehashed secret; will retry")
         return record, match
+
+    def _within_budget(self, kid: str, digest: str) -> Steps:
+        """A wrong secret costs an argon2 run, and a key id is no secret: past the key's
+        budget of failures in the window, only its known credential gets one."""
+        settings = self.settings
+        try:
+            failures = yield ("key_failures", (kid,))
+            if failures < settings.login_max_failures_per_key:
+                return
+            known = yield ("key_known", (kid, digest))
+        except BackendError:
+            return  # the budget is out of reach: argon2's concurrency cap still bounds the runs
+        if not known:
+            retry = {"retry-after": str(settings.login_failure_window)}
+            raise AuthError(TOO_MANY_ATTEMPTS, "Too many failed attempts for this API key.", retry)
+
+    def _best_effort(self, operation: str, args: tuple[Any, ...]) -> Steps:
+        try:
+            yield (operation, args)
+        except BackendError:
+            pass  # a missed count or hint: the budget is a bound, not a ledger
 
     def _session(self, cred: ParsedToken, digest: str) -> Steps:
         """A session token: its record (secrets compared by SHA-256: they are random and long,

@@ -21,6 +21,7 @@ from keystile._core.errors import AuthError, BackendError
 from keystile._core.models import KeyRecord
 from keystile._core.verification import Call, Snapshot, Steps, Verifier
 from keystile._runtime.singleflight import AsyncSingleFlight, SyncSingleFlight
+from keystile._services.loginlimits import FailureLimits
 
 
 def as_backend_error(operation: str, exc: Exception) -> BackendError:
@@ -97,8 +98,18 @@ def _shared_async(
     return shared
 
 
+def _limit_ops(limits: FailureLimits) -> dict[str, Callable[..., Any]]:
+    """The key-failure budget's calls (see :meth:`Verifier._within_budget`)."""
+    return {
+        "key_failures": limits.key_failures,
+        "key_known": limits.known.matches,
+        "key_failed": limits.key_failed,
+        "key_verified": limits.known.remember,
+    }
+
+
 class SyncDriver:
-    def __init__(self, backends: Backends, verifier: Verifier) -> None:
+    def __init__(self, backends: Backends, verifier: Verifier, limits: FailureLimits) -> None:
         self._verifier = verifier
         self._flights = SyncSingleFlight()
         store, redis = backends.store, backends.redis
@@ -113,6 +124,7 @@ class SyncDriver:
             "argon2_verify": argon2_verify,
             "request_body": _read_body,
             "single_flight": self._single_flight,
+            **_limit_ops(limits),
         }
         if redis is not None and backends.key_ids is not None:
             self.ops.update({f"redis_{name}": _late(redis, name) for name in REDIS_OPS})
@@ -157,7 +169,9 @@ def _threaded(blocking: bool, fn: Callable[..., Any]) -> Callable[..., Awaitable
 
 
 class AsyncDriver:
-    def __init__(self, backends: Backends, verifier: Verifier, sync: SyncDriver) -> None:
+    def __init__(
+        self, backends: Backends, verifier: Verifier, sync: SyncDriver, limits: FailureLimits
+    ) -> None:
         self._verifier = verifier
         self._flights = AsyncSingleFlight()
         store, redis = backends.store, backends.redis
@@ -168,6 +182,8 @@ class AsyncDriver:
             "argon2_verify": _threaded(True, sync.ops["argon2_verify"]),
             "request_body": _read_body_async,
             "single_flight": self._single_flight,
+            # In Redis when there is one (blocking calls: a thread), else in this process.
+            **{name: _threaded(redis is not None, op) for name, op in _limit_ops(limits).items()},
         }
         if redis is not None and seed is not None:
             self.ops.update({f"redis_{name}": _late(redis, f"{name}_async") for name in REDIS_OPS})

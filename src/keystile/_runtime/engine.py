@@ -40,6 +40,7 @@ from keystile._runtime.drivers import AsyncDriver, SyncDriver
 from keystile._runtime.thresholds import fire_thresholds
 from keystile._services.audit import AuditLog
 from keystile._services.keys import KeyManager
+from keystile._services.loginlimits import FailureLimits
 from keystile._services.quotas import QuotaManager, UsageReport
 from keystile._services.sessions import SessionManager
 
@@ -100,16 +101,22 @@ class Keystile:
             backends.redis_keys,
             self.clocks.monotonic,
         )
-        self.driver = SyncDriver(backends, self.verifier)
-        self.async_driver = AsyncDriver(backends, self.verifier, self.driver)
+        #: Failed verifications per key id and client, and each key's known credential.
+        self.limits = FailureLimits(backends)
+        self.driver = SyncDriver(backends, self.verifier, self.limits)
+        self.async_driver = AsyncDriver(backends, self.verifier, self.driver, self.limits)
         self.audit = AuditLog(backends.store, self.clocks.now)
-        self.keys = KeyManager(backends, self.audit)
+        self.keys = KeyManager(backends, self.audit, self.limits.known)
         self.quotas = QuotaManager(
             backends, self.audit, self.periods, self.admission.limits, self.admission.buffer
         )
         # Late bound: what verifies a login is this engine's verify_with_snapshot, as it is then.
         self.sessions = SessionManager(
-            backends, self.audit, self.keys, lambda creds: self.verify_with_snapshot(creds)
+            backends,
+            self.audit,
+            self.keys,
+            lambda creds: self.verify_with_snapshot(creds),
+            self.limits,
         )
         self.batches = BatchedWrites(backends, self.admission, self.verifier)
         self._background: set[asyncio.Task[Any]] = set()

@@ -26,6 +26,7 @@ from keystile._core.keyfields import (
 )
 from keystile._core.models import ApiKey, KeyRecord, ShownOnce, new_version
 from keystile._services.audit import AuditLog
+from keystile._services.loginlimits import KnownSecrets
 
 __all__ = [
     "CreatedKey",
@@ -70,12 +71,22 @@ class KeyManager:
     """``ks.keys``: every change is saved in the store, then made known (the key's caches
     here, its version stamp in Redis, in fast mode the invalidation channel), then audited."""
 
-    def __init__(self, backends: Backends, audit: AuditLog) -> None:
+    def __init__(self, backends: Backends, audit: AuditLog, known: KnownSecrets) -> None:
         self._backends = backends
         self._settings = backends.settings
         self._store = backends.store
         self._now = backends.clocks.now
         self._audit_log = audit
+        self._known = known
+
+    def _know(self, kid: str, secret: str) -> None:
+        """The new credential passes the key's failure budget from its first use: no one who
+        only knows the key id can lock its owner out, even before the owner has used it."""
+        credential = tokens.ParsedToken(kid, secret, None)
+        try:
+            self._known.remember(kid, self._backends.digest(credential))
+        except BackendError as exc:
+            log.warning("keystile: could not record the key's credential (%s)", exc)
 
     def _kid(self, key_id: Any) -> str:
         kid = tokens.parse_key_id(key_id) if isinstance(key_id, str) else None
@@ -146,6 +157,7 @@ class KeyManager:
         )
         self._store.insert(record)
         self._announce(kid)  # before anyone has the token: no engine refuses it as unknown
+        self._know(kid, secret)
         self._audit(
             "key.create",
             record,
@@ -270,6 +282,7 @@ class KeyManager:
             # The store already holds the new secret: losing its token would lock the key out.
             log.warning("keystile: rolled %s, but %s", exc.record.key_id, exc)
             record = exc.record
+        self._know(record.kid, fresh["secret"])
         self._audit("key.roll", record, actor, {"grace_seconds": grace_seconds})
         return CreatedKey(fresh["token"], record.key_id, fresh["secret"], record.public())
 

@@ -1,12 +1,16 @@
-"""Failed-login limits: per client, per key id, and the known secret that passes a key's limit.
+"""Failure limits: per client (logins), per key id (every path), and the known credential that
+passes a key's limit.
 
-A client that fails ``login_max_failures`` times in ``login_failure_window`` seconds is refused
-(429) before any argon2 run. So is every client of a key id that failed
-``login_max_failures_per_key`` times from anywhere, which stops a guessing campaign spread over
-many addresses; but a limit on a key alone would let anyone lock its owner out, so while it
-holds, a login whose credential digest matches the key's last successful login still goes
-through. That digest is the same keyed HMAC the verification cache uses, kept for
-``KNOWN_SECRET_TTL``; a rolled key's new secret is known after its first login outside an attack.
+A client that fails ``login_max_failures`` logins in ``login_failure_window`` seconds is refused
+(429) before any argon2 run. A key id is not secret (it is in the token, in listings, in the
+audit log), so its wrong secrets are counted on every path, requests and logins alike: past
+``login_max_failures_per_key`` in the window, a wrong secret for it is refused before argon2
+runs (the core asks, :mod:`keystile._core.verification`), which stops both a guessing campaign
+spread over many addresses and argon2 runs bought on demand. A limit on a key alone would let
+anyone lock its owner out, so while it holds, a credential whose digest is the key's known one
+still goes through: the keyed digest the verification cache uses, recorded when the key is
+created or rolled (before anyone can have used it) and after each successful verification,
+kept for ``KNOWN_SECRET_TTL``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 
 from keystile._backends.backends import Backends
 
-KNOWN_SECRET_TTL = 30 * 24 * 3600
+KNOWN_SECRET_TTL = 400 * 24 * 3600  # refreshed by every verification that ran argon2
 _LOCAL_LIMIT = 100_000  # entries kept without Redis; the oldest go first
 
 
@@ -55,6 +59,11 @@ class FailureCounter:
                 self._local = {k: v for k, v in self._local.items() if v[0] > cutoff}
 
 
+def key_subject(kid: str) -> str:
+    """The failure counter of a key id (shared by requests and logins)."""
+    return f"key:{kid}"
+
+
 class KnownSecrets:
     """Per key id, the credential digest of its last successful login."""
 
@@ -83,3 +92,18 @@ class KnownSecrets:
                 if expires <= self._monotonic():
                     known_digest = None
         return known_digest is not None and hmac.compare_digest(known_digest, digest)
+
+
+class FailureLimits:
+    """The counters and the known credentials, one of each per engine: requests, logins and
+    key changes share them (without Redis, they live in this process)."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.failures = FailureCounter(backends)
+        self.known = KnownSecrets(backends)
+
+    def key_failures(self, kid: str) -> int:
+        return self.failures.count(key_subject(kid))
+
+    def key_failed(self, kid: str) -> None:
+        self.failures.add(key_subject(kid))

@@ -34,7 +34,7 @@ from keystile._core.tokens import SESSION_ENVIRONMENT
 from keystile._core.verification import Snapshot, session_digest
 from keystile._services.audit import AuditLog
 from keystile._services.keys import KeyManager
-from keystile._services.loginlimits import FailureCounter, KnownSecrets
+from keystile._services.loginlimits import FailureLimits
 
 #: What the engine verifies a credential with: the principal and the snapshot it read.
 Verify = Callable[[Credentials], tuple[Principal, Snapshot]]
@@ -58,7 +58,12 @@ class SessionManager:
     """``ks.sessions``: log in with a key credential for a session token; log out."""
 
     def __init__(
-        self, backends: Backends, audit: AuditLog, keys: KeyManager, verify: Verify
+        self,
+        backends: Backends,
+        audit: AuditLog,
+        keys: KeyManager,
+        verify: Verify,
+        limits: FailureLimits,
     ) -> None:
         self._backends = backends
         self._settings = backends.settings
@@ -67,8 +72,8 @@ class SessionManager:
         self._audit = audit
         self._keys = keys
         self._verify = verify
-        self.failures = FailureCounter(backends)
-        self.known = KnownSecrets(backends)
+        self.failures = limits.failures
+        self.known = limits.known
 
     def _limited(self, subject: str, limit: int) -> AuthError | None:
         if self.failures.count(subject) < limit:
@@ -95,17 +100,16 @@ class SessionManager:
             raise AuthError(MALFORMED_CREDENTIALS, "Log in with an API key, not a session token.")
         kid = creds.token.kid
         digest = self._backends.digest(creds.token)
-        # A limit, per client (a shared NAT address too) or per key, never stops the secret
-        # that last logged in to this key: it is the owner's.
-        refused = client_refused or self._limited(f"key:{kid}", settings.login_max_failures_per_key)
-        if refused and not self.known.matches(kid, digest):
-            raise refused
+        # A client's limit (a shared NAT address too) never stops the key's known credential:
+        # it is the owner's. (The key's own budget is checked in the verification itself.)
+        if client_refused and not self.known.matches(kid, digest):
+            raise client_refused
         for _attempt in (1, 2):  # a change in between: verify once more
             try:
                 principal, snapshot = self._verify(creds)
             except AuthError as error:
                 if error.spec is INVALID_API_KEY:
-                    self.failures.add(client_subject, f"key:{kid}")
+                    self.failures.add(client_subject)
                 raise
             session = self._open(principal, snapshot)
             if session is not None:
