@@ -47,3 +47,15 @@ async def test_sentinel_timeout_asks_the_sentinels_beside_the_commands() -> None
     client._failed(rx.ConnectionError("lost"))
     assert client._primary is None
     await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_slot_without_an_owner_has_the_map_read_again() -> None:
+    """A map read mid-failover may leave a slot without a primary: the next command must read
+    the map again, not fail on that slot until something else goes wrong."""
+    client = ClusterMultiplexer(parse_redis_url("redis+cluster://127.0.0.1:1"), timeout=0.2)
+    client._stale = False  # a map was read, and this slot had no owner in it
+    with pytest.raises(rx.ClusterDownError):
+        await client.execute_command("GET", "k")
+    assert client._stale
+    await client.aclose()

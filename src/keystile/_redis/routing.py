@@ -157,6 +157,7 @@ class ClusterMultiplexer(_Routed):
             await self._map()
         address = self._slots[key_slot(_bytes(key))] if key is not None else self._any()
         if address is None:
+            self._stale = True  # a map read mid-failover: read it again next time
             raise rx.ClusterDownError(f"no primary serves the slot of {key!r}")
         try:
             return await self._run(self._server(address), args, script)
@@ -180,6 +181,7 @@ class ClusterMultiplexer(_Routed):
             await self._map()
         address = self._slots[key_slot(_bytes(key))] if key is not None else self._any()
         if address is None:
+            self._stale = True
             raise rx.ClusterDownError(f"no primary serves the slot of {key!r}")
         return address
 
