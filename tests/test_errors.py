@@ -17,6 +17,7 @@ from keystile._core.errors import (
     MALFORMED_CREDENTIALS,
     MISSING_API_KEY,
     QUOTA_EXCEEDED,
+    TOO_MANY_ATTEMPTS,
     AuthError,
     BackendError,
     ConfigError,
@@ -94,11 +95,37 @@ def test_challenge_details() -> None:
 
     # RFC 6750 3.1: no error attribute when no credentials were sent.
     assert challenge(MISSING_API_KEY) == 'Bearer realm="api"'
-    assert challenge(INVALID_API_KEY) == 'Bearer realm="api", error="invalid_token"'
-    assert challenge(EXPIRED_API_KEY) == 'Bearer realm="api", error="invalid_token"'
-    assert challenge(MALFORMED_CREDENTIALS) == 'Bearer realm="api", error="invalid_request"'
-    for spec in (INSUFFICIENT_PERMISSIONS, ACCOUNT_FORBIDDEN, QUOTA_EXCEEDED, BACKEND_UNAVAILABLE):
+    assert challenge(INVALID_API_KEY) == (
+        'Bearer realm="api", error="invalid_token", error_description="Invalid API key."'
+    )
+    assert challenge(EXPIRED_API_KEY) == (
+        'Bearer realm="api", error="invalid_token", '
+        'error_description="API key has expired or been revoked."'
+    )
+    assert challenge(MALFORMED_CREDENTIALS) == (
+        'Bearer realm="api", error="invalid_request", '
+        'error_description="Credentials are malformed or conflicting."'
+    )
+    assert challenge(INSUFFICIENT_PERMISSIONS) == (
+        'Bearer realm="api", error="insufficient_scope", '
+        'error_description="API key lacks the permission for this request."'
+    )
+    for spec in (ACCOUNT_FORBIDDEN, QUOTA_EXCEEDED, BACKEND_UNAVAILABLE, TOO_MANY_ATTEMPTS):
         assert challenge(spec) is None, spec.code
+
+
+def test_insufficient_scope_names_the_needed_permissions() -> None:
+    error = AuthError(INSUFFICIENT_PERMISSIONS, "lacks: admin.", scope=("read", "admin:*"))
+    challenge = header_dict(render(error).headers)["www-authenticate"]
+    assert challenge.endswith('error_description="lacks: admin.", scope="read admin:*"')
+
+
+def test_a_description_holds_only_what_rfc_6750_allows() -> None:
+    error = AuthError(INVALID_API_KEY, 'a "quoted" \\ back\u00e9\r\nslash')
+    challenge = header_dict(render(error).headers)["www-authenticate"]
+    description = challenge.split('error_description="', 1)[1][:-1]
+    assert description == "a ?quoted? ? back???slash"
+    assert all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in description)
 
 
 def test_backend_unavailable_asks_to_retry() -> None:

@@ -110,7 +110,9 @@ def test_refusals_are_rendered_from_the_core_table(ks: Engine) -> None:
     assert response.status_code == 401
     assert response.json["error"]["code"] == "AUTH_002"
     assert response.headers["content-type"] == "application/json"
-    assert response.headers["www-authenticate"] == 'Bearer realm="api", error="invalid_token"'
+    assert response.headers["www-authenticate"] == (
+        'Bearer realm="api", error="invalid_token", error_description="Invalid API key."'
+    )
     assert response.headers["cache-control"] == "no-store"
 
 

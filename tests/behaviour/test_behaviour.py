@@ -6,6 +6,7 @@ engine behind it (``backend``: in-memory only, or with the test Redis).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,14 +20,15 @@ from .harness import EXEMPT_PATHS, Harness, Result, error_of
 
 CLOSED_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
-#: code -> (status, type, WWW-Authenticate or None when there must be none)
+#: code -> (status, type, RFC 6750 error attribute of the WWW-Authenticate challenge: "" for
+#: a challenge without one, None when there must be no challenge)
 ERRORS: dict[str, tuple[int, str, str | None]] = {
-    "AUTH_001": (401, "missing_api_key", 'Bearer realm="api"'),
-    "AUTH_002": (401, "invalid_api_key", 'Bearer realm="api", error="invalid_token"'),
-    "AUTH_003": (401, "expired_api_key", 'Bearer realm="api", error="invalid_token"'),
-    "AUTH_004": (403, "insufficient_permissions", None),
+    "AUTH_001": (401, "missing_api_key", ""),
+    "AUTH_002": (401, "invalid_api_key", "invalid_token"),
+    "AUTH_003": (401, "expired_api_key", "invalid_token"),
+    "AUTH_004": (403, "insufficient_permissions", "insufficient_scope"),
     "AUTH_005": (403, "account_forbidden", None),
-    "AUTH_006": (400, "malformed_credentials", 'Bearer realm="api", error="invalid_request"'),
+    "AUTH_006": (400, "malformed_credentials", "invalid_request"),
     "AUTH_007": (429, "too_many_attempts", None),
     "BILLING_001": (429, "quota_exceeded", None),
     "SVC_001": (503, "backend_unavailable", None),
@@ -46,13 +48,25 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def assert_refused(result: Result, code: str) -> dict[str, Any]:
-    """A refusal rendered from keystile's one table: status, body, headers."""
-    status, kind, challenge = ERRORS[code]
+    """A refusal rendered from keystile's one table: status, body, headers (RFC 6750's
+    challenge, with the body's message as its description)."""
+    status, kind, attribute = ERRORS[code]
     error = error_of(result)
     assert (result.status, error["code"], error["type"]) == (status, code, kind), result
     assert result.headers["content-type"].split(";")[0].strip() == "application/json"
     assert result.headers.get("cache-control") == "no-store"
-    assert result.headers.get("www-authenticate") == challenge
+    challenge = result.headers.get("www-authenticate")
+    if attribute is None:
+        assert challenge is None
+    elif not attribute:
+        assert challenge == 'Bearer realm="api"'
+    else:
+        expected = f'Bearer realm="api", error="{attribute}", '
+        described = re.sub(r"[^\x20\x21\x23-\x5b\x5d-\x7e]", "?", error["message"])  # RFC 6750 3
+        expected += f'error_description="{described}"'
+        assert challenge is not None and challenge.startswith(expected), challenge
+        rest = challenge[len(expected) :]
+        assert rest == "" or (code == "AUTH_004" and rest.startswith(', scope="')), challenge
     return error
 
 
@@ -300,8 +314,10 @@ def test_account_change_reaches_the_next_request(client: Harness, ks: Keystile) 
 def test_permissions(client: Harness, ks: Keystile) -> None:
     reader = new_key(ks, permissions=["read"])
     assert client.request("GET", "/read", bearer(reader.token)).status == 200
-    error = assert_refused(client.request("GET", "/write", bearer(reader.token)), "AUTH_004")
+    refused = client.request("GET", "/write", bearer(reader.token))
+    error = assert_refused(refused, "AUTH_004")
     assert "write" in error["message"]
+    assert refused.headers["www-authenticate"].endswith(', scope="write"')  # what it needed
     everything = new_key(ks, permissions=["*"])
     for path in ("/read", "/write", "/whoami"):
         assert client.request("GET", path, bearer(everything.token)).status == 200

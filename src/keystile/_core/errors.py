@@ -7,6 +7,8 @@ copies status, headers and body into its framework's response.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -103,12 +105,15 @@ class ApiError(KeystileError):
         message: str | None = None,
         headers: dict[str, str] | None = None,
         field: str | None = None,
+        scope: Sequence[str] = (),
     ) -> None:
         self.spec = spec
         self.message = message or spec.message
         self.headers = headers or {}
         #: The request field at fault (422s of the management API).
         self.field = field
+        #: The permissions the request needed (AUTH_004): the challenge's ``scope``.
+        self.scope = tuple(scope)
         super().__init__(f"{spec.code} {spec.type}: {self.message}")
 
     @property
@@ -137,12 +142,29 @@ class Rendered:
     body: bytes
 
 
-def _www_authenticate(error: ApiError) -> str:
-    # RFC 6750 3.1: no error attribute when the request carried no credentials at all.
-    if error.spec is MISSING_API_KEY:
+#: RFC 6750 3: what an ``error_description`` may hold (printable ASCII but ``"`` and ``\``),
+#: and a ``scope`` token (RFC 6749 3.3: the same, without the space).
+_NOT_DESCRIPTION = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_NOT_SCOPE = re.compile(r'[^\x21\x23-\x5b\x5d-\x7e]')
+
+
+def _challenge(error: ApiError) -> str | None:
+    """The ``WWW-Authenticate`` value (RFC 6750 3), or None for an answer that has none."""
+    spec = error.spec
+    if spec is MISSING_API_KEY:  # 3.1: no error attribute without credentials
         return 'Bearer realm="api"'
-    kind = "invalid_request" if error.spec is MALFORMED_CREDENTIALS else "invalid_token"
-    return f'Bearer realm="api", error="{kind}"'
+    if spec is INSUFFICIENT_PERMISSIONS:
+        kind = "insufficient_scope"
+    elif spec is MALFORMED_CREDENTIALS:
+        kind = "invalid_request"
+    elif spec.status == 401:
+        kind = "invalid_token"
+    else:
+        return None
+    description = _NOT_DESCRIPTION.sub("?", error.message)
+    value = f'Bearer realm="api", error="{kind}", error_description="{description}"'
+    scope = " ".join(token for p in error.scope if (token := _NOT_SCOPE.sub("", p)))
+    return f'{value}, scope="{scope}"' if scope else value
 
 
 def render(error: ApiError) -> Rendered:
@@ -152,8 +174,9 @@ def render(error: ApiError) -> Rendered:
         detail["field"] = error.field
     body = json.dumps({"error": detail}, separators=(",", ":")).encode()
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    if error.spec.status == 401 or error.spec is MALFORMED_CREDENTIALS:
-        headers.append(("www-authenticate", _www_authenticate(error)))
+    challenge = _challenge(error)
+    if challenge is not None:
+        headers.append(("www-authenticate", challenge))
     if error.spec is BACKEND_UNAVAILABLE:
         headers.append(("retry-after", "1"))
     headers.extend((name.lower(), value) for name, value in error.headers.items())

@@ -34,11 +34,13 @@ def check_permissions(principal: Principal, permissions: Iterable[str]) -> None:
     """Raise AUTH_004 naming what is missing; every adapter's ``requires`` calls this."""
     from keystile._core.errors import INSUFFICIENT_PERMISSIONS, AuthError
 
-    missing = missing_permissions(principal.permissions, permissions)
+    needed = tuple(permissions)
+    missing = missing_permissions(principal.permissions, needed)
     if missing:
         raise AuthError(
             INSUFFICIENT_PERMISSIONS,
             f"API key lacks the permission(s): {', '.join(missing)}.",
+            scope=needed,
         )
 
 
