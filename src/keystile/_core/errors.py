@@ -144,8 +144,8 @@ class Rendered:
 
 #: RFC 6750 3: what an ``error_description`` may hold (printable ASCII but ``"`` and ``\``),
 #: and a ``scope`` token (RFC 6749 3.3: the same, without the space).
-_NOT_DESCRIPTION = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
-_NOT_SCOPE = re.compile(r'[^\x21\x23-\x5b\x5d-\x7e]')
+_NOT_DESCRIPTION = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+_NOT_SCOPE = re.compile(r"[^\x21\x23-\x5b\x5d-\x7e]")
 
 
 def _challenge(error: ApiError) -> str | None:
