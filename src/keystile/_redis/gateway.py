@@ -6,10 +6,10 @@ what a :class:`BackendError` means where they are (a 503, a fallback, a retry la
 which exceptions count as Redis failing.
 
 A call whose reply is lost (a timeout, a cut connection, a failover) is sent once more at
-once; async, on a connection of its own, since the shared one may be stalled behind a slow
-reply. Every other call is a read or writes the same thing twice alike; a call that changes a
-counter (meter, settle, lease, lease report, pending) goes again marked as sent again, and its
-marker answers it when the first one ran, so nothing is counted twice.
+once; async, on a spare connection that carries it alone, since the shared one may be
+stalled behind a slow reply. Every other call is a read or writes the same thing twice alike;
+a call that changes a counter (meter, settle, lease, lease report, pending) goes again marked
+as sent again, and its marker answers it when the first one ran, so nothing is counted twice.
 """
 
 from __future__ import annotations

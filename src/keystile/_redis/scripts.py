@@ -80,7 +80,7 @@ class _Script:
         return await self._client.evalsha(self._script, keys, args)
 
     async def alone(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """On a connection of its own (a retry): see ``execute_alone``."""
+        """On a spare connection, alone on it (a retry): see ``execute_alone``."""
         script = self._script
         call = ("EVALSHA", script.sha, len(keys), *keys, *args)
         return await self._client.execute_alone(*call, script=script)
