@@ -75,6 +75,12 @@ def test_json_lifecycle_show_update_roll_revoke_delete(env: dict[str, str]) -> N
 
     updated = run_json(env, "keys", "update", key_id, "--name", "B", "-p", "read")
     assert updated["name"] == "B" and updated["permissions"] == ["read"]
+    fenced = ["--allowed-ip", "203.0.113.7/24", "--allowed-ip", "2001:DB8::/32"]
+    updated = run_json(env, "keys", "update", key_id, *fenced)
+    assert updated["allowed_ips"] == ["203.0.113.0/24", "2001:db8::/32"]
+    text = run(env, "keys", "show", key_id).stdout
+    assert "203.0.113.0/24, 2001:db8::/32" in text
+    assert run_json(env, "keys", "update", key_id, "--allowed-ip", "")["allowed_ips"] == []
 
     rolled = run_json(env, "keys", "roll", key_id, "--grace", "60")
     assert rolled["token"] != created["token"]
@@ -96,6 +102,10 @@ def test_json_lifecycle_show_update_roll_revoke_delete(env: dict[str, str]) -> N
             "--expires-at",
         ),
         (["keys", "list", "--account", "a", "--limit", "0"], "limit"),
+        (
+            ["keys", "create", "--account", "a", "--name", "x", "--allowed-ip", "10.0.0.300"],
+            "allowed_ips",
+        ),
         (["keys", "list", "--account", "a", "--cursor", "!!"], "cursor"),
         (["usage", "--account", "a", "--month", "2026-13"], "month"),
     ],

@@ -82,6 +82,7 @@ def record(kid: str, **changes: Any) -> KeyRecord:
         "previous_expires_at": None,
         "version": "v1",
         "page_limit": None,
+        "allowed_ips": (),
     }
     values.update(changes)
     return KeyRecord(**values)

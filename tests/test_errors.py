@@ -36,6 +36,7 @@ EXPECTED = {
     "AUTH_005": ("account_forbidden", 403),
     "AUTH_006": ("malformed_credentials", 400),
     "AUTH_007": ("too_many_attempts", 429),
+    "AUTH_008": ("ip_not_allowed", 403),
     "REQ_001": ("invalid_request", 422),
     "REQ_002": ("not_found", 404),
     "REQ_003": ("method_not_allowed", 405),
@@ -190,3 +191,46 @@ def test_errors_from_credentials_render() -> None:
         rendered = render(info.value)
         assert rendered.status == status
         assert json.loads(rendered.body)["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("accept", "problem"),
+    [
+        (None, False),
+        ("", False),
+        ("application/json", False),
+        ("*/*", False),
+        ("application/problem+json", True),
+        ("Application/Problem+JSON", True),
+        ("application/problem+json, application/json", True),  # a tie: the first asked
+        ("application/json;q=0.9, application/problem+json", True),
+        ("application/json, application/problem+json;q=0.5", False),
+        ("application/problem+json;q=0", False),
+        ("application/problem+json;q=oops", False),
+        ("text/html, application/problem+json;q=0.1", True),
+        ("application/problem+jsonx", False),
+        ("x" * 2000 + ", application/problem+json", False),  # past what is read
+    ],
+)
+def test_wants_problem(accept: str | None, problem: bool) -> None:
+    assert errors.wants_problem(accept) is problem
+
+
+def test_problem_details_keep_the_code_and_headers() -> None:
+    error = AuthError(QUOTA_EXCEEDED, "Over.", {"Retry-After": "9"}, policies=("monthly",))
+    rendered = render(error, "application/problem+json")
+    body = json.loads(rendered.body)
+    assert body == {
+        "type": "https://iana.org/assignments/http-problem-types#quota-exceeded",
+        "title": "Request cannot be satisfied as assigned quota has been exceeded",
+        "status": 429,
+        "detail": "Over.",
+        "code": "BILLING_001",
+        "violated-policies": ["monthly"],
+    }
+    headers = dict(rendered.headers)
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["retry-after"] == "9" and headers["cache-control"] == "no-store"
+    assert headers["content-length"] == str(len(rendered.body))
+    assert render(error).body == render(error, "application/json").body
+    assert json.loads(render(error).body)["error"]["code"] == "BILLING_001"

@@ -650,8 +650,13 @@ def test_roll_with_grace(ks: Keystile, clock: Clock) -> None:
     old = ks.keys.create(ACCT, "ci")
     assert ks.authenticate(bearer(old.token))
     new = ks.keys.roll(old.key_id, grace_seconds=60)
-    assert ks.authenticate(bearer(old.token)).key_id == old.key_id
-    assert ks.authenticate(bearer(new.token)).key_id == old.key_id
+    via_old = ks.authenticate(bearer(old.token))
+    assert via_old.key_id == old.key_id and via_old.used_previous_secret
+    grace_ends = ks.store.get(old.key_id.removeprefix("key_")).previous_expires_at  # type: ignore[union-attr]
+    assert via_old.previous_secret_expires_at == grace_ends is not None
+    via_new = ks.authenticate(bearer(new.token))
+    assert via_new.key_id == old.key_id and not via_new.used_previous_secret
+    assert via_new.previous_secret_expires_at is None
     clock.advance(59)
     assert ks.authenticate(bearer(old.token)).key_id == old.key_id
     pair = [("x-api-key", old.key_id), ("x-api-secret", old.secret)]

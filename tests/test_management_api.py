@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -45,6 +46,7 @@ API_KEY_FIELDS = {
     "enabled",
     "meta",
     "page_limit",
+    "allowed_ips",
 }
 Make = Callable[..., Keystile]
 
@@ -1121,3 +1123,84 @@ def test_the_management_api_works_when_the_quota_is_spent(
         assert_error(client.get("/jobs", headers=auth), 429, "BILLING_001")
         assert client.get("/v1/apikeys", headers=auth).status_code == 200
         assert client.get("/v1/usage", headers=auth).json()["remaining"] == 0
+
+
+def test_problem_json_on_request(client: TestClient, auth: dict[str, str]) -> None:
+    """RFC 9457 for a client that asks: a 422 names its field, a 404 and a 405 their status."""
+    problem = {"accept": "application/problem+json"}
+    bad = client.post("/v1/apikeys", headers={**auth, **problem}, json={"name": ""})
+    assert bad.status_code == 422
+    assert bad.headers["content-type"] == "application/problem+json"
+    body = bad.json()
+    assert (body["type"], body["status"], body["code"]) == ("about:blank", 422, "REQ_001")
+    assert body["field"] == "name" and body["title"] == HTTPStatus(422).phrase
+    missing = client.get("/v1/apikeys/key_nosuchkey", headers={**auth, **problem})
+    assert (missing.status_code, missing.json()["code"]) == (404, "REQ_002")
+    wrong = client.put("/v1/apikeys", headers={**auth, **problem})
+    assert (wrong.status_code, wrong.json()["code"]) == (405, "REQ_003")
+    assert wrong.headers["allow"]
+    # The same failure without asking keeps the seeds' body.
+    assert_error(
+        client.post("/v1/apikeys", headers=auth, json={"name": ""}), 422, "REQ_001", "name"
+    )
+
+
+@pytest.fixture
+def from_office(ks: Keystile) -> Iterator[TestClient]:
+    """A client whose address is 198.51.100.20 (inside the restricted caller's network)."""
+    with TestClient(build_app(ks), client=("198.51.100.20", 40000)) as test_client:
+        yield test_client
+
+
+def test_allowed_ips_are_set_shown_and_checked(client: TestClient, auth: dict[str, str]) -> None:
+    made = client.post(
+        "/v1/apikeys", headers=auth, json={"name": "n", "allowed_ips": ["10.1.2.3/8", "::1"]}
+    )
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    assert key["allowed_ips"] == ["10.0.0.0/8", "::1/128"]
+    url = f"/v1/apikeys/{key['id']}"
+    bad = client.patch(url, headers=auth, json={"allowed_ips": ["10.0.0.0/33"]})
+    assert_error(bad, 422, "REQ_001", "allowed_ips")
+    assert_error(client.patch(url, headers=auth, json={"allowed_ips": "10.0.0.0/8"}), 422,
+                 "REQ_001", "allowed_ips")  # fmt: skip
+    lifted = client.patch(url, headers=auth, json={"allowed_ips": None})
+    assert lifted.status_code == 200 and lifted.json()["allowed_ips"] == []
+
+
+def test_a_restricted_caller_makes_and_changes_only_keys_as_restricted(
+    ks: Keystile, from_office: TestClient
+) -> None:
+    office = ["198.51.100.0/24"]
+    caller = ks.keys.create(ACCT, "office", permissions=ALL, allowed_ips=office)
+    headers = key_headers(caller.token)
+    inherited = from_office.post("/v1/apikeys", headers=headers, json={"name": "a"})
+    assert inherited.status_code == 201 and inherited.json()["key"]["allowed_ips"] == office
+    narrower = {"name": "b", "allowed_ips": ["198.51.100.20"]}
+    made = from_office.post("/v1/apikeys", headers=headers, json=narrower)
+    assert made.json()["key"]["allowed_ips"] == ["198.51.100.20/32"]
+    for wider in (None, [], ["198.51.0.0/16"], ["2001:db8::/32"]):
+        asked = {"name": "c", "allowed_ips": wider}
+        assert_error(from_office.post("/v1/apikeys", headers=headers, json=asked), 403, "AUTH_004")
+    anywhere = ks.keys.create(ACCT, "anywhere", permissions=["readUsage"])
+    url = f"/v1/apikeys/{anywhere.key_id}"
+    assert_error(from_office.patch(url, headers=headers, json={"name": "x"}), 403, "AUTH_004")
+    assert_error(from_office.delete(url, headers=headers), 403, "AUTH_004")
+    mine = f"/v1/apikeys/{made.json()['key']['id']}"
+    widened = from_office.patch(mine, headers=headers, json={"allowed_ips": ["0.0.0.0/0"]})
+    assert_error(widened, 403, "AUTH_004")
+    assert from_office.patch(mine, headers=headers, json={"name": "d"}).status_code == 200
+
+
+def test_login_from_outside_a_keys_networks_is_refused(
+    ks: Keystile, from_office: TestClient
+) -> None:
+    elsewhere = ks.keys.create(ACCT, "lab", allowed_ips=["203.0.113.0/24"])
+    pair = {"x-api-key": elsewhere.key_id, "x-api-secret": elsewhere.secret}
+    assert_error(from_office.post("/v1/auth/login", headers=pair), 403, "AUTH_008")
+    office = ks.keys.create(ACCT, "office", allowed_ips=["198.51.100.0/24"])
+    pair = {"x-api-key": office.key_id, "x-api-secret": office.secret}
+    login = from_office.post("/v1/auth/login", headers=pair)
+    assert login.status_code == 200, login.text
+    session = {"authorization": f"Bearer {login.json()['token']}"}
+    assert from_office.get("/jobs", headers=session).status_code == 200

@@ -65,6 +65,7 @@ MASKED_FIELDS = {
     "enabled",
     "meta",
     "page_limit",
+    "allowed_ips",
 }
 FRAMEWORKS = ["starlette", "flask", "django-sync", "django-async"]
 Make = Callable[..., Keystile]

@@ -228,7 +228,7 @@ def test_unlimited_is_still_metered(make_keystile: Make, clock: Clock) -> None:
         assert principal.quota.used == n
     report = ks.quotas.usage(ACCOUNT)
     assert (report.pages, report.requests, report.limit, report.remaining) == (5, 5, None, None)
-    assert ks.quota_headers(principal) == []  # no RateLimit headers without a limit
+    assert ks.response_headers(principal) == []  # no RateLimit headers without a limit
 
 
 def test_limit_zero_refuses_everything(make_keystile: Make, clock: Clock) -> None:

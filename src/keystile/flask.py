@@ -24,7 +24,7 @@ from keystile._core.errors import render
 from keystile._http import guards
 from keystile._http.bodies import read_environ_body
 from keystile._http.exchange import Exchange
-from keystile._http.headers import environ_headers
+from keystile._http.headers import environ_request
 
 __all__ = ["Keystile", "cost", "current_principal", "requires"]
 
@@ -33,7 +33,7 @@ _PENDING = "_keystile_pending"
 
 
 def error_response(error: AuthError) -> Response:
-    rendered = render(error)
+    rendered = render(error, request.headers.get("accept"))
     return Response(rendered.body, status=rendered.status, headers=rendered.headers)
 
 
@@ -107,8 +107,8 @@ def _before(engine: Engine) -> Response | None:
         return None
     exchange = Exchange(engine)
     try:
-        headers, query = environ_headers(environ), environ.get("QUERY_STRING", "")
-        principal = engine.authenticate(headers, req.method, path, query=query, body=_body)
+        headers, extra = environ_request(environ)
+        principal = engine.authenticate(headers, req.method, path, body=_body, **extra)
     except AuthError as error:
         return error_response(error)
     state.principal = exchange.principal = ctx.principal = principal

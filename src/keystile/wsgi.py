@@ -33,6 +33,7 @@ from keystile._http.guards import PRINCIPAL_KEY as PRINCIPAL_KEY
 from keystile._http.guards import engine_of as engine_of
 from keystile._http.guards import principal_of as principal_of
 from keystile._http.headers import environ_headers as environ_headers
+from keystile._http.headers import environ_request
 from keystile._http.headers import request_path as request_path
 from keystile._http.mounting import WrapsApp
 
@@ -58,10 +59,13 @@ def status_line(status: int) -> str:
 
 
 def error_response(
-    start_response: StartResponse, error: AuthError, exc_info: ExcInfo | None = None
+    environ: Environ,
+    start_response: StartResponse,
+    error: AuthError,
+    exc_info: ExcInfo | None = None,
 ) -> list[bytes]:
     """Start a refusal rendered from keystile's table; returns the body to hand the server."""
-    rendered = render(error)
+    rendered = render(error, environ.get("HTTP_ACCEPT"))
     if exc_info is None:
         start_response(status_line(rendered.status), list(rendered.headers))
     else:
@@ -101,15 +105,16 @@ class KeystileMiddleware(WrapsApp[WSGIApp]):
             return self.app(environ, start_response)
         exchange = _WSGIExchange(engine, start_response)
         try:
+            headers, extra = environ_request(environ)
             principal = exchange.principal = engine.authenticate(
-                environ_headers(environ),
+                headers,
                 environ.get("REQUEST_METHOD", "GET"),
                 path,
-                query=environ.get("QUERY_STRING", ""),
                 body=lambda: read_body(environ),
+                **extra,
             )
         except AuthError as error:
-            return error_response(start_response, error)
+            return error_response(environ, start_response, error)
         environ[PRINCIPAL_KEY] = principal
         environ[ENGINE_KEY] = engine
         try:
@@ -117,12 +122,12 @@ class KeystileMiddleware(WrapsApp[WSGIApp]):
         except BaseException as exc:
             refusal = exchange.fail(exc)  # refunded: raised by requires() or cost(), or a bug
             if refusal is not None:
-                return error_response(start_response, refusal)
+                return error_response(environ, start_response, refusal)
             if not isinstance(exc, AuthError):
                 raise
             # The app had started a response: replace it (PEP 3333's exc_info; re-raises if
             # the server already sent the headers).
-            return error_response(start_response, exc, (type(exc), exc, exc.__traceback__))
+            return error_response(environ, start_response, exc, (type(exc), exc, exc.__traceback__))
         return SettledOnClose(body, exchange)
 
 

@@ -34,6 +34,8 @@ from typing import Annotated, Any, Protocol
 from keystile import Keystile, Principal
 
 EXEMPT_PATHS = ["/health", "/public/*"]
+#: The peer address every harness's server reports (a WSGI REMOTE_ADDR, an ASGI client).
+PEER = ("127.0.0.1", 50000)
 #: Header values may be bytes, for values that are not text.
 HeaderValue = str | bytes
 Headers = Mapping[str, HeaderValue] | Sequence[tuple[str, HeaderValue]] | None
@@ -80,7 +82,8 @@ class ASGIHarness:
 
         self.name = name
         self.ks = ks
-        self.client = TestClient(app, raise_server_exceptions=True)
+        # A peer address as a server gives it (the default, "testclient", is no address).
+        self.client = TestClient(app, raise_server_exceptions=True, client=PEER)
         self.client.__enter__()  # one portal, so the engine's async Redis client is reused
 
     def request(self, method: str, path: str, headers: Headers = None) -> Result:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from email.utils import format_datetime
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ ERRORS: dict[str, tuple[int, str, str | None]] = {
     "AUTH_005": (403, "account_forbidden", None),
     "AUTH_006": (400, "malformed_credentials", "invalid_request"),
     "AUTH_007": (429, "too_many_attempts", None),
+    "AUTH_008": (403, "ip_not_allowed", None),
     "BILLING_001": (429, "quota_exceeded", None),
     "SVC_001": (503, "backend_unavailable", None),
 }
@@ -130,6 +133,66 @@ def test_each_refusal_has_its_status_body_and_headers(
     path, headers = scenario(ks)
     error = assert_refused(client.request("GET", path, headers), code)
     assert error["message"].endswith(".")
+
+
+PROBLEM = {"accept": "application/problem+json"}
+
+
+def assert_problem(result: Result, code: str) -> dict[str, Any]:
+    """RFC 9457 problem details for a refusal: the same status, code and headers."""
+    status, _, _ = ERRORS[code]
+    assert result.status == status, result
+    assert result.headers["content-type"] == "application/problem+json"
+    assert result.headers.get("cache-control") == "no-store"
+    assert "accept" in result.headers.get("vary", "").lower()
+    problem = result.json
+    assert isinstance(problem, dict), result
+    assert (problem["status"], problem["code"]) == (status, code), problem
+    assert isinstance(problem["detail"], str) and problem["detail"].endswith("."), problem
+    assert "error" not in problem
+    return problem
+
+
+@pytest.mark.parametrize(
+    ("code", "scenario"),
+    [
+        ("AUTH_001", _missing),
+        ("AUTH_002", _invalid),
+        ("AUTH_003", _revoked),
+        ("AUTH_004", _no_permission),  # refused by requires(), after admission
+        ("AUTH_005", _other_account),
+        ("AUTH_006", _malformed),
+    ],
+)
+def test_a_client_asking_for_problem_json_gets_rfc_9457_problem_details(
+    client: Harness, ks: Keystile, code: str, scenario: Callable[[Keystile], tuple[str, Any]]
+) -> None:
+    path, headers = scenario(ks)
+    default = client.request("GET", path, headers)
+    asked = client.request("GET", path, {**(headers or {}), **PROBLEM})
+    problem = assert_problem(asked, code)
+    status, _, _ = ERRORS[code]
+    assert problem["type"] == "about:blank"
+    assert problem["title"] == HTTPStatus(status).phrase
+    assert problem["detail"] == error_of(default)["message"]
+    assert asked.headers.get("www-authenticate") == default.headers.get("www-authenticate")
+    # Plain JSON ranked first, or problem+json refused, keeps the seeds' body.
+    for accept in ("application/json, application/problem+json;q=0.5",
+                   "application/problem+json;q=0", "*/*", "text/html"):  # fmt: skip
+        kept = client.request("GET", path, {**(headers or {}), "accept": accept})
+        assert_refused(kept, code)
+
+
+def test_a_quota_problem_names_the_violated_policy(client: Harness, ks: Keystile) -> None:
+    ks.quotas.set_limit("acct-quota", 1)
+    key = new_key(ks, account_id="acct-quota")
+    assert client.request("GET", "/whoami", bearer(key.token)).status == 200
+    refused = client.request("GET", "/whoami", {**bearer(key.token), **PROBLEM})
+    problem = assert_problem(refused, "BILLING_001")
+    assert problem["type"] == "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    assert problem["violated-policies"] == ["monthly"]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit"].startswith('"monthly";r=0;')
 
 
 def test_quota_exceeded_is_429_with_retry_after(client: Harness, ks: Keystile) -> None:
@@ -374,6 +437,72 @@ def test_roll_and_delete(client: Harness, ks: Keystile) -> None:
     assert client.request("GET", "/whoami", bearer(rolled.token)).json["key_id"] == key.key_id
     ks.keys.delete(key.key_id)
     assert_refused(client.request("GET", "/whoami", bearer(rolled.token)), "AUTH_002")
+
+
+def test_a_rolled_keys_old_secret_is_answered_with_deprecation_and_sunset(
+    client: Harness, ks: Keystile
+) -> None:
+    key = new_key(ks)
+    rolled = ks.keys.roll(key.key_id, grace_seconds=3600)
+    old = client.request("GET", "/whoami", bearer(key.token))
+    assert old.status == 200, old
+    record = ks.store.get(key.key_id.removeprefix("key_"))
+    assert record is not None and record.previous_expires_at is not None
+    ends = record.previous_expires_at
+    assert old.headers["deprecation"] == f"@{int(ends.timestamp())}"
+    assert old.headers["sunset"] == format_datetime(ends, usegmt=True)
+    pair = client.request("GET", "/whoami", {"x-api-key": key.key_id, "x-api-secret": key.secret})
+    assert pair.headers["deprecation"] == old.headers["deprecation"]
+    # The new secret, and a key never rolled, carry neither.
+    for token in (rolled.token, new_key(ks).token):
+        fresh = client.request("GET", "/whoami", bearer(token))
+        assert fresh.status == 200 and "deprecation" not in fresh.headers, fresh
+        assert "sunset" not in fresh.headers
+
+
+# ------------------------------------------------------------------------ IP allowlists
+
+
+def test_a_key_with_an_allowlist_is_refused_from_elsewhere(client: Harness, ks: Keystile) -> None:
+    here = new_key(ks, allowed_ips=["127.0.0.0/8", "2001:db8::/32"])  # the harness's peer
+    there = new_key(ks, allowed_ips=["203.0.113.0/24"])
+    assert client.request("GET", "/whoami", bearer(here.token)).status == 200
+    error = assert_refused(client.request("GET", "/whoami", bearer(there.token)), "AUTH_008")
+    assert "203.0.113" not in error["message"]  # the list is the owner's business
+    pair = {"x-api-key": there.key_id, "x-api-secret": there.secret}
+    assert_refused(client.request("GET", "/whoami", pair), "AUTH_008")
+    # Said only after the secret checks out: a wrong one is just a wrong one.
+    assert_refused(client.request("GET", "/whoami", bearer(other_secret(there.token))), "AUTH_002")
+    # Without trusted proxies, X-Forwarded-For is anyone's to write.
+    spoofed = {**bearer(there.token), "x-forwarded-for": "203.0.113.9"}
+    assert_refused(client.request("GET", "/whoami", spoofed), "AUTH_008")
+    # A change reaches the next request, the list lifted or narrowed.
+    ks.keys.update(there.key_id, allowed_ips=[])
+    assert client.request("GET", "/whoami", bearer(there.token)).status == 200
+    ks.keys.update(here.key_id, allowed_ips=["198.51.100.7"])
+    assert_refused(client.request("GET", "/whoami", bearer(here.token)), "AUTH_008")
+
+
+def test_behind_trusted_proxies_the_forwarded_client_counts(
+    harness_for: Callable[[Keystile], Harness],
+    make_keystile: Callable[..., Keystile],
+    backend: dict[str, Any],
+) -> None:
+    engine = make_keystile(exempt_paths=EXEMPT_PATHS, trusted_proxies=["127.0.0.1"], **backend)
+    assert engine.ready(10.0)
+    client = harness_for(engine)
+    key = new_key(engine, allowed_ips=["203.0.113.0/24"])
+
+    def via(forwarded: str | None) -> Result:
+        extra = {} if forwarded is None else {"x-forwarded-for": forwarded}
+        return client.request("GET", "/whoami", {**bearer(key.token), **extra})
+
+    assert via("203.0.113.9").status == 200
+    assert via("198.51.100.1, 203.0.113.9").status == 200  # what the proxy appended counts
+    assert via("203.0.113.9, 127.0.0.1").status == 200  # a trusted hop is skipped
+    for refused in ("203.0.113.9, 198.51.100.1", "not-an-ip", None, "::ffff:198.51.100.1"):
+        assert_refused(via(refused), "AUTH_008")
+    assert via("::ffff:203.0.113.9").status == 200  # an IPv4 client of a dual-stack proxy
 
 
 # ------------------------------------------------------------------------ exempt paths

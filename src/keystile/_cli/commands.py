@@ -85,6 +85,7 @@ def keys_create(engine: Keystile, args: argparse.Namespace, out: Output) -> None
         owner=args.owner,
         accounts=args.acts_for or (),
         meta=_parse_meta(args.meta),
+        allowed_ips=args.allowed_ip or (),
         actor=ACTOR,
     )
     show_created(out, created, "Created")
@@ -118,6 +119,8 @@ def keys_update(engine: Keystile, args: argparse.Namespace, out: Output) -> None
         changes["expires_at"] = None
     if args.meta is not None:
         changes["meta"] = _parse_meta(args.meta)
+    if args.allowed_ip is not None:
+        changes["allowed_ips"] = [] if args.allowed_ip == [""] else args.allowed_ip
     if args.enable or args.disable:
         changes["enabled"] = bool(args.enable)
     if not changes:

@@ -70,6 +70,7 @@ def show_key(out: Output, key: ApiKey, now: datetime) -> None:
         ("environment", key.environment),
         ("permissions", ", ".join(key.permissions) or "-"),
         ("accounts", ", ".join(key.accounts) or "-"),
+        ("allowed ips", ", ".join(key.allowed_ips) or "anywhere"),
         ("status", key.status(now)),
         ("created", when(key.created_at)),
         ("expires", when(key.expires_at)),

@@ -51,6 +51,9 @@ def _add_key_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
     create.add_argument("--owner")
     create.add_argument("--acts-for", action="append", help="another account it may act for")
     create.add_argument("--meta", help="JSON object")
+    create.add_argument(
+        "--allowed-ip", action="append", help="a CIDR it may be used from; repeat for several"
+    )
     expiry = create.add_mutually_exclusive_group()
     expiry.add_argument("--expires-at", help="ISO 8601 with a time zone")
     expiry.add_argument("--expires-in-days", type=float)
@@ -69,11 +72,12 @@ def _add_key_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
     show.add_argument("key_id")
     show.set_defaults(handler=commands.keys_show)
 
-    update = actions.add_parser("update", help="change name, permissions, expiry, meta")
+    update = actions.add_parser("update", help="change name, permissions, expiry, meta, ips")
     update.add_argument("key_id")
     update.add_argument("--name")
     update.add_argument("--permission", "-p", action="append", help="replaces all; '' for none")
     update.add_argument("--meta")
+    update.add_argument("--allowed-ip", action="append", help="replaces the list; '' for anywhere")
     state = update.add_mutually_exclusive_group()
     state.add_argument("--enable", action="store_true")
     state.add_argument("--disable", action="store_true")

@@ -34,6 +34,7 @@ from keystile._core.metering import (
     parse_script_reply,
     thresholds_by_points,
 )
+from keystile._core.networks import Origin
 from keystile._core.periods import Period, PeriodPolicy
 from keystile._core.principal import Principal
 from keystile._core.rediskeys import RedisKeys
@@ -57,7 +58,7 @@ class RequestInfo:
     """What a ``page_cost`` callable sees of a request (read-only by convention: a plain
     class, since every request makes one and a frozen dataclass costs three times more)."""
 
-    __slots__ = ("body_reader", "headers", "method", "path", "query")
+    __slots__ = ("body_reader", "headers", "method", "path", "peer", "query")
 
     def __init__(
         self,
@@ -66,11 +67,14 @@ class RequestInfo:
         headers: Sequence[tuple[str, str]],
         query: str = "",
         body_reader: Callable[[], Any] | None = None,
+        peer: str | None = None,
     ) -> None:
         self.method = method
         self.path = path
         self.headers = headers
         self.query = query
+        #: The server's peer address (a proxy's, behind one: see ``trusted_proxies``).
+        self.peer = peer
         #: Reads the body for an Idempotency-Key, called only once the credential is
         #: verified: bytes, or None when too large to compare (an awaitable under ASGI).
         self.body_reader: Callable[[], Any] = body_reader or _no_body
@@ -192,7 +196,9 @@ class Admission(Settlement):
             return None
         checked = not self.has_redis or self.verifier.trusts_local()
         try:
-            account = self.verifier.check(snapshot, creds.account_id, now, creds.token.environment)
+            account = self.verifier.check(
+                snapshot, creds.account_id, now, creds.token.environment, request
+            )
         except AuthError:
             if checked:
                 raise
@@ -278,7 +284,7 @@ class Admission(Settlement):
             now = self.clock()
             try:
                 account = self.verifier.check(
-                    snapshot, creds.account_id, now, creds.token.environment
+                    snapshot, creds.account_id, now, creds.token.environment, request
                 )
             except SessionIdle:
                 if idle_rechecked:
@@ -331,7 +337,7 @@ class Admission(Settlement):
             return self.admitted(snapshot, account, creds.auth_method, charge, outcome, now)
         raise AuthError(BACKEND_UNAVAILABLE, "API key is changing; retry shortly.")
 
-    def verify(self, creds: Credentials, digest: str) -> Steps:
+    def verify(self, creds: Credentials, digest: str, origin: Origin | None = None) -> Steps:
         """The principal for a credential, state and account checked, and the snapshot it
         came from, without metering (a login costs no pages)."""
         snapshot, checked = yield from self.verifier.lookup(creds.token, digest)
@@ -343,5 +349,6 @@ class Admission(Settlement):
             creds.account_id,
             self.clock(),
             creds.token.environment,
+            origin,
         )
         return principal, snapshot

@@ -1,7 +1,10 @@
 """Every failure keystile answers with, and how it is rendered: the one table adapters use.
 
-An adapter never picks a status or writes an error body itself; it calls :func:`render` and
-copies status, headers and body into its framework's response.
+An adapter never picks a status or writes an error body itself; it calls :func:`render` with
+the request's ``Accept`` and copies status, headers and body into its framework's response.
+
+Two body shapes, one table: the seeds' ``{"error": {"code", "type", "message"}}``, and RFC
+9457 problem details for a client that asks for ``application/problem+json``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Final
 
 
@@ -38,6 +42,9 @@ MALFORMED_CREDENTIALS: Final = ErrorSpec(
 TOO_MANY_ATTEMPTS: Final = ErrorSpec(
     "AUTH_007", "too_many_attempts", 429, "Too many failed attempts; retry later."
 )
+IP_NOT_ALLOWED: Final = ErrorSpec(
+    "AUTH_008", "ip_not_allowed", 403, "API key may not be used from this address."
+)
 INVALID_REQUEST: Final = ErrorSpec(
     "REQ_001", "invalid_request", 422, "The request body or parameters are invalid."
 )
@@ -60,6 +67,7 @@ ERRORS: Final[tuple[ErrorSpec, ...]] = (
     ACCOUNT_FORBIDDEN,
     MALFORMED_CREDENTIALS,
     TOO_MANY_ATTEMPTS,
+    IP_NOT_ALLOWED,
     INVALID_REQUEST,
     NOT_FOUND,
     METHOD_NOT_ALLOWED,
@@ -106,6 +114,7 @@ class ApiError(KeystileError):
         headers: dict[str, str] | None = None,
         field: str | None = None,
         scope: Sequence[str] = (),
+        policies: Sequence[str] = (),
     ) -> None:
         self.spec = spec
         self.message = message or spec.message
@@ -114,6 +123,9 @@ class ApiError(KeystileError):
         self.field = field
         #: The permissions the request needed (AUTH_004): the challenge's ``scope``.
         self.scope = tuple(scope)
+        #: The RateLimit policies the request exceeded (a 429): the problem's
+        #: ``violated-policies``.
+        self.policies = tuple(policies)
         super().__init__(f"{spec.code} {spec.type}: {self.message}")
 
     @property
@@ -167,13 +179,71 @@ def _challenge(error: ApiError) -> str | None:
     return f'{value}, scope="{scope}"' if scope else value
 
 
-def render(error: ApiError) -> Rendered:
-    """Status, headers and JSON body for ``error``: the only place they are decided."""
-    detail = {"code": error.spec.code, "type": error.spec.type, "message": error.message}
+JSON: Final = "application/json"
+PROBLEM_JSON: Final = "application/problem+json"
+#: draft-ietf-httpapi-ratelimit-headers 5.1: a request past one or more quota policies.
+QUOTA_EXCEEDED_TYPE: Final = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+_QUOTA_EXCEEDED_TITLE: Final = "Request cannot be satisfied as assigned quota has been exceeded"
+#: An Accept header is read this far: past it, a client gets the default shape.
+_ACCEPT_READ = 1024
+
+
+def wants_problem(accept: str | None) -> bool:
+    """Whether ``accept`` ranks ``application/problem+json`` above plain JSON (RFC 9110
+    12.5.1: the more specific range wins a tie; ``q=0`` refuses a type)."""
+    accept = (accept or "")[:_ACCEPT_READ].lower()
+    if "problem" not in accept:
+        return False
+    problem = plain = 0.0
+    for item in accept.split(","):
+        media, _, params = item.partition(";")
+        media = media.strip()
+        if media not in (PROBLEM_JSON, JSON):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = min(1.0, max(0.0, float(value.strip())))
+                except ValueError:
+                    q = 0.0
+        if media == PROBLEM_JSON:
+            problem = max(problem, q)
+        else:
+            plain = max(plain, q)
+    return problem > 0 and problem >= plain
+
+
+def _problem(error: ApiError) -> dict[str, Any]:
+    """RFC 9457 members. The ``type`` is ``about:blank`` (the status says what went wrong;
+    keystile has no pages to point at) but for the quota draft's ``quota-exceeded``; the
+    keystile ``code`` is the stable name, as in the default body."""
+    spec = error.spec
+    if spec.status == 429 and error.policies:
+        problem: dict[str, Any] = {"type": QUOTA_EXCEEDED_TYPE, "title": _QUOTA_EXCEEDED_TITLE}
+    else:
+        problem = {"type": "about:blank", "title": HTTPStatus(spec.status).phrase}
+    problem.update(status=spec.status, detail=error.message, code=spec.code)
+    if error.policies:
+        problem["violated-policies"] = list(error.policies)
     if error.field is not None:
-        detail["field"] = error.field
-    body = json.dumps({"error": detail}, separators=(",", ":")).encode()
-    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+        problem["field"] = error.field
+    return problem
+
+
+def render(error: ApiError, accept: str | None = None) -> Rendered:
+    """Status, headers and body for ``error``, in the shape ``accept`` asks for: the only
+    place they are decided."""
+    if wants_problem(accept):
+        content_type, shape = PROBLEM_JSON, _problem(error)
+    else:
+        detail = {"code": error.spec.code, "type": error.spec.type, "message": error.message}
+        if error.field is not None:
+            detail["field"] = error.field
+        content_type, shape = JSON, {"error": detail}
+    body = json.dumps(shape, separators=(",", ":")).encode()
+    headers = [("content-type", content_type), ("content-length", str(len(body)))]
     challenge = _challenge(error)
     if challenge is not None:
         headers.append(("www-authenticate", challenge))
@@ -181,4 +251,5 @@ def render(error: ApiError) -> Rendered:
         headers.append(("retry-after", "1"))
     headers.extend((name.lower(), value) for name, value in error.headers.items())
     headers.append(("cache-control", "no-store"))
+    headers.append(("vary", "accept"))  # the body's shape follows Accept
     return Rendered(error.spec.status, headers, body)

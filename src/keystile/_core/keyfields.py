@@ -3,6 +3,7 @@ management API show that name)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -79,3 +80,29 @@ def check_page_limit(value: Any, field: str = "page_limit") -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInput(field, "expected a whole number of pages >= 0, or None for unlimited")
     return value
+
+
+#: At most this many networks per key (a list that long is a sign of a design gone wrong).
+MAX_ALLOWED_IPS = 100
+
+
+def check_networks(field: str, value: Any) -> tuple[str, ...]:
+    """CIDRs (or single addresses), IPv4 and IPv6, in their normal form: ``10.1.2.3/8`` is
+    ``10.0.0.0/8``, ``2001:DB8::1`` is ``2001:db8::1/128``. Empty: no restriction."""
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidInput(field, "expected a list of CIDRs such as 203.0.113.0/24")
+    items = list(value)
+    if len(items) > MAX_ALLOWED_IPS:
+        raise InvalidInput(field, f"at most {MAX_ALLOWED_IPS} networks")
+    networks = []
+    for item in items:
+        try:
+            if not isinstance(item, str) or len(item) > 64:
+                raise ValueError
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            shown = repr(item)[:70]
+            raise InvalidInput(field, f"not an IP address or CIDR: {shown}") from None
+    return tuple(dict.fromkeys(networks))

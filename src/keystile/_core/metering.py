@@ -23,6 +23,8 @@ from keystile._core.errors import QUOTA_EXCEEDED, AuthError, InvalidInput
 from keystile._core.periods import Period
 from keystile._core.store import UsageDelta, UsageRow
 
+#: The monthly quota's name in the RateLimit fields and in a problem's violated-policies.
+MONTHLY_POLICY = "monthly"
 #: Without Redis, at most this many Idempotency-Key markers are kept (the oldest go first).
 IDEMPOTENCY_MARKERS = 10_000
 #: Keep a period's Redis counter this long after the period ends (reports read it).
@@ -45,8 +47,8 @@ class QuotaStatus:
             return []
         reset = max(1, math.ceil(self.resets_at.timestamp() - now))
         return [
-            ("ratelimit-policy", f'"monthly";q={self.limit};w={window}'),
-            ("ratelimit", f'"monthly";r={self.remaining};t={reset}'),
+            ("ratelimit-policy", f'"{MONTHLY_POLICY}";q={self.limit};w={window}'),
+            ("ratelimit", f'"{MONTHLY_POLICY}";r={self.remaining};t={reset}'),
             ("x-ratelimit-limit", str(self.limit)),
             ("x-ratelimit-remaining", str(self.remaining)),
             ("x-ratelimit-reset", str(int(self.resets_at.timestamp()))),
@@ -217,7 +219,8 @@ def exceeded_error(
     resets = status.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     message = f"{whose} page limit of {outcome.limit} pages exceeded; it resets at {resets}."
     retry = max(1, math.ceil(status.resets_at.timestamp() - now))
-    return AuthError(QUOTA_EXCEEDED, message, {"retry-after": str(retry), **dict(headers)})
+    headers = [("retry-after", str(retry)), *headers]
+    return AuthError(QUOTA_EXCEEDED, message, dict(headers), policies=(MONTHLY_POLICY,))
 
 
 def rebuild_fields(rows: Iterable[UsageRow], deltas: Iterable[UsageDelta]) -> dict[str, int]:

@@ -52,7 +52,7 @@ class ShownOnce:
 _IN_CLEAR = frozenset({"token", "secret"})
 
 #: The facts an :class:`ApiKey` copies from its record as they are (``meta`` is frozen).
-_SHOWN = (*(f.name for f in fields(KeyFacts)), "page_limit")
+_SHOWN = (*(f.name for f in fields(KeyFacts)), "page_limit", "allowed_ips")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,7 @@ class ApiKey(KeyFacts):
     preview: str
     meta: Mapping[str, Any] = field(default_factory=dict)
     page_limit: int | None = None
+    allowed_ips: tuple[str, ...] = ()
 
     def status(self, now: datetime) -> str:
         if self.revoked_at is not None:
@@ -91,6 +92,7 @@ class ApiKey(KeyFacts):
             "enabled": self.enabled,
             "meta": dict(self.meta),
             "page_limit": self.page_limit,
+            "allowed_ips": list(self.allowed_ips),
         }
 
 
@@ -108,6 +110,8 @@ class KeyRecord(KeyFacts):
     version: str
     #: Optional monthly page cap for this key alone, inside its account's limit.
     page_limit: int | None = None
+    #: The networks (CIDRs) it may be used from; empty: anywhere.
+    allowed_ips: tuple[str, ...] = ()
 
     @property
     def key_id(self) -> str:

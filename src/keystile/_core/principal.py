@@ -59,6 +59,14 @@ class Principal:
     meter: Meter | None = field(default=None, compare=False)
     #: Set when the request came with a session token (``auth_method == "session"``).
     session_id: str | None = None
+    #: Set when the request came with a rolled key's previous secret: when it stops working.
+    previous_secret_expires_at: datetime | None = None
+
+    @property
+    def used_previous_secret(self) -> bool:
+        """The credential was a rolled key's old secret, still in its grace period: the
+        caller should switch to the new one (the response says so too: ``Deprecation``)."""
+        return self.previous_secret_expires_at is not None
 
     def has_permission(self, permission: str) -> bool:
         return any(grants(held, permission) for held in self.permissions)

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from keystile._core.errors import ConfigError
+from keystile._core.errors import ConfigError, InvalidInput
+from keystile._core.keyfields import check_networks
 from keystile._core.redisurl import RedisUrlError, parse_redis_url
 
 _NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
@@ -68,6 +69,9 @@ class Settings:
     login_max_failures: int = 10
     login_max_failures_per_key: int = 20
     login_failure_window: int = 900
+    #: Proxies (CIDRs) whose ``X-Forwarded-For`` names the client, for keys with an
+    #: ``allowed_ips`` list; from any other peer the header is ignored.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def exempt_exact(self) -> frozenset[str]:
@@ -229,6 +233,13 @@ def _token_prefix(key: str, value: Any) -> str:
     return value
 
 
+def _cidrs(key: str, value: Any) -> tuple[str, ...]:
+    try:
+        return check_networks(key, value)
+    except InvalidInput as exc:
+        raise ConfigError(f"setting {key!r}: {str(exc).split(': ', 1)[-1]}") from None
+
+
 _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "store": _store,
     "redis_url": _redis_url,
@@ -264,6 +275,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "login_max_failures": lambda k, v: _int(k, v, 1),
     "login_max_failures_per_key": lambda k, v: _int(k, v, 1),
     "login_failure_window": lambda k, v: _int(k, v, 1),
+    "trusted_proxies": _cidrs,
 }
 assert set(_VALIDATORS) == {f.name for f in fields(Settings)}
 

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from keystile._core.models import KeyRecord
+from keystile._core.networks import Network, networks_of
 
 #: Stored instead of a snapshot when a credential is known to be wrong.
 NEGATIVE = "-"
@@ -31,6 +32,7 @@ _COPIED = (
     "enabled",
     "version",
     "page_limit",
+    "allowed_ips",
 )
 
 
@@ -53,6 +55,7 @@ class Snapshot:
     valid_until: float | None
     version: str
     page_limit: int | None = None
+    allowed_ips: tuple[str, ...] = ()
     # Set for a login session: which, until when, and how long it may sit unused.
     session_id: str | None = None
     session_expires_at: float | None = None
@@ -62,10 +65,14 @@ class Snapshot:
     # Derived once per snapshot rather than on every request that uses it.
     grant_set: frozenset[str] = field(init=False, repr=False, compare=False)
     expires: datetime | None = field(init=False, repr=False, compare=False)
+    grace_ends: datetime | None = field(init=False, repr=False, compare=False)
+    networks: tuple[Network, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grant_set", frozenset(self.permissions))
         object.__setattr__(self, "expires", _utc(self.expires_at))
+        object.__setattr__(self, "grace_ends", _utc(self.valid_until))
+        object.__setattr__(self, "networks", networks_of(self.allowed_ips))
 
     @classmethod
     def of(cls, record: KeyRecord, via_previous: bool) -> Snapshot:
@@ -90,6 +97,7 @@ class Snapshot:
         data = json.loads(raw)
         data["permissions"] = tuple(data["permissions"])
         data["accounts"] = tuple(data["accounts"])
+        data["allowed_ips"] = tuple(data.get("allowed_ips", ()))
         data["meta"] = freeze(data["meta"])
         return cls(**data)
 

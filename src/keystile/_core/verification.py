@@ -23,12 +23,14 @@ from keystile._core.errors import (
     BACKEND_UNAVAILABLE,
     EXPIRED_API_KEY,
     INVALID_API_KEY,
+    IP_NOT_ALLOWED,
     TOO_MANY_ATTEMPTS,
     AuthError,
     BackendError,
 )
 from keystile._core.localcache import LocalCache
 from keystile._core.models import KeyRecord
+from keystile._core.networks import Origin, allowed, client_address, networks_of
 from keystile._core.principal import Principal
 from keystile._core.settings import Settings
 from keystile._core.snapshot import NEGATIVE, Snapshot, freeze, thaw
@@ -83,6 +85,7 @@ class Verifier:
         #: Fast mode: the invalidation channel. While it is ``healthy``, every change of a key
         #: reaches this process's cache, so a cached snapshot is current without asking Redis.
         self.listener: Any = None
+        self.trusted_proxies = networks_of(settings.trusted_proxies)
 
     def trusts_local(self) -> bool:
         """Whether a snapshot from this process's cache is current as it stands."""
@@ -324,8 +327,9 @@ class Verifier:
         account_header: str | None,
         now: float,
         token_environment: str | None = None,
+        origin: Origin | None = None,
     ) -> Principal:
-        account = self.check(snapshot, account_header, now, token_environment)
+        account = self.check(snapshot, account_header, now, token_environment, origin)
         return principal_of(snapshot, account, auth_method, None)
 
     def check(
@@ -334,9 +338,11 @@ class Verifier:
         account_header: str | None,
         now: float,
         token_environment: str | None = None,
+        origin: Origin | None = None,
     ) -> str:
         """The account the request acts for, once the snapshot's state allows it (or
-        AuthError)."""
+        AuthError). ``origin``: where the request came from, for a key with an allowlist
+        (None: a caller with no request, such as a test, is not restricted)."""
         if token_environment not in (None, SESSION_ENVIRONMENT, snapshot.environment):
             raise AuthError(INVALID_API_KEY)  # sk_test_ text around a live key's secret
         if snapshot.valid_until is not None and snapshot.valid_until <= now:
@@ -349,6 +355,10 @@ class Verifier:
             raise AuthError(EXPIRED_API_KEY, "API key has expired.")
         if snapshot.session_id is not None:
             self._check_session(snapshot, now)
+        if snapshot.networks and origin is not None:
+            client = client_address(origin.peer, origin.headers, self.trusted_proxies)
+            if not allowed(client, snapshot.networks):
+                raise AuthError(IP_NOT_ALLOWED)
         account = snapshot.session_account_id or snapshot.account_id
         if account_header is not None and account_header != account:
             if account_header not in (snapshot.account_id, *snapshot.accounts):
@@ -373,4 +383,5 @@ def principal_of(
         snapshot.meta,
         meter,
         snapshot.session_id,
+        snapshot.grace_ends,
     )

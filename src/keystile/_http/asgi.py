@@ -26,8 +26,22 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 WS_POLICY_VIOLATION = 1008
 
 
+def accept_of(scope: Scope) -> str | None:
+    """The request's ``Accept`` (the first, as a server would read a repeat)."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"accept":
+            return str(value.decode("latin-1"))
+    return None
+
+
+def peer_of(scope: Scope) -> str | None:
+    """The server's peer address (ASGI ``client``: host and port, or None)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 async def send_error(scope: Scope, send: Send, error: AuthError) -> None:
-    rendered = render(error)
+    rendered = render(error, accept_of(scope))
     headers = encode_headers(rendered.headers)
     if scope["type"] == "websocket":
         if "websocket.http.response" in scope.get("extensions", {}):
@@ -66,7 +80,7 @@ class ASGIExchange(Exchange):
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]  # start(), inline: once per response
-            extra = self.engine.quota_headers(self.principal)
+            extra = self.engine.response_headers(self.principal)
             if extra:
                 message = {
                     **message,
@@ -94,7 +108,7 @@ def management_app(keystile: Keystile) -> ASGIApp:
             headers=scope_headers(scope),
             body=await read_limited_async(receive, MAX_BODY),
             principal=scope.get("state", {}).get("principal"),
-            client=(scope.get("client") or (None,))[0],
+            client=peer_of(scope),
         )
         response = await asyncio.to_thread(api.handle, request)
         headers = encode_headers(response.headers)

@@ -52,7 +52,7 @@ class Exchange:
     def start(self, status: int | None) -> QuotaHeaders:
         """The response starts with ``status``: the quota headers it carries."""
         self.status = status
-        return self.engine.quota_headers(self.principal)
+        return self.engine.response_headers(self.principal)
 
     @property
     def started(self) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 from keystile._core.credentials import CREDENTIAL_HEADERS, asgi_headers
 
-__all__ = ["encode_headers", "environ_headers", "request_path", "scope_headers"]
+__all__ = ["encode_headers", "environ_headers", "environ_request", "request_path", "scope_headers"]
 
 
 def scope_headers(scope: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -40,6 +40,13 @@ def environ_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
         elif (key == "CONTENT_TYPE" or key == "CONTENT_LENGTH") and isinstance(value, str):
             headers.append((key.lower().replace("_", "-"), value))
     return headers
+
+
+def environ_request(environ: Mapping[str, Any]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """A WSGI environ's (or ``request.META``'s) headers, and the ``query`` and ``peer`` to
+    pass with them to ``authenticate``."""
+    extra = {"query": environ.get("QUERY_STRING", ""), "peer": environ.get("REMOTE_ADDR")}
+    return environ_headers(environ), extra
 
 
 def request_path(environ: Mapping[str, Any]) -> str:

@@ -27,8 +27,10 @@ from keystile._core.admission import Admission, Admitted, MeterCall, RequestInfo
 from keystile._core.credentials import Credentials, read_credentials
 from keystile._core.errors import BackendError
 from keystile._core.metering import Meter
+from keystile._core.networks import Origin
 from keystile._core.periods import PeriodPolicy
 from keystile._core.principal import Principal
+from keystile._core.rotation import rotation_headers
 from keystile._core.settings import Settings, load_settings
 from keystile._core.store import KeyStore
 from keystile._core.verification import Snapshot, Verifier
@@ -115,7 +117,7 @@ class Keystile:
             backends,
             self.audit,
             self.keys,
-            lambda creds: self.verify_with_snapshot(creds),
+            lambda creds, origin: self.verify_with_snapshot(creds, origin),
             self.limits,
         )
         self.batches = BatchedWrites(backends, self.admission, self.verifier)
@@ -167,13 +169,19 @@ class Keystile:
     # -- requests ---------------------------------------------------------------------------
 
     def _warm(
-        self, headers: Iterable[tuple[str, str]], method: str, path: str, query: str, body: Any
+        self,
+        headers: Iterable[tuple[str, str]],
+        method: str,
+        path: str,
+        query: str,
+        body: Any,
+        peer: str | None,
     ) -> tuple[Credentials, str, RequestInfo, Admitted | MeterCall | None]:
         """What a request carries, and what the warm path made of it (None: take the steps)."""
         headers = headers if isinstance(headers, list) else list(headers)
         creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
         reader = body if callable(body) else (lambda: body)
-        request = RequestInfo(method, path, headers, query, reader)
+        request = RequestInfo(method, path, headers, query, reader, peer)
         digest = self._digest(creds.token)
         if creds.idempotent:  # a retry is compared with Redis: the steps do that
             return creds, digest, request, None
@@ -201,16 +209,18 @@ class Keystile:
         *,
         query: str = "",
         body: BodyArgument = b"",
+        peer: str | None = None,
     ) -> Principal:
         """Blocking: the metered principal for these headers, or :class:`AuthError`.
 
         ``query`` and ``body`` matter only with an ``Idempotency-Key`` header. ``body`` is
         the body, or a callable that reads it, called only once the credential is verified
         (an async one for :meth:`authenticate_async`); ``None``: too large to compare, so the
-        request is charged even when its key was seen. Adapters call :meth:`settle` once the
-        response status is known.
+        request is charged even when its key was seen. ``peer`` is the server's peer address,
+        for keys with ``allowed_ips``. Adapters call :meth:`settle` once the response status
+        is known.
         """
-        creds, digest, request, admitted = self._warm(headers, method, path, query, body)
+        creds, digest, request, admitted = self._warm(headers, method, path, query, body, peer)
         if admitted.__class__ is MeterCall:
             admitted = self._metered(admitted)
         if admitted is None:
@@ -229,9 +239,10 @@ class Keystile:
         *,
         query: str = "",
         body: BodyArgument = b"",
+        peer: str | None = None,
     ) -> Principal:
         """Async: never blocks the event loop."""
-        creds, digest, request, admitted = self._warm(headers, method, path, query, body)
+        creds, digest, request, admitted = self._warm(headers, method, path, query, body, peer)
         if admitted.__class__ is MeterCall:
             admitted = await self._metered_async(admitted)
         if admitted is None:
@@ -246,10 +257,13 @@ class Keystile:
         """Blocking: check a credential without metering it."""
         return self.verify_with_snapshot(creds)[0]
 
-    def verify_with_snapshot(self, creds: Credentials) -> tuple[Principal, Snapshot]:
-        """:meth:`verify`, with what it read of the key (its version; a grace secret's end)."""
+    def verify_with_snapshot(
+        self, creds: Credentials, origin: Origin | None = None
+    ) -> tuple[Principal, Snapshot]:
+        """:meth:`verify`, with what it read of the key (its version; a grace secret's end).
+        ``origin``: where the request came from, for a key with an allowlist."""
         verified: tuple[Principal, Snapshot] = self.driver.run(
-            self.admission.verify(creds, self.digest(creds.token))
+            self.admission.verify(creds, self.digest(creds.token), origin)
         )
         return verified
 
@@ -295,12 +309,16 @@ class Keystile:
         the 12 months up to it. Same as ``ks.quotas.usage``."""
         return self.quotas.usage(account_id, month, environment)
 
-    def quota_headers(self, principal: Principal | None) -> list[tuple[str, str]]:
-        """RateLimit headers for a metered response (empty when unlimited)."""
-        if principal is None or principal.meter is None:
+    def response_headers(self, principal: Principal | None) -> list[tuple[str, str]]:
+        """What an admitted request's response carries: the RateLimit fields of a metered
+        one, and the rotation signals of a rolled key's old secret (often none at all)."""
+        if principal is None:
             return []
         meter = principal.meter
-        return [] if meter.limit is None else self.admission.headers(meter)
+        headers = [] if meter is None or meter.limit is None else self.admission.headers(meter)
+        if principal.previous_secret_expires_at is not None:
+            headers.extend(rotation_headers(principal.previous_secret_expires_at))
+        return headers
 
     def _fire_thresholds(self, meter: Meter, crossed: tuple[float, ...]) -> None:
         fire_thresholds(self.settings.on_quota_threshold, meter, crossed)

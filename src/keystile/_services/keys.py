@@ -21,6 +21,7 @@ from keystile._core.keyfields import (
     check_expiry,
     check_meta,
     check_name,
+    check_networks,
     check_page_limit,
     check_permissions,
 )
@@ -116,9 +117,11 @@ class KeyManager:
         accounts: Iterable[str] = (),
         meta: Mapping[str, Any] | None = None,
         page_limit: int | None = None,
+        allowed_ips: Iterable[str] | None = None,
         actor: str | None = None,
     ) -> CreatedKey:
-        """A new key; ``environment`` defaults to the first configured one."""
+        """A new key; ``environment`` defaults to the first configured one. ``allowed_ips``:
+        the networks (CIDRs) it may be used from (empty: anywhere)."""
         settings = self._settings
         now = self._now()
         check_account("account_id", account_id)
@@ -154,6 +157,7 @@ class KeyManager:
             previous_expires_at=None,
             version=new_version(),
             page_limit=check_page_limit(page_limit),
+            allowed_ips=check_networks("allowed_ips", allowed_ips),
         )
         self._store.insert(record)
         self._announce(kid)  # before anyone has the token: no engine refuses it as unknown
@@ -167,6 +171,7 @@ class KeyManager:
                 "permissions": list(record.permissions),
                 "environment": record.environment,
                 "expires_at": _iso(record.expires_at),
+                **({"allowed_ips": list(record.allowed_ips)} if record.allowed_ips else {}),
             },
         )
         return CreatedKey(token, record.key_id, secret, record.public())
@@ -214,6 +219,7 @@ class KeyManager:
         meta: Mapping[str, Any] | None = _UNSET,
         enabled: bool = _UNSET,
         page_limit: int | None = _UNSET,
+        allowed_ips: Iterable[str] | None = _UNSET,
         actor: str | None = None,
     ) -> ApiKey:
         changes: dict[str, Any] = {}
@@ -231,6 +237,8 @@ class KeyManager:
             changes["enabled"] = enabled
         if page_limit is not _UNSET:
             changes["page_limit"] = check_page_limit(page_limit)
+        if allowed_ips is not _UNSET:
+            changes["allowed_ips"] = check_networks("allowed_ips", allowed_ips)
         record = self._change(key_id, lambda record: changes)
         if changes:
             shown = {k: _iso(v) if isinstance(v, datetime) else v for k, v in changes.items()}

@@ -28,6 +28,7 @@ from keystile._core.errors import (
     NotFound,
 )
 from keystile._core.models import ShownOnce
+from keystile._core.networks import Origin, RequestOrigin
 from keystile._core.principal import Principal
 from keystile._core.store import SessionRecord, fingerprint
 from keystile._core.tokens import SESSION_ENVIRONMENT
@@ -37,7 +38,7 @@ from keystile._services.keys import KeyManager
 from keystile._services.loginlimits import FailureLimits
 
 #: What the engine verifies a credential with: the principal and the snapshot it read.
-Verify = Callable[[Credentials], tuple[Principal, Snapshot]]
+Verify = Callable[[Credentials, Origin | None], tuple[Principal, Snapshot]]
 
 log = logging.getLogger("keystile")
 
@@ -88,8 +89,9 @@ class SessionManager:
         settings = self._settings
         client_subject = f"client:{client or '-'}"
         client_refused = self._limited(client_subject, settings.login_max_failures)
+        sent = list(headers)
         try:
-            creds = read_credentials(list(headers), settings.token_prefix, settings.environments)
+            creds = read_credentials(sent, settings.token_prefix, settings.environments)
         except AuthError as error:
             if client_refused:
                 raise client_refused from None
@@ -106,7 +108,7 @@ class SessionManager:
             raise client_refused
         for _attempt in (1, 2):  # a change in between: verify once more
             try:
-                principal, snapshot = self._verify(creds)
+                principal, snapshot = self._verify(creds, RequestOrigin(client, sent))
             except AuthError as error:
                 if error.spec is INVALID_API_KEY:
                     self.failures.add(client_subject)

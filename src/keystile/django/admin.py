@@ -23,6 +23,7 @@ from keystile._core.keyfields import (
     check_account,
     check_expiry,
     check_name,
+    check_networks,
     check_page_limit,
     check_permissions,
 )
@@ -55,6 +56,12 @@ class KeyCreateForm(forms.ModelForm):  # type: ignore[misc,unused-ignore]
         label="Extra accounts",
         required=False,
         help_text="Other account ids this key may act for (x-account-id).",
+    )
+    allowed_ips_text = forms.CharField(
+        label="Allowed networks",
+        required=False,
+        help_text="CIDRs the key may be used from, e.g. 203.0.113.0/24 2001:db8::/32; "
+        "empty: anywhere.",
     )
     environment = forms.ChoiceField(choices=())
 
@@ -93,6 +100,12 @@ class KeyCreateForm(forms.ModelForm):  # type: ignore[misc,unused-ignore]
         if expires_at is not None:
             self._check("expires_at", check_expiry, expires_at, engine.now(), future=True)
         self._check("page_limit", check_page_limit, data.get("page_limit"))
+        data["allowed_ips"] = self._check(
+            "allowed_ips_text",
+            check_networks,
+            "allowed_ips",
+            _split(data.get("allowed_ips_text") or ""),
+        )
         return data
 
 
@@ -128,6 +141,7 @@ class KeyAdmin(admin.ModelAdmin):  # type: ignore[misc,unused-ignore]
         "last_used_at",
         "revoked_at",
         "page_limit",
+        "allowed_ips",
         "meta",
     )
 
@@ -169,6 +183,7 @@ class KeyAdmin(admin.ModelAdmin):  # type: ignore[misc,unused-ignore]
                 "owner",
                 "expires_at",
                 "page_limit",
+                "allowed_ips_text",
             )
         return self.detail_fields
 
@@ -200,6 +215,7 @@ class KeyAdmin(admin.ModelAdmin):  # type: ignore[misc,unused-ignore]
             owner=data.get("owner") or None,
             accounts=data["accounts"],
             page_limit=data.get("page_limit"),
+            allowed_ips=data.get("allowed_ips") or (),
             actor=actor_of(request),
         )
         obj.kid = created.key_id.removeprefix("key_")

@@ -34,11 +34,11 @@ def engine_of(request: Any) -> Keystile:
     return guards.engine_of(request, get_engine)
 
 
-def refusal(error: AuthError) -> Any:
+def refusal(request: Any, error: AuthError) -> Any:
     """An ``HttpResponse`` for ``error``, from keystile's one table."""
     from django.http import HttpResponse  # type: ignore[import-untyped,unused-ignore]
 
-    rendered = render(error)
+    rendered = render(error, request.META.get("HTTP_ACCEPT"))
     response = HttpResponse(rendered.body, status=rendered.status)
     for name, value in rendered.headers:
         response.headers[name] = value
@@ -51,14 +51,14 @@ def refuse(request: Any, error: AuthError) -> Any:
     exchange: Exchange | None = getattr(request, EXCHANGE_ATTR, None)
     if exchange is not None:
         exchange.refund()
-    return refusal(error)
+    return refusal(request, error)
 
 
 async def refuse_async(request: Any, error: AuthError) -> Any:
     exchange: Exchange | None = getattr(request, EXCHANGE_ATTR, None)
     if exchange is not None:
         await exchange.refund_async()
-    return refusal(error)
+    return refusal(request, error)
 
 
 def _find_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -58,10 +58,10 @@ def _arrive(request: Any) -> Exchange | None:
 
 
 def _parts(request: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    query = request.META.get("QUERY_STRING", "")
+    query, peer = request.META.get("QUERY_STRING", ""), request.META.get("REMOTE_ADDR")
     body = lambda: _body(request)  # noqa: E731 (read only for an Idempotency-Key)
     args = request_headers(request), request.method or "GET", request.path_info
-    return args, {"query": query, "body": body}
+    return args, {"query": query, "body": body, "peer": peer}
 
 
 def _admitted(request: Any, exchange: Exchange) -> None:
@@ -102,7 +102,7 @@ class KeystileMiddleware:
             args, kwargs = _parts(request)
             exchange.principal = exchange.engine.authenticate(*args, **kwargs)
         except AuthError as error:
-            return refusal(error)
+            return refusal(request, error)
         _admitted(request, exchange)
         try:
             response = self.get_response(request)
@@ -122,7 +122,7 @@ class KeystileMiddleware:
             args, kwargs = _parts(request)
             exchange.principal = await exchange.engine.authenticate_async(*args, **kwargs)
         except AuthError as error:
-            return refusal(error)
+            return refusal(request, error)
         _admitted(request, exchange)
         try:
             response = await self.get_response(request)

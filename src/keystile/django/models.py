@@ -34,6 +34,7 @@ class Key(models.Model):  # type: ignore[misc,unused-ignore]
     previous_expires_at = models.DateTimeField(null=True, blank=True)
     version = models.CharField(max_length=32)
     page_limit = models.BigIntegerField(null=True, blank=True)
+    allowed_ips = models.JSONField("allowed networks", default=list, blank=True)
 
     class Meta:
         db_table = "keystile_keys"

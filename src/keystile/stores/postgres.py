@@ -65,8 +65,11 @@ _SCHEMA = (
         previous_hash TEXT,
         previous_expires_at TIMESTAMPTZ,
         version TEXT NOT NULL,
-        page_limit BIGINT
+        page_limit BIGINT,
+        allowed_ips JSONB NOT NULL DEFAULT '[]'
     )""",
+    # Columns added since 0.1.0, for tables an earlier version created.
+    "ALTER TABLE keystile_keys ADD COLUMN IF NOT EXISTS allowed_ips JSONB NOT NULL DEFAULT '[]'",
     """CREATE INDEX IF NOT EXISTS keystile_keys_account
         ON keystile_keys (account_id, created_at DESC, kid DESC)""",
     """CREATE TABLE IF NOT EXISTS keystile_usage (
@@ -107,6 +110,7 @@ _SCHEMA = (
     )""",
 )
 
+_ADDED_KEY_COLUMNS = ("allowed_ips",)
 _TABLES = (
     "keystile_keys",
     "keystile_usage",
@@ -200,7 +204,13 @@ class PostgresStore(SQLStore):
         row = conn.execute(
             "SELECT count(to_regclass(t)) FROM unnest(%s::text[]) AS t", (builtins.list(_TABLES),)
         ).fetchone()
-        if row is not None and row[0] == len(_TABLES):
+        added = conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'keystile_keys'"
+            " AND table_schema = current_schema() AND column_name = ANY(%s::text[])",
+            (builtins.list(_ADDED_KEY_COLUMNS),),
+        ).fetchone()
+        tables = row is not None and row[0] == len(_TABLES)
+        if tables and added is not None and added[0] == len(_ADDED_KEY_COLUMNS):
             return
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))

@@ -41,6 +41,7 @@ KEY_COLUMNS: tuple[str, ...] = (
     "previous_expires_at",
     "version",
     "page_limit",
+    "allowed_ips",
 )
 SESSION_COLUMNS: tuple[str, ...] = (
     "sid",
@@ -131,6 +132,7 @@ _KEYS = _Table(
         "enabled": "flag",
         "meta": "dict",
         "previous_expires_at": "time?",
+        "allowed_ips": "list",
     },
 )
 _SESSIONS = _Table(

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS keystile_keys (
     previous_hash TEXT,
     previous_expires_at REAL,
     version TEXT NOT NULL,
-    page_limit INTEGER
+    page_limit INTEGER,
+    allowed_ips TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS keystile_keys_account
     ON keystile_keys (account_id, created_at DESC, kid DESC);
@@ -82,6 +83,17 @@ CREATE TABLE IF NOT EXISTS keystile_limits (
     plan TEXT
 );
 """
+
+
+#: Columns added since 0.1.0, for tables an earlier version created.
+_ADDED_KEY_COLUMNS = {"allowed_ips": "TEXT NOT NULL DEFAULT '[]'"}
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(keystile_keys)")}
+    for name, definition in _ADDED_KEY_COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE keystile_keys ADD COLUMN {name} {definition}")
 
 
 def _from_epoch(value: float) -> datetime:
@@ -145,6 +157,7 @@ class SQLiteStore(SQLStore):
                 if self.blocking:
                     self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.executescript(_SCHEMA)
+                _add_columns(self._db)
             except BaseException:
                 self._db.close()
                 raise

@@ -71,13 +71,15 @@ class ManagementAPI:
                 return handler(self, request, *match.groups())
             raise RequestError(NOT_FOUND)
         except ApiError as error:
-            return error_response(error)
+            return error_response(error, request)
         except InvalidInput as error:
-            return error_response(parsing.invalid(error.field, str(error).split(": ", 1)[-1]))
+            return error_response(
+                parsing.invalid(error.field, str(error).split(": ", 1)[-1]), request
+            )
         except NotFound:
-            return error_response(RequestError(NOT_FOUND))
+            return error_response(RequestError(NOT_FOUND), request)
         except BackendError:
-            return error_response(AuthError(BACKEND_UNAVAILABLE))
+            return error_response(AuthError(BACKEND_UNAVAILABLE), request)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -113,6 +115,7 @@ class ManagementAPI:
                 "environment": str,
                 "expires_at": (str, type(None)),
                 "meta": (dict, type(None)),
+                "allowed_ips": (list, type(None)),
             },
         )
         if "name" not in data:
@@ -128,6 +131,10 @@ class ManagementAPI:
                 INSUFFICIENT_PERMISSIONS,
                 f"A {caller.environment} key can only create {caller.environment} keys.",
             )
+        own = guards.caller_key(self.keys, caller)
+        allowed_ips = own.allowed_ips  # a key made by a restricted key is restricted as much
+        if "allowed_ips" in data:
+            allowed_ips = guards.allowed_ips_for(own, data["allowed_ips"])
         created = self.keys.create(
             caller.account_id,
             data["name"],
@@ -138,7 +145,8 @@ class ManagementAPI:
             meta=data.get("meta"),
             # No extra accounts (this API cannot give any), and the caller's own monthly cap:
             # a capped key must not make an uncapped one.
-            page_limit=guards.caller_key(self.keys, caller).page_limit,
+            page_limit=own.page_limit,
+            allowed_ips=allowed_ips,
             actor=caller.key_id,
         )
         return json_response(201, _created(created))
@@ -179,11 +187,15 @@ class ManagementAPI:
                 "expires_at": (str, type(None)),
                 "meta": (dict, type(None)),
                 "enabled": bool,
+                "allowed_ips": (list, type(None)),
             },
         )
         key = guards.own_key(self.keys, caller, key_id)
         guards.not_stronger(self.keys, caller, key)
         changes: dict[str, Any] = {k: v for k, v in data.items() if k != "expires_at"}
+        if "allowed_ips" in data:
+            own = guards.caller_key(self.keys, caller)
+            changes["allowed_ips"] = guards.allowed_ips_for(own, data["allowed_ips"])
         expires_given = "expires_at" in data
         expires_at = parsing.date_time("expires_at", data.get("expires_at"))
         if expires_given:

@@ -7,11 +7,12 @@ does not exist, so ids don't leak.
 
 "More powerful" (:func:`not_stronger`) is any of: another environment, a permission the
 caller lacks, an extra account (``x-account-id``) outside the caller key's own account and
-extra accounts, or a looser per-key ``page_limit`` (none is the loosest). It bars PATCH (any
-field, disabling included), revoke and roll. Roll, and a PATCH that sets ``enabled: true``,
-also need the key not to outlive the caller: the first hands over a token, the second brings
-a key back to life. A new key gets no extra accounts and the caller's ``page_limit``, as it
-gets the caller's expiry.
+extra accounts, a looser per-key ``page_limit`` (none is the loosest), or a wider
+``allowed_ips`` (none is the widest). It bars PATCH (any field, disabling included), revoke
+and roll. Roll, and a PATCH that sets ``enabled: true``, also need the key not to outlive the
+caller: the first hands over a token, the second brings a key back to life. A new key gets no
+extra accounts and the caller's ``page_limit``, as it gets the caller's expiry; it gets the
+caller's ``allowed_ips`` unless it asks for networks inside them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from keystile._core.errors import (
     NotFound,
     RequestError,
 )
+from keystile._core.keyfields import check_networks
 from keystile._core.models import ApiKey
+from keystile._core.networks import networks_of
 from keystile._core.principal import Principal, missing_permissions
 from keystile._http.management.messages import ApiRequest
 from keystile._services.keys import KeyManager, check_permissions
@@ -121,8 +124,36 @@ def not_stronger(
             INSUFFICIENT_PERMISSIONS,
             "Cannot change a key whose page limit is higher than the calling key's (or unlimited).",
         )
+    if not networks_within(key.allowed_ips, own.allowed_ips):
+        raise AuthError(
+            INSUFFICIENT_PERMISSIONS,
+            "Cannot change a key usable from addresses the calling key is not.",
+        )
     if rolling:
         not_outliving(caller, key.expires_at, "Cannot roll a key")
+
+
+def networks_within(inner: Sequence[str], outer: Sequence[str]) -> bool:
+    """Whether every network of ``inner`` lies in one of ``outer`` (none: anywhere)."""
+    if not outer:
+        return True
+    wide = networks_of(outer)
+    return bool(inner) and all(
+        any(n.version == w.version and n.subnet_of(w) for w in wide)  # type: ignore[arg-type]
+        for n in networks_of(inner)
+    )
+
+
+def allowed_ips_for(own: ApiKey, asked: object) -> tuple[str, ...]:
+    """A key's ``allowed_ips`` as asked (422 for a bad CIDR), inside the caller's own."""
+    networks = check_networks("allowed_ips", asked)
+    if not networks_within(networks, own.allowed_ips):
+        raise AuthError(
+            INSUFFICIENT_PERMISSIONS,
+            "Cannot allow addresses the calling key may not be used from "
+            f"({', '.join(own.allowed_ips)}).",
+        )
+    return networks
 
 
 def not_outliving(caller: Principal, expires_at: datetime | None, action: str) -> None:

@@ -41,6 +41,9 @@ def json_response(status: int, data: Any) -> ApiResponse:
     )
 
 
-def error_response(error: ApiError) -> ApiResponse:
-    rendered = render(error)
+def error_response(error: ApiError, request: ApiRequest | None = None) -> ApiResponse:
+    accept = None
+    if request is not None:
+        accept = next((value for name, value in request.headers if name == "accept"), None)
+    rendered = render(error, accept)
     return ApiResponse(rendered.status, rendered.headers, rendered.body)
