@@ -81,6 +81,9 @@ def test_json_lifecycle_show_update_roll_revoke_delete(env: dict[str, str]) -> N
     text = run(env, "keys", "show", key_id).stdout
     assert "203.0.113.0/24, 2001:db8::/32" in text
     assert run_json(env, "keys", "update", key_id, "--allowed-ip", "")["allowed_ips"] == []
+    assert run_json(env, "keys", "update", key_id, "--rate-limit", "10/S")["rate_limit"] == "10/s"
+    assert "10/s" in run(env, "keys", "show", key_id).stdout
+    assert run_json(env, "keys", "update", key_id, "--rate-limit", "")["rate_limit"] is None
 
     rolled = run_json(env, "keys", "roll", key_id, "--grace", "60")
     assert rolled["token"] != created["token"]
@@ -105,6 +108,10 @@ def test_json_lifecycle_show_update_roll_revoke_delete(env: dict[str, str]) -> N
         (
             ["keys", "create", "--account", "a", "--name", "x", "--allowed-ip", "10.0.0.300"],
             "allowed_ips",
+        ),
+        (
+            ["keys", "create", "--account", "a", "--name", "x", "--rate-limit", "9/day"],
+            "rate_limit",
         ),
         (["keys", "list", "--account", "a", "--cursor", "!!"], "cursor"),
         (["usage", "--account", "a", "--month", "2026-13"], "month"),

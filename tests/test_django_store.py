@@ -83,6 +83,7 @@ def record(kid: str, **changes: Any) -> KeyRecord:
         "version": "v1",
         "page_limit": None,
         "allowed_ips": (),
+        "rate_limit": None,
     }
     values.update(changes)
     return KeyRecord(**values)

@@ -40,6 +40,7 @@ EXPECTED = {
     "REQ_001": ("invalid_request", 422),
     "REQ_002": ("not_found", 404),
     "REQ_003": ("method_not_allowed", 405),
+    "RATE_001": ("rate_limited", 429),
     "BILLING_001": ("quota_exceeded", 429),
     "SVC_001": ("backend_unavailable", 503),
 }

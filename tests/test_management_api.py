@@ -47,6 +47,7 @@ API_KEY_FIELDS = {
     "meta",
     "page_limit",
     "allowed_ips",
+    "rate_limit",
 }
 Make = Callable[..., Keystile]
 
@@ -1204,3 +1205,26 @@ def test_login_from_outside_a_keys_networks_is_refused(
     assert login.status_code == 200, login.text
     session = {"authorization": f"Bearer {login.json()['token']}"}
     assert from_office.get("/jobs", headers=session).status_code == 200
+
+
+def test_rate_limits_are_set_shown_and_no_looser_than_the_callers(
+    client: TestClient, ks: Keystile, auth: dict[str, str]
+) -> None:
+    made = client.post("/v1/apikeys", headers=auth, json={"name": "n", "rate_limit": "5 / Minute"})
+    assert made.status_code == 201 and made.json()["key"]["rate_limit"] == "5/min"
+    url = f"/v1/apikeys/{made.json()['key']['id']}"
+    assert_error(client.patch(url, headers=auth, json={"rate_limit": "5/day"}), 422, "REQ_001",
+                 "rate_limit")  # fmt: skip
+    assert client.patch(url, headers=auth, json={"rate_limit": None}).json()["rate_limit"] is None
+    caller = ks.keys.create(ACCT, "slow", permissions=ALL, rate_limit="600/min")
+    headers = key_headers(caller.token)
+    inherited = client.post("/v1/apikeys", headers=headers, json={"name": "a"})
+    assert inherited.json()["key"]["rate_limit"] == "600/min"
+    slower = client.post("/v1/apikeys", headers=headers, json={"name": "b", "rate_limit": "10/s"})
+    assert slower.json()["key"]["rate_limit"] == "10/s"  # the same rate, said per second
+    for looser in (None, "11/s", "601/min"):
+        asked = {"name": "c", "rate_limit": looser}
+        assert_error(client.post("/v1/apikeys", headers=headers, json=asked), 403, "AUTH_004")
+    unlimited = ks.keys.create(ACCT, "fast", permissions=["readUsage"])
+    target = f"/v1/apikeys/{unlimited.key_id}"
+    assert_error(client.patch(target, headers=headers, json={"name": "x"}), 403, "AUTH_004")

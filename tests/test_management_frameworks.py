@@ -66,6 +66,7 @@ MASKED_FIELDS = {
     "meta",
     "page_limit",
     "allowed_ips",
+    "rate_limit",
 }
 FRAMEWORKS = ["starlette", "flask", "django-sync", "django-async"]
 Make = Callable[..., Keystile]

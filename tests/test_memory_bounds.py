@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from keystile import Keystile
-from keystile._core import metering
+from keystile._core import localcounters
 
 
 def post(ks: Keystile, token: str, key: str) -> int:
@@ -20,7 +20,7 @@ def post(ks: Keystile, token: str, key: str) -> int:
 def test_idempotency_markers_without_redis_stay_bounded(
     make_keystile: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(metering, "IDEMPOTENCY_MARKERS", 50)
+    monkeypatch.setattr(localcounters, "IDEMPOTENCY_MARKERS", 50)
     ks = make_keystile()
     token = ks.keys.create("acct-1", "k").token
     for n in range(500):

@@ -6,6 +6,7 @@ Time is the ``clock`` fixture (2026-09-21T13:33:20Z at the start), never the wal
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import math
 import threading
@@ -27,6 +28,8 @@ from .conftest import Clock
 UTC = timezone.utc
 SEPT_END = datetime(2026, 10, 1, tzinfo=UTC)
 ACCOUNT = "acct_1"
+#: The monthly policy's partition key: the account, as a structured-field byte sequence.
+PK = f":{base64.b64encode(ACCOUNT.encode()).decode()}:"
 
 Make = Callable[..., Keystile]
 
@@ -132,8 +135,8 @@ def test_429_carries_retry_after_and_ratelimit_headers(
     error = refused(ks, token)
     left = int(SEPT_END.timestamp() - clock.now)
     assert error.headers["retry-after"] == str(left)
-    assert error.headers["ratelimit"] == f'"monthly";r=0;t={left}'
-    assert error.headers["ratelimit-policy"] == f'"monthly";q=10;w={30 * 86400}'
+    assert error.headers["ratelimit"] == f'"monthly";r=0;t={left};pk={PK}'
+    assert error.headers["ratelimit-policy"] == f'"monthly";q=10;w={30 * 86400};pk={PK}'
     assert error.headers["x-ratelimit-limit"] == "10"
     assert error.headers["x-ratelimit-remaining"] == "0"
     assert error.headers["x-ratelimit-reset"] == str(int(SEPT_END.timestamp()))

@@ -3,6 +3,7 @@ refunds, exempt paths. No Redis: the in-process meter, on the ``clock`` fixture'
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from .conftest import Clock
 
 UTC = timezone.utc
 ACCOUNT = "acct_1"
+#: The monthly policy's partition key: the account, as a structured-field byte sequence.
+PK = f":{base64.b64encode(ACCOUNT.encode()).decode()}:"
 SEPT_END = datetime(2026, 10, 1, tzinfo=UTC)
 SEPT_SECONDS = 30 * 86400
 
@@ -135,14 +138,14 @@ def test_ratelimit_headers(client: TestClient, token: str, clock: Clock) -> None
     assert response.json() == {"used": 1, "remaining": 9, "limit": 10}
     left = seconds_left(clock)
     assert left == 812800
-    assert response.headers["ratelimit"] == f'"monthly";r=9;t={left}'
-    assert response.headers["ratelimit-policy"] == f'"monthly";q=10;w={SEPT_SECONDS}'
+    assert response.headers["ratelimit"] == f'"monthly";r=9;t={left};pk={PK}'
+    assert response.headers["ratelimit-policy"] == f'"monthly";q=10;w={SEPT_SECONDS};pk={PK}'
     assert response.headers["x-ratelimit-limit"] == "10"
     assert response.headers["x-ratelimit-remaining"] == "9"
     assert response.headers["x-ratelimit-reset"] == str(int(SEPT_END.timestamp()))
     clock.advance(100)
     response = client.get("/", headers=auth(token))
-    assert response.headers["ratelimit"] == f'"monthly";r=8;t={left - 100}'
+    assert response.headers["ratelimit"] == f'"monthly";r=8;t={left - 100};pk={PK}'
     assert response.headers["x-ratelimit-remaining"] == "8"
 
 
@@ -151,8 +154,8 @@ def test_ratelimit_window_follows_the_period_length(make_keystile: Make, clock: 
     ks = make_keystile(clock=clock, monthly_page_limit=5)
     token = ks.keys.create(ACCOUNT, "app").token
     response = TestClient(build(ks)).get("/", headers=auth(token))
-    assert response.headers["ratelimit-policy"] == f'"monthly";q=5;w={28 * 86400}'
-    assert response.headers["ratelimit"] == f'"monthly";r=4;t={19 * 86400}'
+    assert response.headers["ratelimit-policy"] == f'"monthly";q=5;w={28 * 86400};pk={PK}'
+    assert response.headers["ratelimit"] == f'"monthly";r=4;t={19 * 86400};pk={PK}'
 
 
 def test_no_ratelimit_headers_when_unlimited(make_keystile: Make, clock: Clock) -> None:
@@ -202,7 +205,7 @@ def test_quota_exceeded_response(
     assert int(response.headers["content-length"]) == len(response.content)
     left = seconds_left(clock)
     assert response.headers["retry-after"] == str(left)
-    assert response.headers["ratelimit"] == f'"monthly";r=0;t={left}'
+    assert response.headers["ratelimit"] == f'"monthly";r=0;t={left};pk={PK}'
     assert response.headers["x-ratelimit-remaining"] == "0"
     assert response.headers["cache-control"] == "no-store"
     assert "www-authenticate" not in response.headers

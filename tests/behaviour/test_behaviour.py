@@ -34,6 +34,7 @@ ERRORS: dict[str, tuple[int, str, str | None]] = {
     "AUTH_007": (429, "too_many_attempts", None),
     "AUTH_008": (403, "ip_not_allowed", None),
     "BILLING_001": (429, "quota_exceeded", None),
+    "RATE_001": (429, "rate_limited", None),
     "SVC_001": (503, "backend_unavailable", None),
 }
 
@@ -193,6 +194,28 @@ def test_a_quota_problem_names_the_violated_policy(client: Harness, ks: Keystile
     assert problem["violated-policies"] == ["monthly"]
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["ratelimit"].startswith('"monthly";r=0;')
+
+
+def test_a_keys_rate_limit_is_429_rate_001_and_never_charged(client: Harness, ks: Keystile) -> None:
+    ks.quotas.set_limit("acct-rate", 100)
+    key = new_key(ks, account_id="acct-rate", rate_limit="2/h")
+    for remaining in (1, 0):
+        ok = client.request("GET", "/whoami", bearer(key.token))
+        assert ok.status == 200, ok
+        policy = ok.headers["ratelimit-policy"]
+        assert policy.startswith('"monthly";q=100;w=') and '"key-rate";q=2;w=3600;pk=:' in policy
+        assert f'"key-rate";r={remaining};' in ok.headers["ratelimit"]
+    refused = client.request("GET", "/whoami", bearer(key.token))
+    error = assert_refused(refused, "RATE_001")
+    assert "2/h" in error["message"]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert '"key-rate";r=0;' in refused.headers["ratelimit"]
+    problem = assert_problem(
+        client.request("GET", "/whoami", {**bearer(key.token), **PROBLEM}), "RATE_001"
+    )
+    assert problem["violated-policies"] == ["key-rate"]
+    ks.flush()
+    assert ks.quotas.usage("acct-rate").pages == 2  # the refused requests cost nothing
 
 
 def test_quota_exceeded_is_429_with_retry_after(client: Harness, ks: Keystile) -> None:

@@ -86,6 +86,7 @@ def keys_create(engine: Keystile, args: argparse.Namespace, out: Output) -> None
         accounts=args.acts_for or (),
         meta=_parse_meta(args.meta),
         allowed_ips=args.allowed_ip or (),
+        rate_limit=args.rate_limit,
         actor=ACTOR,
     )
     show_created(out, created, "Created")
@@ -121,6 +122,8 @@ def keys_update(engine: Keystile, args: argparse.Namespace, out: Output) -> None
         changes["meta"] = _parse_meta(args.meta)
     if args.allowed_ip is not None:
         changes["allowed_ips"] = [] if args.allowed_ip == [""] else args.allowed_ip
+    if args.rate_limit is not None:
+        changes["rate_limit"] = args.rate_limit or None
     if args.enable or args.disable:
         changes["enabled"] = bool(args.enable)
     if not changes:

@@ -71,6 +71,7 @@ def show_key(out: Output, key: ApiKey, now: datetime) -> None:
         ("permissions", ", ".join(key.permissions) or "-"),
         ("accounts", ", ".join(key.accounts) or "-"),
         ("allowed ips", ", ".join(key.allowed_ips) or "anywhere"),
+        ("rate limit", key.rate_limit or "-"),
         ("status", key.status(now)),
         ("created", when(key.created_at)),
         ("expires", when(key.expires_at)),

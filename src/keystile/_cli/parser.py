@@ -54,6 +54,7 @@ def _add_key_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
     create.add_argument(
         "--allowed-ip", action="append", help="a CIDR it may be used from; repeat for several"
     )
+    create.add_argument("--rate-limit", help="requests per s, min or h: 100/s, 6000/min")
     expiry = create.add_mutually_exclusive_group()
     expiry.add_argument("--expires-at", help="ISO 8601 with a time zone")
     expiry.add_argument("--expires-in-days", type=float)
@@ -78,6 +79,7 @@ def _add_key_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
     update.add_argument("--permission", "-p", action="append", help="replaces all; '' for none")
     update.add_argument("--meta")
     update.add_argument("--allowed-ip", action="append", help="replaces the list; '' for anywhere")
+    update.add_argument("--rate-limit", help="100/s, 6000/min, 100000/h; '' for none")
     state = update.add_mutually_exclusive_group()
     state.add_argument("--enable", action="store_true")
     state.add_argument("--disable", action="store_true")

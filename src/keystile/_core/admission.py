@@ -22,9 +22,9 @@ from keystile._core.credentials import IDEMPOTENCY_HEADER, Credentials
 from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
 from keystile._core.leases import LeaseBook
 from keystile._core.localcache import LocalCache
+from keystile._core.localcounters import LocalCounters
 from keystile._core.metering import (
     Charge,
-    LocalCounters,
     Meter,
     Outcome,
     UsageBuffer,
@@ -37,6 +37,7 @@ from keystile._core.metering import (
 from keystile._core.networks import Origin
 from keystile._core.periods import Period, PeriodPolicy
 from keystile._core.principal import Principal
+from keystile._core.ratelimits import rate_limited
 from keystile._core.rediskeys import RedisKeys
 from keystile._core.resends import CallIds, Resends
 from keystile._core.settings import Settings
@@ -145,7 +146,7 @@ class Admission(Settlement):
         )
         #: Charges of warm requests, reused: the same key, account, period and cost make the
         #: same (immutable) charge.
-        self._charges: dict[tuple[str, str, str, int, int | None], Charge] = {}
+        self._charges: dict[tuple[Any, ...], Charge] = {}
         #: Fast mode: pages leased from Redis counters, spent here without a round trip.
         self.leases = LeaseBook() if settings.consistency == "fast" else None
         self.holder = self.call_ids.prefix if self.has_redis and self.leases is None else ""
@@ -207,7 +208,7 @@ class Admission(Settlement):
             return None  # another account's counters live in another slot: admit() checks
         charge = self._charge(snapshot, account, self.period_at(now), self.cost_of(request))
         if self.has_redis:
-            if checked and self.leases is not None and charge.key_limit is None:
+            if checked and self.leases is not None and charge.fits_lease:
                 outcome = self._spend_lease(charge, now)
                 if outcome is None:
                     return None  # the lease is short: admit() takes a new one
@@ -226,7 +227,7 @@ class Admission(Settlement):
 
     def metered(self, call: MeterCall, reply: Sequence[Any]) -> Admitted | None:
         """The warm request's meter answer; None when it needs more (stale, a seed): admit()."""
-        outcome = parse_script_reply(reply, self.by_points)
+        outcome = parse_script_reply(reply, self.by_points, call.charge.rate)
         if not isinstance(outcome, Outcome):
             if outcome == "stale":
                 self.verifier.forget(call.digest, call.snapshot)
@@ -244,13 +245,20 @@ class Admission(Settlement):
         )
 
     def _charge(self, snapshot: Snapshot, account: str, period: Period, cost: int) -> Charge:
-        key = (snapshot.kid, account, period.label, cost, snapshot.page_limit)
+        key = (snapshot.kid, account, period.label, cost, snapshot.page_limit, snapshot.rate)
         charge = self._charges.get(key)
         if charge is None:
             if len(self._charges) >= 10_000:
                 self._charges.clear()
             charge = self._charges[key] = Charge(
-                account, snapshot.environment, snapshot.kid, snapshot.page_limit, period, cost, None
+                account,
+                snapshot.environment,
+                snapshot.kid,
+                snapshot.page_limit,
+                period,
+                cost,
+                None,
+                rate=snapshot.rate,
             )
         return charge
 
@@ -267,10 +275,18 @@ class Admission(Settlement):
         result = outcome.result
         reserved = charge.cost if result == "ok" or result == "degraded" else 0
         meter = Meter(
-            charge, outcome.limit, outcome.used, reserved, result == "replay", outcome.leased
+            charge,
+            outcome.limit,
+            outcome.used,
+            reserved,
+            result == "replay",
+            outcome.leased,
+            outcome.rate,
         )
         if result == "exceeded":
             raise exceeded_error(outcome, meter.status, self.headers(meter), now)
+        if result == "rate_limited" and outcome.rate is not None:
+            raise rate_limited(outcome.rate, self.headers(meter))
         return principal_of(snapshot, account, auth_method, meter), meter, outcome.crossed
 
     # -- the general path ---------------------------------------------------------------------
@@ -317,6 +333,7 @@ class Admission(Settlement):
                 environment=snapshot.environment,
                 kid=snapshot.kid,
                 key_limit=snapshot.page_limit,
+                rate=snapshot.rate,
                 period=self.period_at(now),
                 cost=self.cost_of(request),
                 idempotency=idempotency_digest(

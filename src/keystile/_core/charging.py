@@ -16,10 +16,10 @@ from typing import Any
 from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError
 from keystile._core.leases import LeaseBook, LeaseReport, report_args
 from keystile._core.localcache import LocalCache
+from keystile._core.localcounters import LocalCounters
 from keystile._core.metering import (
     USAGE_GRACE_SECONDS,
     Charge,
-    LocalCounters,
     Meter,
     Outcome,
     UsageBuffer,
@@ -27,10 +27,12 @@ from keystile._core.metering import (
     parse_script_reply,
     rebuild_fields,
 )
+from keystile._core.ratelimitfields import ratelimit_fields
 from keystile._core.rediskeys import CALL_MARKER_TTL, RedisKeys
 from keystile._core.resends import FIRST, CallIds, Resend, Resends, resolution
 from keystile._core.settings import Settings
 from keystile._core.store import AccountLimit
+from keystile._core.tokens import KEY_ID_PREFIX
 from keystile._core.verification import Snapshot, Steps, Verifier
 
 log = logging.getLogger("keystile")
@@ -76,11 +78,15 @@ class Charging:
     _script_tail: tuple[Any, ...]
 
     def headers(self, meter: Meter) -> list[tuple[str, str]]:
-        if meter.limit is None:
+        """The RateLimit fields of a metered response (none for a key without limits)."""
+        if meter.limit is None and meter.rate is None:
             return []
-        period = meter.charge_info.period
+        charge = meter.charge_info
+        period = charge.period
         window = int((period.end - period.start).total_seconds())
-        return meter.status.headers(self.clock(), window)
+        quota = None if meter.limit is None else meter.status
+        counted_for = (charge.account_id, KEY_ID_PREFIX + charge.kid)
+        return ratelimit_fields(quota, window, self.clock(), meter.rate, counted_for)
 
     def meter_call(
         self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str, now: float
@@ -110,8 +116,15 @@ class Charging:
             "1" if charge.count_request else "0",
             self.holder,
         ]
+        rate = charge.rate if charge.count_request else None
+        if rate is None:
+            args += ("", "")
+            rated = usage
+        else:
+            args += (rate.interval_us, rate.count * rate.interval_us)
+            rated = keys.rate(account, charge.kid)
         marker = keys.call(account, self.call_ids())
-        return [usage, keys.limit(account, charge.environment), idem, state, marker], args
+        return [usage, keys.limit(account, charge.environment), idem, state, rated, marker], args
 
     def meter(self, charge: Charge, unchecked: Snapshot | None, lease: bool = True) -> Steps:
         """Check and charge; ``unchecked`` is a snapshot whose stamp to compare at once.
@@ -122,7 +135,7 @@ class Charging:
             and self.leases is not None
             and unchecked is None
             and charge.idempotency is None
-            and charge.key_limit is None
+            and charge.fits_lease
         ):
             return (yield from self._lease_meter(charge))
         if not self.has_redis:
@@ -153,7 +166,7 @@ class Charging:
                 reply = yield ("redis_meter", (keys, args))
             except BackendError as exc:
                 return self._redis_failed(charge, exc, keys)
-            parsed = parse_script_reply(reply, self.by_points)
+            parsed = parse_script_reply(reply, self.by_points, charge.rate)
             if parsed == "need_limit" or parsed == "need_usage":
                 seed, rebuild = yield from self._seed(parsed, charge, seed, rebuild)
             elif isinstance(parsed, Outcome):

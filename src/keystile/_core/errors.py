@@ -52,6 +52,9 @@ NOT_FOUND: Final = ErrorSpec("REQ_002", "not_found", 404, "No such resource.")
 METHOD_NOT_ALLOWED: Final = ErrorSpec(
     "REQ_003", "method_not_allowed", 405, "Method not allowed on this resource."
 )
+RATE_LIMITED: Final = ErrorSpec(
+    "RATE_001", "rate_limited", 429, "Rate limit exceeded; retry later."
+)
 QUOTA_EXCEEDED: Final = ErrorSpec(
     "BILLING_001", "quota_exceeded", 429, "Monthly page limit exceeded."
 )
@@ -71,6 +74,7 @@ ERRORS: Final[tuple[ErrorSpec, ...]] = (
     INVALID_REQUEST,
     NOT_FOUND,
     METHOD_NOT_ALLOWED,
+    RATE_LIMITED,
     QUOTA_EXCEEDED,
     BACKEND_UNAVAILABLE,
 )

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,12 +20,11 @@ from typing import Any
 
 from keystile._core.errors import QUOTA_EXCEEDED, AuthError, InvalidInput
 from keystile._core.periods import Period
+from keystile._core.ratelimits import Rate, RateState, rate_fields
 from keystile._core.store import UsageDelta, UsageRow
 
 #: The monthly quota's name in the RateLimit fields and in a problem's violated-policies.
 MONTHLY_POLICY = "monthly"
-#: Without Redis, at most this many Idempotency-Key markers are kept (the oldest go first).
-IDEMPOTENCY_MARKERS = 10_000
 #: Keep a period's Redis counter this long after the period ends (reports read it).
 USAGE_GRACE_SECONDS = 35 * 24 * 3600
 
@@ -40,19 +38,6 @@ class QuotaStatus:
     remaining: int | None
     resets_at: datetime
     period: str
-
-    def headers(self, now: float, window: int) -> list[tuple[str, str]]:
-        """IETF RateLimit fields plus the X-RateLimit trio clients already parse."""
-        if self.limit is None or self.remaining is None:
-            return []
-        reset = max(1, math.ceil(self.resets_at.timestamp() - now))
-        return [
-            ("ratelimit-policy", f'"{MONTHLY_POLICY}";q={self.limit};w={window}'),
-            ("ratelimit", f'"{MONTHLY_POLICY}";r={self.remaining};t={reset}'),
-            ("x-ratelimit-limit", str(self.limit)),
-            ("x-ratelimit-remaining", str(self.remaining)),
-            ("x-ratelimit-reset", str(int(self.resets_at.timestamp()))),
-        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +64,16 @@ class Charge:
     cost: int
     idempotency: str | None  # digest of the Idempotency-Key header
     count_request: bool = True
+    rate: Rate | None = None  # the key's rate limit, checked when count_request
     # The key's fields in the usage hash, named once per charge.
     pages_field: str = field(init=False, repr=False, compare=False)
     requests_field: str = field(init=False, repr=False, compare=False)
     buffer_key: tuple[str, str, str, str] = field(init=False, repr=False, compare=False)
     #: Which usage counter this charge goes to: (account, period, environment).
     counter: tuple[str, str, str] = field(init=False, repr=False, compare=False)
+    #: Fast mode may spend it from a lease: no limit of the key's own (its own page cap or
+    #: rate limit), which only Redis can check across processes.
+    fits_lease: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pages_field", f"k:{self.kid}:pages")
@@ -92,6 +81,7 @@ class Charge:
         counter = (self.account_id, self.period.label, self.environment)
         object.__setattr__(self, "counter", counter)
         object.__setattr__(self, "buffer_key", (*counter, self.kid))
+        object.__setattr__(self, "fits_lease", self.key_limit is None and self.rate is None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +96,7 @@ class Outcome:
     leased: bool = False  # spent from this process's lease (fast mode): settled locally
     #: The Redis counter's generation that took the charge (see ``resolve.lua``).
     gen: str = ""
+    rate: RateState | None = None  # the key's rate limit after it (or as it refused)
 
 
 class Meter:
@@ -115,7 +106,7 @@ class Meter:
     never look at it, and every request makes a meter."""
 
     __slots__ = (
-        "_status", "charge_info", "final", "leased", "limit", "replay", "reserved",
+        "_status", "charge_info", "final", "leased", "limit", "rate", "replay", "reserved",
         "route_cost", "settled", "used",
     )  # fmt: skip
 
@@ -127,8 +118,9 @@ class Meter:
         reserved: int,
         replay: bool,
         leased: bool = False,
+        rate: RateState | None = None,
     ) -> None:
-        self.charge_info, self.limit, self.used = charge_info, limit, used
+        self.charge_info, self.limit, self.used, self.rate = charge_info, limit, used, rate
         self.reserved, self.replay = reserved, replay
         #: Its pages came from this process's lease (fast mode): settled locally.
         self.leased = leased
@@ -244,8 +236,11 @@ def thresholds_by_points(thresholds: Sequence[float]) -> dict[int, float]:
     return {basis_points(t): t for t in thresholds}
 
 
-def parse_script_reply(reply: Sequence[Any], by_points: Mapping[int, float]) -> Outcome | str:
-    """``meter.lua``'s answer; ``by_points`` is :func:`thresholds_by_points` of the settings."""
+def parse_script_reply(
+    reply: Sequence[Any], by_points: Mapping[int, float], rate: Rate | None = None
+) -> Outcome | str:
+    """``meter.lua``'s answer; ``by_points`` is :func:`thresholds_by_points` of the settings,
+    ``rate`` the charge's rate limit."""
     kind = reply[0]
     if kind in ("stale", "need_limit", "need_usage"):
         return str(kind)
@@ -253,103 +248,15 @@ def parse_script_reply(reply: Sequence[Any], by_points: Mapping[int, float]) -> 
     if kind == "ok":
         marks = reply[3]
         crossed = tuple(by_points[int(t)] for t in str(marks).split(",")) if marks else ()
-        return Outcome("ok", int(reply[1]), limit, crossed=crossed, gen=str(reply[4]))
+        state = None if rate is None or len(reply) < 7 else RateState(rate, *rate_fields(reply))
+        return Outcome("ok", int(reply[1]), limit, crossed=crossed, gen=str(reply[4]), rate=state)
+    if kind == "rate" and rate is not None:
+        return Outcome(
+            "rate_limited", int(reply[1]), limit, rate=RateState(rate, 0, reply[3] / 1e6)
+        )
     if kind == "exceeded":
         return Outcome("exceeded", int(reply[1]), limit, str(reply[3]))
     return Outcome("replay", int(reply[1]), limit)
-
-
-class LocalCounters:
-    """The meter without Redis: the same rules as ``meter.lua``, under one lock."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._usage: dict[tuple[str, str, str], dict[str, int]] = {}
-        # In the order they were made, so the oldest (the first to expire: one ttl for all)
-        # leave from the front.
-        self._idempotency: OrderedDict[str, float] = OrderedDict()  # by request digest
-
-    def has(self, counter: tuple[str, str, str]) -> bool:
-        return counter in self._usage
-
-    def seed(
-        self,
-        account_id: str,
-        period: str,
-        environment: str,
-        fields: dict[str, int],
-        limit: int | None,
-        thresholds: Sequence[float],
-    ) -> None:
-        # Thresholds the stored usage already passed were announced before (a restart).
-        for threshold in crossed_marks(fields.get("pages", 0), limit, thresholds):
-            fields[f"th:{basis_points(threshold)}"] = 1
-        with self._lock:
-            self._usage.setdefault((account_id, period, environment), fields)
-
-    def meter(
-        self,
-        charge: Charge,
-        limit: int | None,
-        thresholds: Sequence[float],
-        now: float,
-        idem_ttl: int,
-    ) -> Outcome:
-        with self._lock:
-            usage = self._usage[charge.counter]
-            used = usage["pages"]
-            idem = charge.idempotency  # its digest names the account too
-            if idem is not None and self._idempotency.get(idem, 0.0) > now:
-                return Outcome("replay", used, limit)
-            if limit is not None and used + charge.cost > limit:
-                return Outcome("exceeded", used, limit)
-            key_pages = charge.pages_field
-            if charge.key_limit is not None:
-                key_used = usage.get(key_pages, 0)
-                if key_used + charge.cost > charge.key_limit:
-                    return Outcome("exceeded", key_used, charge.key_limit, "key")
-            after = usage["pages"] = used + charge.cost
-            usage[key_pages] = usage.get(key_pages, 0) + charge.cost
-            if charge.count_request:
-                usage["requests"] = usage.get("requests", 0) + 1
-                key_requests = charge.requests_field
-                usage[key_requests] = usage.get(key_requests, 0) + 1
-            if idem is not None:
-                self._remember(idem, now + idem_ttl, now)
-            if (
-                not limit
-                or not thresholds
-                or after * 10_000 < basis_points(min(thresholds)) * limit
-            ):
-                return Outcome("ok", after, limit)  # (the common case: no mark to look for)
-            crossed = []
-            for threshold in crossed_marks(after, limit, thresholds):
-                mark = f"th:{basis_points(threshold)}"
-                if mark not in usage:
-                    usage[mark] = 1
-                    crossed.append(threshold)
-            return Outcome("ok", after, limit, crossed=tuple(crossed))
-
-    def _remember(self, idem: str, until: float, now: float) -> None:
-        """Under the lock. Expired markers leave first; past the bound the oldest go too
-        (such a retry is charged again), so memory stays bounded whatever the traffic."""
-        markers = self._idempotency
-        while markers and (
-            next(iter(markers.values())) <= now or len(markers) >= IDEMPOTENCY_MARKERS
-        ):
-            markers.popitem(last=False)
-        markers[idem] = until
-        markers.move_to_end(idem)
-
-    def settle(self, charge: Charge, delta: int, forget_idempotency: bool) -> None:
-        with self._lock:
-            usage = self._usage.get((charge.account_id, charge.period.label, charge.environment))
-            if usage is not None and delta:
-                usage["pages"] += delta
-                key_pages = charge.pages_field
-                usage[key_pages] = usage.get(key_pages, 0) + delta
-            if forget_idempotency and charge.idempotency:
-                self._idempotency.pop(charge.idempotency, None)
 
 
 class UsageBuffer:

@@ -52,7 +52,7 @@ class ShownOnce:
 _IN_CLEAR = frozenset({"token", "secret"})
 
 #: The facts an :class:`ApiKey` copies from its record as they are (``meta`` is frozen).
-_SHOWN = (*(f.name for f in fields(KeyFacts)), "page_limit", "allowed_ips")
+_SHOWN = (*(f.name for f in fields(KeyFacts)), "page_limit", "allowed_ips", "rate_limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,7 @@ class ApiKey(KeyFacts):
     meta: Mapping[str, Any] = field(default_factory=dict)
     page_limit: int | None = None
     allowed_ips: tuple[str, ...] = ()
+    rate_limit: str | None = None
 
     def status(self, now: datetime) -> str:
         if self.revoked_at is not None:
@@ -93,6 +94,7 @@ class ApiKey(KeyFacts):
             "meta": dict(self.meta),
             "page_limit": self.page_limit,
             "allowed_ips": list(self.allowed_ips),
+            "rate_limit": self.rate_limit,
         }
 
 
@@ -112,6 +114,8 @@ class KeyRecord(KeyFacts):
     page_limit: int | None = None
     #: The networks (CIDRs) it may be used from; empty: anywhere.
     allowed_ips: tuple[str, ...] = ()
+    #: Requests it may send per second, minute or hour (``"100/s"``); None: no rate limit.
+    rate_limit: str | None = None
 
     @property
     def key_id(self) -> str:

@@ -29,6 +29,11 @@ class RedisKeys:
     def limit(self, account_id: str, environment: str) -> str:
         return self._account(account_id, f"l:{environment}")
 
+    def rate(self, account_id: str, kid: str) -> str:
+        """A rate-limited key's next-free time (µs; ``meter.lua``), per account it acts for
+        (its own, or one ``x-account-id`` names): the script's keys share that slot."""
+        return f"{self.prefix}:{{a:{account_id}}}:r:{kid}"
+
     def idempotency(self, account_id: str, digest: str) -> str:
         return self._account(account_id, f"i:{digest}")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from keystile._core.models import KeyRecord
 from keystile._core.networks import Network, networks_of
+from keystile._core.ratelimits import Rate, parse_rate
 
 #: Stored instead of a snapshot when a credential is known to be wrong.
 NEGATIVE = "-"
@@ -33,6 +34,7 @@ _COPIED = (
     "version",
     "page_limit",
     "allowed_ips",
+    "rate_limit",
 )
 
 
@@ -56,6 +58,7 @@ class Snapshot:
     version: str
     page_limit: int | None = None
     allowed_ips: tuple[str, ...] = ()
+    rate_limit: str | None = None
     # Set for a login session: which, until when, and how long it may sit unused.
     session_id: str | None = None
     session_expires_at: float | None = None
@@ -67,12 +70,15 @@ class Snapshot:
     expires: datetime | None = field(init=False, repr=False, compare=False)
     grace_ends: datetime | None = field(init=False, repr=False, compare=False)
     networks: tuple[Network, ...] = field(init=False, repr=False, compare=False)
+    rate: Rate | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grant_set", frozenset(self.permissions))
         object.__setattr__(self, "expires", _utc(self.expires_at))
         object.__setattr__(self, "grace_ends", _utc(self.valid_until))
         object.__setattr__(self, "networks", networks_of(self.allowed_ips))
+        rate = None if self.rate_limit is None else parse_rate(self.rate_limit)
+        object.__setattr__(self, "rate", rate)
 
     @classmethod
     def of(cls, record: KeyRecord, via_previous: bool) -> Snapshot:

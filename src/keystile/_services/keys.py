@@ -26,6 +26,7 @@ from keystile._core.keyfields import (
     check_permissions,
 )
 from keystile._core.models import ApiKey, KeyRecord, ShownOnce, new_version
+from keystile._core.ratelimits import check_rate_limit
 from keystile._services.audit import AuditLog
 from keystile._services.loginlimits import KnownSecrets
 
@@ -118,10 +119,12 @@ class KeyManager:
         meta: Mapping[str, Any] | None = None,
         page_limit: int | None = None,
         allowed_ips: Iterable[str] | None = None,
+        rate_limit: str | None = None,
         actor: str | None = None,
     ) -> CreatedKey:
         """A new key; ``environment`` defaults to the first configured one. ``allowed_ips``:
-        the networks (CIDRs) it may be used from (empty: anywhere)."""
+        the networks (CIDRs) it may be used from (empty: anywhere); ``rate_limit``: requests
+        per second, minute or hour (``"100/s"``, ``"6000/min"``, ``"100000/h"``)."""
         settings = self._settings
         now = self._now()
         check_account("account_id", account_id)
@@ -158,6 +161,7 @@ class KeyManager:
             version=new_version(),
             page_limit=check_page_limit(page_limit),
             allowed_ips=check_networks("allowed_ips", allowed_ips),
+            rate_limit=check_rate_limit("rate_limit", rate_limit),
         )
         self._store.insert(record)
         self._announce(kid)  # before anyone has the token: no engine refuses it as unknown
@@ -172,6 +176,7 @@ class KeyManager:
                 "environment": record.environment,
                 "expires_at": _iso(record.expires_at),
                 **({"allowed_ips": list(record.allowed_ips)} if record.allowed_ips else {}),
+                **({"rate_limit": record.rate_limit} if record.rate_limit else {}),
             },
         )
         return CreatedKey(token, record.key_id, secret, record.public())
@@ -220,6 +225,7 @@ class KeyManager:
         enabled: bool = _UNSET,
         page_limit: int | None = _UNSET,
         allowed_ips: Iterable[str] | None = _UNSET,
+        rate_limit: str | None = _UNSET,
         actor: str | None = None,
     ) -> ApiKey:
         changes: dict[str, Any] = {}
@@ -239,6 +245,8 @@ class KeyManager:
             changes["page_limit"] = check_page_limit(page_limit)
         if allowed_ips is not _UNSET:
             changes["allowed_ips"] = check_networks("allowed_ips", allowed_ips)
+        if rate_limit is not _UNSET:
+            changes["rate_limit"] = check_rate_limit("rate_limit", rate_limit)
         record = self._change(key_id, lambda record: changes)
         if changes:
             shown = {k: _iso(v) if isinstance(v, datetime) else v for k, v in changes.items()}

@@ -27,6 +27,7 @@ from keystile._core.keyfields import (
     check_page_limit,
     check_permissions,
 )
+from keystile._core.ratelimits import check_rate_limit
 from keystile.django.conf import get_engine
 from keystile.django.models import Key
 from keystile.django.store import DjangoStore, from_db
@@ -67,7 +68,9 @@ class KeyCreateForm(forms.ModelForm):  # type: ignore[misc,unused-ignore]
 
     class Meta:
         model = Key
-        fields = ("name", "account_id", "environment", "owner", "expires_at", "page_limit")
+        fields = (
+            "name", "account_id", "environment", "owner", "expires_at", "page_limit", "rate_limit"
+        )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -100,6 +103,9 @@ class KeyCreateForm(forms.ModelForm):  # type: ignore[misc,unused-ignore]
         if expires_at is not None:
             self._check("expires_at", check_expiry, expires_at, engine.now(), future=True)
         self._check("page_limit", check_page_limit, data.get("page_limit"))
+        data["rate_limit"] = self._check(
+            "rate_limit", check_rate_limit, "rate_limit", data.get("rate_limit") or None
+        )
         data["allowed_ips"] = self._check(
             "allowed_ips_text",
             check_networks,
@@ -142,6 +148,7 @@ class KeyAdmin(admin.ModelAdmin):  # type: ignore[misc,unused-ignore]
         "revoked_at",
         "page_limit",
         "allowed_ips",
+        "rate_limit",
         "meta",
     )
 
@@ -183,6 +190,7 @@ class KeyAdmin(admin.ModelAdmin):  # type: ignore[misc,unused-ignore]
                 "owner",
                 "expires_at",
                 "page_limit",
+                "rate_limit",
                 "allowed_ips_text",
             )
         return self.detail_fields
@@ -216,6 +224,7 @@ class KeyAdmin(admin.ModelAdmin):  # type: ignore[misc,unused-ignore]
             accounts=data["accounts"],
             page_limit=data.get("page_limit"),
             allowed_ips=data.get("allowed_ips") or (),
+            rate_limit=data.get("rate_limit"),
             actor=actor_of(request),
         )
         obj.kid = created.key_id.removeprefix("key_")

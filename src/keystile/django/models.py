@@ -35,6 +35,7 @@ class Key(models.Model):  # type: ignore[misc,unused-ignore]
     version = models.CharField(max_length=32)
     page_limit = models.BigIntegerField(null=True, blank=True)
     allowed_ips = models.JSONField("allowed networks", default=list, blank=True)
+    rate_limit = models.CharField(max_length=32, null=True, blank=True)
 
     class Meta:
         db_table = "keystile_keys"

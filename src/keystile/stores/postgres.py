@@ -66,10 +66,12 @@ _SCHEMA = (
         previous_expires_at TIMESTAMPTZ,
         version TEXT NOT NULL,
         page_limit BIGINT,
-        allowed_ips JSONB NOT NULL DEFAULT '[]'
+        allowed_ips JSONB NOT NULL DEFAULT '[]',
+        rate_limit TEXT
     )""",
     # Columns added since 0.1.0, for tables an earlier version created.
     "ALTER TABLE keystile_keys ADD COLUMN IF NOT EXISTS allowed_ips JSONB NOT NULL DEFAULT '[]'",
+    "ALTER TABLE keystile_keys ADD COLUMN IF NOT EXISTS rate_limit TEXT",
     """CREATE INDEX IF NOT EXISTS keystile_keys_account
         ON keystile_keys (account_id, created_at DESC, kid DESC)""",
     """CREATE TABLE IF NOT EXISTS keystile_usage (
@@ -110,7 +112,7 @@ _SCHEMA = (
     )""",
 )
 
-_ADDED_KEY_COLUMNS = ("allowed_ips",)
+_ADDED_KEY_COLUMNS = ("allowed_ips", "rate_limit")
 _TABLES = (
     "keystile_keys",
     "keystile_usage",

@@ -42,6 +42,7 @@ KEY_COLUMNS: tuple[str, ...] = (
     "version",
     "page_limit",
     "allowed_ips",
+    "rate_limit",
 )
 SESSION_COLUMNS: tuple[str, ...] = (
     "sid",

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS keystile_keys (
     previous_expires_at REAL,
     version TEXT NOT NULL,
     page_limit INTEGER,
-    allowed_ips TEXT NOT NULL DEFAULT '[]'
+    allowed_ips TEXT NOT NULL DEFAULT '[]',
+    rate_limit TEXT
 );
 CREATE INDEX IF NOT EXISTS keystile_keys_account
     ON keystile_keys (account_id, created_at DESC, kid DESC);
@@ -86,7 +87,7 @@ CREATE TABLE IF NOT EXISTS keystile_limits (
 
 
 #: Columns added since 0.1.0, for tables an earlier version created.
-_ADDED_KEY_COLUMNS = {"allowed_ips": "TEXT NOT NULL DEFAULT '[]'"}
+_ADDED_KEY_COLUMNS = {"allowed_ips": "TEXT NOT NULL DEFAULT '[]'", "rate_limit": "TEXT"}
 
 
 def _add_columns(db: sqlite3.Connection) -> None:

@@ -116,6 +116,7 @@ class ManagementAPI:
                 "expires_at": (str, type(None)),
                 "meta": (dict, type(None)),
                 "allowed_ips": (list, type(None)),
+                "rate_limit": (str, type(None)),
             },
         )
         if "name" not in data:
@@ -135,6 +136,9 @@ class ManagementAPI:
         allowed_ips = own.allowed_ips  # a key made by a restricted key is restricted as much
         if "allowed_ips" in data:
             allowed_ips = guards.allowed_ips_for(own, data["allowed_ips"])
+        rate_limit = own.rate_limit  # and its requests no faster
+        if "rate_limit" in data:
+            rate_limit = guards.rate_limit_for(own, data["rate_limit"])
         created = self.keys.create(
             caller.account_id,
             data["name"],
@@ -147,6 +151,7 @@ class ManagementAPI:
             # a capped key must not make an uncapped one.
             page_limit=own.page_limit,
             allowed_ips=allowed_ips,
+            rate_limit=rate_limit,
             actor=caller.key_id,
         )
         return json_response(201, _created(created))
@@ -188,14 +193,21 @@ class ManagementAPI:
                 "meta": (dict, type(None)),
                 "enabled": bool,
                 "allowed_ips": (list, type(None)),
+                "rate_limit": (str, type(None)),
             },
         )
         key = guards.own_key(self.keys, caller, key_id)
         guards.not_stronger(self.keys, caller, key)
         changes: dict[str, Any] = {k: v for k, v in data.items() if k != "expires_at"}
-        if "allowed_ips" in data:
-            own = guards.caller_key(self.keys, caller)
+        own = (
+            guards.caller_key(self.keys, caller)
+            if {"allowed_ips", "rate_limit"} & set(data)
+            else None
+        )
+        if own is not None and "allowed_ips" in data:
             changes["allowed_ips"] = guards.allowed_ips_for(own, data["allowed_ips"])
+        if own is not None and "rate_limit" in data:
+            changes["rate_limit"] = guards.rate_limit_for(own, data["rate_limit"])
         expires_given = "expires_at" in data
         expires_at = parsing.date_time("expires_at", data.get("expires_at"))
         if expires_given:

@@ -7,12 +7,12 @@ does not exist, so ids don't leak.
 
 "More powerful" (:func:`not_stronger`) is any of: another environment, a permission the
 caller lacks, an extra account (``x-account-id``) outside the caller key's own account and
-extra accounts, a looser per-key ``page_limit`` (none is the loosest), or a wider
-``allowed_ips`` (none is the widest). It bars PATCH (any field, disabling included), revoke
+extra accounts, a looser per-key ``page_limit`` or ``rate_limit`` (none is the loosest), or
+a wider ``allowed_ips`` (none is the widest). It bars PATCH (any field, disabling included), revoke
 and roll. Roll, and a PATCH that sets ``enabled: true``, also need the key not to outlive the
 caller: the first hands over a token, the second brings a key back to life. A new key gets no
 extra accounts and the caller's ``page_limit``, as it gets the caller's expiry; it gets the
-caller's ``allowed_ips`` unless it asks for networks inside them.
+caller's ``allowed_ips`` and ``rate_limit`` unless it asks for narrower ones.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from keystile._core.keyfields import check_networks
 from keystile._core.models import ApiKey
 from keystile._core.networks import networks_of
 from keystile._core.principal import Principal, missing_permissions
+from keystile._core.ratelimits import check_rate_limit, parse_rate
 from keystile._http.management.messages import ApiRequest
 from keystile._services.keys import KeyManager, check_permissions
 
@@ -124,6 +125,11 @@ def not_stronger(
             INSUFFICIENT_PERMISSIONS,
             "Cannot change a key whose page limit is higher than the calling key's (or unlimited).",
         )
+    if not rate_within(key.rate_limit, own.rate_limit):
+        raise AuthError(
+            INSUFFICIENT_PERMISSIONS,
+            "Cannot change a key whose rate limit is higher than the calling key's (or none).",
+        )
     if not networks_within(key.allowed_ips, own.allowed_ips):
         raise AuthError(
             INSUFFICIENT_PERMISSIONS,
@@ -142,6 +148,27 @@ def networks_within(inner: Sequence[str], outer: Sequence[str]) -> bool:
         any(n.version == w.version and n.subnet_of(w) for w in wide)  # type: ignore[arg-type]
         for n in networks_of(inner)
     )
+
+
+def rate_within(inner: str | None, outer: str | None) -> bool:
+    """Whether a rate limit is no looser than another (none: the loosest)."""
+    if outer is None:
+        return True
+    if inner is None:
+        return False
+    a, b = parse_rate(inner), parse_rate(outer)
+    return a.count * b.period <= b.count * a.period
+
+
+def rate_limit_for(own: ApiKey, asked: object) -> str | None:
+    """A key's ``rate_limit`` as asked (422 if malformed), no looser than the caller's."""
+    rate = check_rate_limit("rate_limit", asked)
+    if not rate_within(rate, own.rate_limit):
+        raise AuthError(
+            INSUFFICIENT_PERMISSIONS,
+            f"Cannot set a rate limit looser than the calling key's ({own.rate_limit}).",
+        )
+    return rate
 
 
 def allowed_ips_for(own: ApiKey, asked: object) -> tuple[str, ...]:

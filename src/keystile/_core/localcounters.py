@@ -1,0 +1,117 @@
+"""The meter without Redis: the same rules as ``meter.lua`` (rate limit, quota, key cap,
+idempotency, thresholds), in this process's counters under one lock. Exact within one
+process; the counters are seeded from the store and written back to it in batches.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from keystile._core.metering import Charge, Outcome, basis_points, crossed_marks
+from keystile._core.ratelimits import LocalRates
+
+#: Without Redis, at most this many Idempotency-Key markers are kept (the oldest go first).
+IDEMPOTENCY_MARKERS = 10_000
+
+
+class LocalCounters:
+    """The meter without Redis: the same rules as ``meter.lua``, under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._usage: dict[tuple[str, str, str], dict[str, int]] = {}
+        # In the order they were made, so the oldest (the first to expire: one ttl for all)
+        # leave from the front.
+        self._idempotency: OrderedDict[str, float] = OrderedDict()  # by request digest
+        self.rates = LocalRates()
+
+    def has(self, counter: tuple[str, str, str]) -> bool:
+        return counter in self._usage
+
+    def seed(
+        self,
+        account_id: str,
+        period: str,
+        environment: str,
+        fields: dict[str, int],
+        limit: int | None,
+        thresholds: Sequence[float],
+    ) -> None:
+        # Thresholds the stored usage already passed were announced before (a restart).
+        for threshold in crossed_marks(fields.get("pages", 0), limit, thresholds):
+            fields[f"th:{basis_points(threshold)}"] = 1
+        with self._lock:
+            self._usage.setdefault((account_id, period, environment), fields)
+
+    def meter(
+        self,
+        charge: Charge,
+        limit: int | None,
+        thresholds: Sequence[float],
+        now: float,
+        idem_ttl: int,
+    ) -> Outcome:
+        with self._lock:
+            usage = self._usage[charge.counter]
+            used = usage["pages"]
+            idem = charge.idempotency  # its digest names the account too
+            if idem is not None and self._idempotency.get(idem, 0.0) > now:
+                return Outcome("replay", used, limit)
+            rate, state = charge.rate if charge.count_request else None, None
+            if rate is not None:
+                free, state = self.rates.check((charge.account_id, charge.kid), rate, now)
+                if free is None:
+                    return Outcome("rate_limited", used, limit, rate=state)
+            if limit is not None and used + charge.cost > limit:
+                return Outcome("exceeded", used, limit)
+            key_pages = charge.pages_field
+            if charge.key_limit is not None:
+                key_used = usage.get(key_pages, 0)
+                if key_used + charge.cost > charge.key_limit:
+                    return Outcome("exceeded", key_used, charge.key_limit, "key")
+            if rate is not None:
+                self.rates.commit((charge.account_id, charge.kid), free, now)  # type: ignore[arg-type]
+            after = usage["pages"] = used + charge.cost
+            usage[key_pages] = usage.get(key_pages, 0) + charge.cost
+            if charge.count_request:
+                usage["requests"] = usage.get("requests", 0) + 1
+                key_requests = charge.requests_field
+                usage[key_requests] = usage.get(key_requests, 0) + 1
+            if idem is not None:
+                self._remember(idem, now + idem_ttl, now)
+            if (
+                not limit
+                or not thresholds
+                or after * 10_000 < basis_points(min(thresholds)) * limit
+            ):
+                return Outcome("ok", after, limit, rate=state)  # (the common case: no mark)
+            crossed = []
+            for threshold in crossed_marks(after, limit, thresholds):
+                mark = f"th:{basis_points(threshold)}"
+                if mark not in usage:
+                    usage[mark] = 1
+                    crossed.append(threshold)
+            return Outcome("ok", after, limit, crossed=tuple(crossed), rate=state)
+
+    def _remember(self, idem: str, until: float, now: float) -> None:
+        """Under the lock. Expired markers leave first; past the bound the oldest go too
+        (such a retry is charged again), so memory stays bounded whatever the traffic."""
+        markers = self._idempotency
+        while markers and (
+            next(iter(markers.values())) <= now or len(markers) >= IDEMPOTENCY_MARKERS
+        ):
+            markers.popitem(last=False)
+        markers[idem] = until
+        markers.move_to_end(idem)
+
+    def settle(self, charge: Charge, delta: int, forget_idempotency: bool) -> None:
+        with self._lock:
+            usage = self._usage.get((charge.account_id, charge.period.label, charge.environment))
+            if usage is not None and delta:
+                usage["pages"] += delta
+                key_pages = charge.pages_field
+                usage[key_pages] = usage.get(key_pages, 0) + delta
+            if forget_idempotency and charge.idempotency:
+                self._idempotency.pop(charge.idempotency, None)

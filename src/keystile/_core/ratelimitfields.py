@@ -1,0 +1,49 @@
+"""The RateLimit fields of a response (draft-ietf-httpapi-ratelimit-headers): one policy for
+the monthly quota, one for the key's rate limit, in the same two lists; and the X-RateLimit
+trio for the quota, which older clients parse.
+
+Each policy's ``pk`` (partition key) is what it counts per: the account for ``"monthly"``
+(an ``x-account-id`` request counts against the account named), the key for ``"key-rate"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from functools import lru_cache
+
+from keystile._core.metering import MONTHLY_POLICY, QuotaStatus
+from keystile._core.ratelimits import KEY_RATE_POLICY, RateState
+
+Fields = list[tuple[str, str]]
+
+
+@lru_cache(maxsize=4096)
+def partition_key(name: str) -> str:
+    """A structured-field byte sequence: ``:<base64>:``."""
+    return f":{base64.b64encode(name.encode()).decode()}:"
+
+
+def ratelimit_fields(
+    quota: QuotaStatus | None, window: int, now: float, rate: RateState | None, pk: tuple[str, str]
+) -> Fields:
+    """``pk``: the (account, key id) the request was counted for."""
+    policies, limits, fields = [], [], []
+    if quota is not None and quota.limit is not None and quota.remaining is not None:
+        part = partition_key(pk[0])
+        reset = max(1, math.ceil(quota.resets_at.timestamp() - now))
+        policies.append(f'"{MONTHLY_POLICY}";q={quota.limit};w={window};pk={part}')
+        limits.append(f'"{MONTHLY_POLICY}";r={quota.remaining};t={reset};pk={part}')
+        fields = [
+            ("x-ratelimit-limit", str(quota.limit)),
+            ("x-ratelimit-remaining", str(quota.remaining)),
+            ("x-ratelimit-reset", str(int(quota.resets_at.timestamp()))),
+        ]
+    if rate is not None:
+        part, limit = partition_key(pk[1]), rate.rate
+        reset = max(0, math.ceil(rate.full_in))
+        policies.append(f'"{KEY_RATE_POLICY}";q={limit.count};w={limit.period};pk={part}')
+        limits.append(f'"{KEY_RATE_POLICY}";r={rate.remaining};t={reset};pk={part}')
+    if not policies:
+        return []
+    return [("ratelimit-policy", ", ".join(policies)), ("ratelimit", ", ".join(limits)), *fields]
