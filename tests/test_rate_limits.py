@@ -195,3 +195,91 @@ def test_with_redis_the_fields_and_the_refusal_match_the_local_ones(
     other = ks.keys.create(ACCOUNT, "other", rate_limit="1/h")
     assert not isinstance(outcome(ks, other.token), AuthError)
     assert outcome(ks, other.token).code == "RATE_001"
+
+
+# ------------------------------------------------------------------ an account's own limit
+
+
+def test_an_accounts_rate_limit_is_shared_by_its_keys_without_redis(
+    make_keystile: Callable[..., Keystile], clock: Clock
+) -> None:
+    ks = make_keystile(clock=clock, monthly_page_limit=100)
+    ks.quotas.set_rate_limit(ACCOUNT, "3/min")
+    assert ks.quotas.rate_limit(ACCOUNT) == "3/min"
+    assert ks.quotas.limit(ACCOUNT) == 100  # the pages stay the default
+    first, second = (ks.keys.create(ACCOUNT, name).token for name in ("a", "b"))
+    assert_shared_limit(ks, first, second)
+    clock.advance(20)
+    assert not isinstance(outcome(ks, second), AuthError)
+
+
+def assert_shared_limit(ks: Keystile, first: str, second: str, window: int = 60) -> None:
+    """Three requests of the account's "3/<window>" across two keys, then RATE_001."""
+    for token, remaining in ((first, 2), (second, 1), (first, 0)):
+        principal = outcome(ks, token)
+        assert not isinstance(principal, AuthError), principal
+        headers = dict(ks.response_headers(principal))
+        assert f'"account-rate";q=3;w={window};pk=:' in headers["ratelimit-policy"]
+        assert f'"account-rate";r={remaining};' in headers["ratelimit"]
+    refused = outcome(ks, second)
+    assert isinstance(refused, AuthError) and refused.code == "RATE_001", refused
+    assert refused.policies == ("account-rate",) and "account's" in refused.message
+
+
+def test_a_page_limit_change_keeps_the_rate_limit_and_clearing_both_leaves_no_row(
+    make_keystile: Callable[..., Keystile], clock: Clock
+) -> None:
+    ks = make_keystile(clock=clock, monthly_page_limit=100, plans={"pro": 500})
+    ks.quotas.set_rate_limit(ACCOUNT, "10/s")
+    ks.quotas.set_limit(ACCOUNT, 50)
+    assert (ks.quotas.limit(ACCOUNT), ks.quotas.rate_limit(ACCOUNT)) == (50, "10/s")
+    ks.quotas.set_plan(ACCOUNT, "pro")
+    assert (ks.quotas.limit(ACCOUNT), ks.quotas.rate_limit(ACCOUNT)) == (500, "10/s")
+    ks.quotas.clear_limit(ACCOUNT)
+    assert (ks.quotas.limit(ACCOUNT), ks.quotas.rate_limit(ACCOUNT)) == (100, "10/s")
+    ks.quotas.set_rate_limit(ACCOUNT, None)
+    assert ks.store.get_limit(ACCOUNT) is None
+    with pytest.raises(InvalidInput) as caught:
+        ks.quotas.set_rate_limit(ACCOUNT, "fast")
+    assert caught.value.field == "rate"
+    entries = ks.audit.list(ACCOUNT, action="limit.change").items
+    assert {"rate": "10/s"}.items() <= entries[-1].details.items()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("consistency", ["strict", "fast"])
+def test_an_accounts_rate_limit_with_redis(
+    engines: Callable[..., Keystile], consistency: str
+) -> None:
+    pair = [engines(consistency, monthly_page_limit=100) for _ in range(2)]
+    first, second = (pair[0].keys.create(ACCOUNT, name).token for name in ("a", "b"))
+    # Warm both engines first (fast mode: a lease), then limit the account.
+    for ks in pair:
+        for token in (first, second):
+            assert not isinstance(outcome(ks, token), AuthError)
+    pair[0].quotas.set_rate_limit(ACCOUNT, "3/h")
+    if consistency == "fast":
+        for ks in pair:
+            ks.flush()  # a lease taken before the limit is spent down, then given back
+    assert_shared_limit(pair[1], first, second, 3600)
+    assert outcome(pair[0], first).code == "RATE_001"  # shared across processes
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("consistency", ["strict", "fast"])
+def test_an_accounts_rate_limit_is_exact_across_three_engines(
+    engines: Callable[..., Keystile], consistency: str
+) -> None:
+    trio = [engines(consistency, monthly_page_limit=10_000) for _ in range(3)]
+    trio[0].quotas.set_rate_limit(ACCOUNT, "100/h")
+    tokens = [trio[0].keys.create(ACCOUNT, f"k{i}").token for i in range(4)]
+
+    async def flood() -> list[str]:
+        calls = (aoutcome(trio[i % 3], tokens[i % 4]) for i in range(600))
+        results = await asyncio.gather(*calls)
+        for ks in trio:
+            await ks.aclose()
+        return list(results)
+
+    results = asyncio.run(flood())
+    assert (results.count("ok"), results.count("RATE_001")) == (100, 500)

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from keystile import CreatedKey, Keystile
+from keystile import AuthError, CreatedKey, Keystile
 from keystile._core import tokens
 from keystile._services.loginlimits import KNOWN_SECRET_TTL
 from keystile.starlette import KeystileMiddleware, management_mount, requires
@@ -765,3 +765,24 @@ def test_a_transparent_rehash_keeps_the_keys_sessions(
         assert client.get("/whoami", headers=bearer(session)).status_code == 200
         client.post(f"/v1/apikeys/{key.key_id}/roll", headers={"x-api-key": key.token})
         assert client.get("/whoami", headers=bearer(session)).status_code == 401
+
+
+def test_a_keys_own_secret_written_as_a_session_token_is_refused_and_harms_nothing(
+    ks: Keystile,
+) -> None:
+    """``sk_sess_<the key's id>_<the key's secret>``: found by the header fuzz suite. It once
+    matched the key's cached entry (200, as a "session"), and once refused, was remembered
+    under the key's own digest, refusing the real key for ``negative_cache_ttl``."""
+    created = ks.keys.create(ACCT, "k")
+    real = [("authorization", f"Bearer {created.token}")]
+    prefix, _, kid, secret = created.token.split("_")
+    forged = [("authorization", f"Bearer {prefix}_{tokens.SESSION_ENVIRONMENT}_{kid}_{secret}")]
+    for warm in (True, False):
+        if warm:
+            assert ks.authenticate(real).auth_method == "bearer"
+        with pytest.raises(AuthError) as caught:
+            ks.authenticate(forged)
+        assert caught.value.code == "AUTH_002"
+        assert ks.authenticate(real).key_id == created.key_id
+        pair = [("x-api-key", created.key_id), ("x-api-secret", created.secret)]
+        assert ks.authenticate(pair).auth_method == "key_secret"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from keystile._core.charging import NO_ROW, resolve_limit
+from keystile._core.charging import NO_ROW, account_rate_of, resolve_limit
 from keystile._core.credentials import IDEMPOTENCY_HEADER, Credentials
 from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
 from keystile._core.leases import LeaseBook
@@ -131,6 +131,7 @@ class Admission(Settlement):
         self.resends = Resends()
         self.call_ids = CallIds()
         self.gens: dict[tuple[str, str, str], str] = {}
+        self.rated_accounts: dict[str, float] = {}
         self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, monotonic)
         self._period: tuple[Period, float, float] | None = None
         #: Where the management API is mounted, with the pattern of its routes: they cost no
@@ -208,7 +209,7 @@ class Admission(Settlement):
             return None  # another account's counters live in another slot: admit() checks
         charge = self._charge(snapshot, account, self.period_at(now), self.cost_of(request))
         if self.has_redis:
-            if checked and self.leases is not None and charge.fits_lease:
+            if checked and self.leases is not None and self._may_lease(charge, now):
                 outcome = self._spend_lease(charge, now)
                 if outcome is None:
                     return None  # the lease is short: admit() takes a new one
@@ -218,16 +219,21 @@ class Admission(Settlement):
         row = self.limits.get(account)
         if row is None or not self.counters.has(charge.counter):
             return None  # admit() reads the limit or the usage from the store
-        limit = resolve_limit(self.settings, None if row is NO_ROW else row, charge.environment)
+        row = None if row is NO_ROW else row
         outcome = self.counters.meter(
-            charge, limit, self.settings.quota_thresholds, now, self.settings.idempotency_ttl
+            charge,
+            resolve_limit(self.settings, row, charge.environment),
+            self.settings.quota_thresholds,
+            now,
+            self.settings.idempotency_ttl,
+            account_rate_of(row),
         )
         self._record(charge, outcome)
         return self.admitted(snapshot, account, creds.auth_method, charge, outcome, now)
 
     def metered(self, call: MeterCall, reply: Sequence[Any]) -> Admitted | None:
         """The warm request's meter answer; None when it needs more (stale, a seed): admit()."""
-        outcome = parse_script_reply(reply, self.by_points, call.charge.rate)
+        outcome = parse_script_reply(reply, self.by_points)
         if not isinstance(outcome, Outcome):
             if outcome == "stale":
                 self.verifier.forget(call.digest, call.snapshot)
@@ -281,12 +287,12 @@ class Admission(Settlement):
             reserved,
             result == "replay",
             outcome.leased,
-            outcome.rate,
+            outcome.rates,
         )
         if result == "exceeded":
             raise exceeded_error(outcome, meter.status, self.headers(meter), now)
-        if result == "rate_limited" and outcome.rate is not None:
-            raise rate_limited(outcome.rate, self.headers(meter))
+        if result == "rate_limited":
+            raise rate_limited(outcome.rates[0], self.headers(meter))
         return principal_of(snapshot, account, auth_method, meter), meter, outcome.crossed
 
     # -- the general path ---------------------------------------------------------------------

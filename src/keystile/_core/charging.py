@@ -28,10 +28,11 @@ from keystile._core.metering import (
     rebuild_fields,
 )
 from keystile._core.ratelimitfields import ratelimit_fields
+from keystile._core.ratelimits import Rate, parse_rate
 from keystile._core.rediskeys import CALL_MARKER_TTL, RedisKeys
 from keystile._core.resends import FIRST, CallIds, Resend, Resends, resolution
 from keystile._core.settings import Settings
-from keystile._core.store import AccountLimit
+from keystile._core.store import DEFAULT_PLAN, AccountLimit
 from keystile._core.tokens import KEY_ID_PREFIX
 from keystile._core.verification import Snapshot, Steps, Verifier
 
@@ -43,10 +44,14 @@ _OK = Outcome("ok")
 LEASE_SPREAD = 8
 
 
+def account_rate_of(row: AccountLimit | None) -> Rate | None:
+    return None if row is None or row.rate is None else parse_rate(row.rate)
+
+
 def resolve_limit(settings: Settings, row: AccountLimit | None, environment: str) -> int | None:
     if environment != settings.environments[0]:
         return settings.test_page_limit  # test keys never touch the live allowance
-    if row is None:
+    if row is None or row.plan == DEFAULT_PLAN:
         return settings.monthly_page_limit
     if row.plan is not None:
         return settings.plans.get(row.plan, settings.monthly_page_limit)
@@ -70,6 +75,9 @@ class Charging:
     gens: dict[tuple[str, str, str], str]
     #: This process in the counters' pending fields (pending.lua); '' in fast mode.
     holder: str
+    #: Fast mode: accounts with a rate limit of their own (lease.lua said so), until when:
+    #: their requests are metered in Redis, where the limit is exact across processes.
+    rated_accounts: dict[str, float]
     limits: LocalCache[AccountLimit | None]
     leases: LeaseBook | None
     lease_ttl_ms: int
@@ -79,14 +87,14 @@ class Charging:
 
     def headers(self, meter: Meter) -> list[tuple[str, str]]:
         """The RateLimit fields of a metered response (none for a key without limits)."""
-        if meter.limit is None and meter.rate is None:
+        if meter.limit is None and not meter.rates:
             return []
         charge = meter.charge_info
         period = charge.period
         window = int((period.end - period.start).total_seconds())
         quota = None if meter.limit is None else meter.status
         counted_for = (charge.account_id, KEY_ID_PREFIX + charge.kid)
-        return ratelimit_fields(quota, window, self.clock(), meter.rate, counted_for)
+        return ratelimit_fields(quota, window, self.clock(), meter.rates, counted_for)
 
     def meter_call(
         self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str, now: float
@@ -117,14 +125,13 @@ class Charging:
             self.holder,
         ]
         rate = charge.rate if charge.count_request else None
-        if rate is None:
-            args += ("", "")
-            rated = usage
-        else:
-            args += (rate.interval_us, rate.count * rate.interval_us)
-            rated = keys.rate(account, charge.kid)
+        args += ("", "") if rate is None else (rate.count, rate.period)
+        key_rate = usage if rate is None else keys.rate(account, charge.kid)
+        # The account's rate limit, if it has one, comes with the limit in force.
+        account_rate = keys.rate(account, "@" + charge.environment)
         marker = keys.call(account, self.call_ids())
-        return [usage, keys.limit(account, charge.environment), idem, state, rated, marker], args
+        limit = keys.limit(account, charge.environment)
+        return [usage, limit, idem, state, key_rate, account_rate, marker], args
 
     def meter(self, charge: Charge, unchecked: Snapshot | None, lease: bool = True) -> Steps:
         """Check and charge; ``unchecked`` is a snapshot whose stamp to compare at once.
@@ -135,11 +142,11 @@ class Charging:
             and self.leases is not None
             and unchecked is None
             and charge.idempotency is None
-            and charge.fits_lease
+            and self._may_lease(charge, self.clock())
         ):
             return (yield from self._lease_meter(charge))
         if not self.has_redis:
-            limit = yield from self._limit(charge.account_id, charge.environment)
+            limit, account_rate = yield from self._limit(charge.account_id, charge.environment)
             if not self.counters.has(charge.counter):
                 rows = yield from self._store_usage(charge)
                 self.counters.seed(
@@ -156,6 +163,7 @@ class Charging:
                 self.settings.quota_thresholds,
                 self.clock(),
                 self.settings.idempotency_ttl,
+                account_rate,
             )
             self._record(charge, outcome)
             return outcome
@@ -166,7 +174,7 @@ class Charging:
                 reply = yield ("redis_meter", (keys, args))
             except BackendError as exc:
                 return self._redis_failed(charge, exc, keys)
-            parsed = parse_script_reply(reply, self.by_points, charge.rate)
+            parsed = parse_script_reply(reply, self.by_points)
             if parsed == "need_limit" or parsed == "need_usage":
                 seed, rebuild = yield from self._seed(parsed, charge, seed, rebuild)
             elif isinstance(parsed, Outcome):
@@ -180,13 +188,22 @@ class Charging:
         """A script found the counter's limit or usage missing in Redis: read it from the
         store, for the next call to seed. ``(seed, rebuild)`` for that call."""
         if need == "need_limit":
-            limit = yield from self._limit(charge.account_id, charge.environment)
-            return ("none" if limit is None else str(limit)), rebuild
+            limit, rate = yield from self._limit(charge.account_id, charge.environment)
+            seed = "none" if limit is None else str(limit)
+            return (seed if rate is None else f"{seed};{rate.count};{rate.period}"), rebuild
         rebuild = encode_rebuild((yield from self._store_usage(charge)))
         # The rebuilt counter holds every charge this process recorded, including those
         # admitted while Redis was down: nothing left to resolve.
         self.resends.drop_counter(charge.counter)
         return seed, rebuild
+
+    def _may_lease(self, charge: Charge, now: float) -> bool:
+        """Fast mode: whether the charge may come from a lease (no limit of the key's own,
+        nor of its account's, that only Redis checks across processes)."""
+        if not charge.fits_lease:
+            return False
+        until = self.rated_accounts.get(charge.account_id)
+        return until is None or until <= now
 
     def _spend_lease(self, charge: Charge, now: float) -> Outcome | None:
         """Fast mode: the charge out of this process's lease, or None when it is short (or
@@ -241,6 +258,11 @@ class Charging:
             kind = reply[0]
             if kind == "need_limit" or kind == "need_usage":
                 seed, rebuild = yield from self._seed(kind, charge, seed, rebuild)
+            elif kind == "rated":
+                if len(self.rated_accounts) >= 10_000:  # a bound, like the charge cache's
+                    self.rated_accounts.clear()
+                self.rated_accounts[charge.account_id] = sent + self.settings.cache_ttl
+                return (yield from self.meter(charge, None, lease=False))
             elif kind == "exceeded":
                 limit = None if int(reply[2]) < 0 else int(reply[2])
                 return Outcome("exceeded", int(reply[1]), limit)
@@ -297,7 +319,7 @@ class Charging:
         """A meter (``call_keys``: its usage, idempotency and marker keys) or lease call
         failed, even sent again: refuse or go on (the policy), and have the counter resolved
         once Redis answers."""
-        marked = None if call_keys is None else [call_keys[0], call_keys[2], call_keys[4]]
+        marked = None if call_keys is None else [call_keys[0], call_keys[2], call_keys[-1]]
         gen = self.gens.get(charge.counter, "")
         try:
             self.verifier.backend_down(error)
@@ -323,6 +345,7 @@ class Charging:
         return fields
 
     def _limit(self, account_id: str, environment: str) -> Steps:
+        """``(the page limit, the account's rate limit or None)``."""
         # With Redis the limit is cached there and dropped on every change; a copy here would
         # write a stale limit back. Without Redis this process's copy is the cache.
         row = None if self.has_redis else self.limits.get(account_id)
@@ -335,7 +358,8 @@ class Charging:
                 self.limits.put(
                     account_id, account_id, row or NO_ROW, self.settings.local_cache_ttl
                 )
-        return resolve_limit(self.settings, None if row is NO_ROW else row, environment)
+        row = None if row is NO_ROW else row
+        return resolve_limit(self.settings, row, environment), account_rate_of(row)
 
     def _record(self, charge: Charge, outcome: Outcome) -> None:
         if outcome.result == "ok":

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from keystile._core.metering import Charge, Outcome, basis_points, crossed_marks
-from keystile._core.ratelimits import LocalRates
+from keystile._core.ratelimits import ACCOUNT_RATE_POLICY, KEY_RATE_POLICY, LocalRates, Rate
 
 #: Without Redis, at most this many Idempotency-Key markers are kept (the oldest go first).
 IDEMPOTENCY_MARKERS = 10_000
@@ -52,6 +52,7 @@ class LocalCounters:
         thresholds: Sequence[float],
         now: float,
         idem_ttl: int,
+        account_rate: Rate | None = None,
     ) -> Outcome:
         with self._lock:
             usage = self._usage[charge.counter]
@@ -59,11 +60,14 @@ class LocalCounters:
             idem = charge.idempotency  # its digest names the account too
             if idem is not None and self._idempotency.get(idem, 0.0) > now:
                 return Outcome("replay", used, limit)
-            rate, state = charge.rate if charge.count_request else None, None
-            if rate is not None:
-                free, state = self.rates.check((charge.account_id, charge.kid), rate, now)
+            rated = self._rated(charge, account_rate) if charge.count_request else ()
+            taken, states = [], []
+            for key, rate, policy in rated:
+                free, state = self.rates.check(key, rate, now, policy)
                 if free is None:
-                    return Outcome("rate_limited", used, limit, rate=state)
+                    return Outcome("rate_limited", used, limit, rates=(state,))
+                taken.append((key, free))
+                states.append(state)
             if limit is not None and used + charge.cost > limit:
                 return Outcome("exceeded", used, limit)
             key_pages = charge.pages_field
@@ -71,8 +75,8 @@ class LocalCounters:
                 key_used = usage.get(key_pages, 0)
                 if key_used + charge.cost > charge.key_limit:
                     return Outcome("exceeded", key_used, charge.key_limit, "key")
-            if rate is not None:
-                self.rates.commit((charge.account_id, charge.kid), free, now)  # type: ignore[arg-type]
+            for key, free in taken:
+                self.rates.commit(key, free, now)
             after = usage["pages"] = used + charge.cost
             usage[key_pages] = usage.get(key_pages, 0) + charge.cost
             if charge.count_request:
@@ -86,14 +90,26 @@ class LocalCounters:
                 or not thresholds
                 or after * 10_000 < basis_points(min(thresholds)) * limit
             ):
-                return Outcome("ok", after, limit, rate=state)  # (the common case: no mark)
+                return Outcome("ok", after, limit, rates=tuple(states))  # (no mark to look for)
             crossed = []
             for threshold in crossed_marks(after, limit, thresholds):
                 mark = f"th:{basis_points(threshold)}"
                 if mark not in usage:
                     usage[mark] = 1
                     crossed.append(threshold)
-            return Outcome("ok", after, limit, crossed=tuple(crossed), rate=state)
+            return Outcome("ok", after, limit, crossed=tuple(crossed), rates=tuple(states))
+
+    @staticmethod
+    def _rated(
+        charge: Charge, account_rate: Rate | None
+    ) -> list[tuple[tuple[str, str], Rate, str]]:
+        """The rate limits a request is checked against: the key's, then its account's."""
+        rated = []
+        if charge.rate is not None:
+            rated.append(((charge.account_id, charge.kid), charge.rate, KEY_RATE_POLICY))
+        if account_rate is not None:
+            rated.append(((charge.account_id, ""), account_rate, ACCOUNT_RATE_POLICY))
+        return rated
 
     def _remember(self, idem: str, until: float, now: float) -> None:
         """Under the lock. Expired markers leave first; past the bound the oldest go too

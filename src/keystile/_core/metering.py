@@ -20,7 +20,7 @@ from typing import Any
 
 from keystile._core.errors import QUOTA_EXCEEDED, AuthError, InvalidInput
 from keystile._core.periods import Period
-from keystile._core.ratelimits import Rate, RateState, rate_fields
+from keystile._core.ratelimits import Rate, RateState, refusal_of_reply, states_of_reply
 from keystile._core.store import UsageDelta, UsageRow
 
 #: The monthly quota's name in the RateLimit fields and in a problem's violated-policies.
@@ -96,7 +96,8 @@ class Outcome:
     leased: bool = False  # spent from this process's lease (fast mode): settled locally
     #: The Redis counter's generation that took the charge (see ``resolve.lua``).
     gen: str = ""
-    rate: RateState | None = None  # the key's rate limit after it (or as it refused)
+    #: The rate limits after it (the key's, the account's), or the one that refused it.
+    rates: tuple[RateState, ...] = ()
 
 
 class Meter:
@@ -106,7 +107,7 @@ class Meter:
     never look at it, and every request makes a meter."""
 
     __slots__ = (
-        "_status", "charge_info", "final", "leased", "limit", "rate", "replay", "reserved",
+        "_status", "charge_info", "final", "leased", "limit", "rates", "replay", "reserved",
         "route_cost", "settled", "used",
     )  # fmt: skip
 
@@ -118,9 +119,9 @@ class Meter:
         reserved: int,
         replay: bool,
         leased: bool = False,
-        rate: RateState | None = None,
+        rates: tuple[RateState, ...] = (),
     ) -> None:
-        self.charge_info, self.limit, self.used, self.rate = charge_info, limit, used, rate
+        self.charge_info, self.limit, self.used, self.rates = charge_info, limit, used, rates
         self.reserved, self.replay = reserved, replay
         #: Its pages came from this process's lease (fast mode): settled locally.
         self.leased = leased
@@ -236,11 +237,8 @@ def thresholds_by_points(thresholds: Sequence[float]) -> dict[int, float]:
     return {basis_points(t): t for t in thresholds}
 
 
-def parse_script_reply(
-    reply: Sequence[Any], by_points: Mapping[int, float], rate: Rate | None = None
-) -> Outcome | str:
-    """``meter.lua``'s answer; ``by_points`` is :func:`thresholds_by_points` of the settings,
-    ``rate`` the charge's rate limit."""
+def parse_script_reply(reply: Sequence[Any], by_points: Mapping[int, float]) -> Outcome | str:
+    """``meter.lua``'s answer; ``by_points`` is :func:`thresholds_by_points` of the settings."""
     kind = reply[0]
     if kind in ("stale", "need_limit", "need_usage"):
         return str(kind)
@@ -248,12 +246,10 @@ def parse_script_reply(
     if kind == "ok":
         marks = reply[3]
         crossed = tuple(by_points[int(t)] for t in str(marks).split(",")) if marks else ()
-        state = None if rate is None or len(reply) < 7 else RateState(rate, *rate_fields(reply))
-        return Outcome("ok", int(reply[1]), limit, crossed=crossed, gen=str(reply[4]), rate=state)
-    if kind == "rate" and rate is not None:
-        return Outcome(
-            "rate_limited", int(reply[1]), limit, rate=RateState(rate, 0, reply[3] / 1e6)
-        )
+        rates = states_of_reply(reply[5:])
+        return Outcome("ok", int(reply[1]), limit, crossed=crossed, gen=str(reply[4]), rates=rates)
+    if kind == "rate":
+        return Outcome("rate_limited", int(reply[1]), limit, rates=(refusal_of_reply(reply),))
     if kind == "exceeded":
         return Outcome("exceeded", int(reply[1]), limit, str(reply[3]))
     return Outcome("replay", int(reply[1]), limit)

@@ -1,9 +1,10 @@
 """The RateLimit fields of a response (draft-ietf-httpapi-ratelimit-headers): one policy for
-the monthly quota, one for the key's rate limit, in the same two lists; and the X-RateLimit
-trio for the quota, which older clients parse.
+the monthly quota and one per rate limit (the key's, the account's), in the same two lists;
+and the X-RateLimit trio for the quota, which older clients parse.
 
-Each policy's ``pk`` (partition key) is what it counts per: the account for ``"monthly"``
-(an ``x-account-id`` request counts against the account named), the key for ``"key-rate"``.
+Each policy's ``pk`` (partition key) is what it counts per: the account for ``"monthly"`` and
+``"account-rate"`` (an ``x-account-id`` request counts against the account named), the key
+for ``"key-rate"``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ def partition_key(name: str) -> str:
 
 
 def ratelimit_fields(
-    quota: QuotaStatus | None, window: int, now: float, rate: RateState | None, pk: tuple[str, str]
+    quota: QuotaStatus | None,
+    window: int,
+    now: float,
+    rates: tuple[RateState, ...],
+    pk: tuple[str, str],
 ) -> Fields:
     """``pk``: the (account, key id) the request was counted for."""
     policies, limits, fields = [], [], []
@@ -39,11 +44,12 @@ def ratelimit_fields(
             ("x-ratelimit-remaining", str(quota.remaining)),
             ("x-ratelimit-reset", str(int(quota.resets_at.timestamp()))),
         ]
-    if rate is not None:
-        part, limit = partition_key(pk[1]), rate.rate
-        reset = max(0, math.ceil(rate.full_in))
-        policies.append(f'"{KEY_RATE_POLICY}";q={limit.count};w={limit.period};pk={part}')
-        limits.append(f'"{KEY_RATE_POLICY}";r={rate.remaining};t={reset};pk={part}')
+    for state in rates:
+        name, limit = state.policy, state.rate
+        part = partition_key(pk[1] if name == KEY_RATE_POLICY else pk[0])
+        reset = max(0, math.ceil(state.full_in))
+        policies.append(f'"{name}";q={limit.count};w={limit.period};pk={part}')
+        limits.append(f'"{name}";r={state.remaining};t={reset};pk={part}')
     if not policies:
         return []
     return [("ratelimit-policy", ", ".join(policies)), ("ratelimit", ", ".join(limits)), *fields]

@@ -1,4 +1,5 @@
-"""Per-key rate limits (``"100/s"``, ``"6000/min"``, ``"100000/h"``), enforced as a GCRA.
+"""Rate limits (``"100/s"``, ``"6000/min"``, ``"100000/h"``) of a key, and of an account (all
+its keys together), enforced as a GCRA.
 
 A key limited to N per period may send N requests at once, then one every period/N: the
 generic cell rate algorithm keeps one time per key (when its bucket is next empty), so there
@@ -16,8 +17,9 @@ from typing import Any
 
 from keystile._core.errors import RATE_LIMITED, AuthError, InvalidInput
 
-#: The rate limit's name in the RateLimit fields and in a problem's violated-policies.
+#: The rate limits' names in the RateLimit fields and in a problem's violated-policies.
 KEY_RATE_POLICY = "key-rate"
+ACCOUNT_RATE_POLICY = "account-rate"
 _UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 _SHOWN = {1: "s", 60: "min", 3600: "h"}
 _RATE = re.compile(r"\s*([1-9][0-9]{0,8})\s*/\s*([a-z]+)\s*")
@@ -61,37 +63,60 @@ def check_rate_limit(field: str, value: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class RateState:
-    """Where a key stands under its rate limit after a request: ``remaining`` requests it may
-    send at once, ``full_in`` seconds until its whole burst is back (for a refusal: the
-    seconds until the next request may go)."""
+    """Where a key (or account) stands under a rate limit after a request: ``remaining``
+    requests it may send at once, ``full_in`` seconds until its whole burst is back (for a
+    refusal: the seconds until the next request may go)."""
 
+    policy: str
     rate: Rate
     remaining: int
     full_in: float
 
 
-def gcra(rate: Rate, next_free_us: float, now_us: float) -> tuple[bool, float, RateState]:
-    """One request under ``rate``: ``(admitted, the key's next-free time if admitted,
-    state)``. The same arithmetic as ``meter.lua``'s."""
+def gcra(
+    rate: Rate, next_free_us: float, now_us: float, policy: str = KEY_RATE_POLICY
+) -> tuple[bool, float, RateState]:
+    """One request under ``rate``: ``(admitted, the next-free time if admitted, state)``. The
+    same arithmetic as ``meter.lua``'s."""
     interval = rate.interval_us
     burst = rate.count * interval
     ahead = max(next_free_us, now_us) + interval - now_us
     if ahead > burst:
-        return False, next_free_us, RateState(rate, 0, (ahead - burst) / 1e6)
-    return True, now_us + ahead, RateState(rate, int((burst - ahead) // interval), ahead / 1e6)
+        return False, next_free_us, RateState(policy, rate, 0, (ahead - burst) / 1e6)
+    left = int((burst - ahead) // interval)
+    return True, now_us + ahead, RateState(policy, rate, left, ahead / 1e6)
 
 
-def rate_fields(reply: Any) -> tuple[int, float]:
-    """``meter.lua``'s ``ok`` reply's last two: remaining, and µs until the burst is back."""
-    return int(reply[5]), int(reply[6]) / 1e6
+_POLICIES = {"k": KEY_RATE_POLICY, "a": ACCOUNT_RATE_POLICY}
+
+
+def states_of_reply(tail: Any) -> tuple[RateState, ...]:
+    """``meter.lua``'s rate limits after an ``ok``: groups of (which, count, period,
+    remaining, µs until the burst is back), the key's first."""
+    return tuple(
+        RateState(
+            _POLICIES[str(tail[i])],
+            Rate(int(tail[i + 1]), int(tail[i + 2])),
+            int(tail[i + 3]),
+            int(tail[i + 4]) / 1e6,
+        )
+        for i in range(0, len(tail) - 4, 5)
+    )
+
+
+def refusal_of_reply(reply: Any) -> RateState:
+    """``meter.lua``'s ``{'rate', used, limit, µs to wait, which, count, period}``."""
+    which, count, period = _POLICIES[str(reply[4])], int(reply[5]), int(reply[6])
+    return RateState(which, Rate(count, period), 0, int(reply[3]) / 1e6)
 
 
 def rate_limited(state: RateState, fields: list[tuple[str, str]]) -> AuthError:
     """429 RATE_001 with Retry-After and the response's RateLimit ``fields``."""
     retry = max(1, math.ceil(state.full_in))
     headers = {"retry-after": str(retry), **dict(fields)}
-    message = f"This key's rate limit of {state.rate} was exceeded; retry in {retry} s."
-    return AuthError(RATE_LIMITED, message, headers, policies=(KEY_RATE_POLICY,))
+    whose = "This key's" if state.policy == KEY_RATE_POLICY else "The account's"
+    message = f"{whose} rate limit of {state.rate} was exceeded; retry in {retry} s."
+    return AuthError(RATE_LIMITED, message, headers, policies=(state.policy,))
 
 
 class LocalRates:
@@ -103,10 +128,13 @@ class LocalRates:
     def __init__(self) -> None:
         self._next_free: dict[tuple[str, str], float] = {}
 
-    def check(self, key: tuple[str, str], rate: Rate, now: float) -> tuple[float | None, RateState]:
+    def check(
+        self, key: tuple[str, str], rate: Rate, now: float, policy: str
+    ) -> tuple[float | None, RateState]:
         """``(the next-free time to :meth:`commit` if the request is admitted, or None when
-        the limit refuses it; the state)``."""
-        admitted, free, state = gcra(rate, self._next_free.get(key, 0.0), now * 1e6)
+        the limit refuses it; the state)``. ``key``: (account, key id, or "" for the
+        account's own limit)."""
+        admitted, free, state = gcra(rate, self._next_free.get(key, 0.0), now * 1e6, policy)
         return (free if admitted else None), state
 
     def commit(self, key: tuple[str, str], next_free_us: float, now: float) -> None:

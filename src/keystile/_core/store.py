@@ -72,10 +72,17 @@ class UsageRow:
 
 @dataclass(frozen=True, slots=True)
 class AccountLimit:
-    """An account's own limit: ``pages`` (None = unlimited) or a ``plan`` name from settings."""
+    """An account's own limits: ``pages`` (None = unlimited) or a ``plan`` name from settings
+    (:data:`DEFAULT_PLAN`: the settings' default, a row kept for its rate limit); ``rate``,
+    the requests all its keys together may send (``"1000/min"``; None: no such limit)."""
 
     pages: int | None
     plan: str | None = None
+    rate: str | None = None
+
+
+#: The plan of a row that only holds an account's rate limit: its pages are the default.
+DEFAULT_PLAN = ""
 
 
 @dataclass(frozen=True, slots=True)

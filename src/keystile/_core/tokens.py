@@ -137,7 +137,8 @@ def parse_pair(key_id: str, secret: str) -> ParsedToken | None:
 
 
 def digest(server_secret: bytes, credential: ParsedToken) -> str:
-    """Keyed digest naming a credential in caches: both forms of one key share it."""
+    """Keyed digest naming a credential in caches: both forms of one key share it (a token's
+    environment is left out, but for a session's)."""
     return digester(server_secret)(credential)
 
 
@@ -148,8 +149,12 @@ def digester(server_secret: bytes) -> Callable[[ParsedToken], str]:
     blake2b = hashlib.blake2b
 
     def digest_of(credential: ParsedToken) -> str:
-        message = f"{credential.kid}:{credential.secret}".encode()
-        return blake2b(message, key=key, digest_size=32).hexdigest()
+        message = f"{credential.kid}:{credential.secret}"
+        if credential.environment == SESSION_ENVIRONMENT:
+            # A key's id and secret written as a session token must not name the key's
+            # cache entries (nor have a refusal remembered under them).
+            message = f"{SESSION_ENVIRONMENT}:{message}"
+        return blake2b(message.encode(), key=key, digest_size=32).hexdigest()
 
     return digest_of
 

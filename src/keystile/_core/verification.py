@@ -343,8 +343,9 @@ class Verifier:
         """The account the request acts for, once the snapshot's state allows it (or
         AuthError). ``origin``: where the request came from, for a key with an allowlist
         (None: a caller with no request, such as a test, is not restricted)."""
-        if token_environment not in (None, SESSION_ENVIRONMENT, snapshot.environment):
-            raise AuthError(INVALID_API_KEY)  # sk_test_ text around a live key's secret
+        expected = SESSION_ENVIRONMENT if snapshot.session_id is not None else snapshot.environment
+        if token_environment not in (None, expected):
+            raise AuthError(INVALID_API_KEY)  # sk_test_ (or sk_sess_) around a live key's secret
         if snapshot.valid_until is not None and snapshot.valid_until <= now:
             raise AuthError(INVALID_API_KEY)  # a rolled key's old secret, past its grace
         if snapshot.revoked:

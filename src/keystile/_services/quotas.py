@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +14,8 @@ from keystile._core.keyfields import check_account, check_page_limit
 from keystile._core.localcache import LocalCache
 from keystile._core.metering import UsageBuffer
 from keystile._core.periods import PeriodPolicy
-from keystile._core.store import AccountLimit, UsageRow
+from keystile._core.ratelimits import check_rate_limit
+from keystile._core.store import DEFAULT_PLAN, AccountLimit, UsageRow
 from keystile._core.tokens import KEY_ID_PREFIX
 from keystile._services.audit import AuditLog
 
@@ -90,7 +91,8 @@ class QuotaManager:
     def set_limit(self, account_id: str, pages: int | None, actor: str | None = None) -> None:
         """The account's own monthly page limit (None: unlimited, still metered)."""
         check_account("account_id", account_id)
-        self._write(account_id, AccountLimit(check_page_limit(pages, "pages")), actor)
+        pages = check_page_limit(pages, "pages")
+        self._write(account_id, AccountLimit(pages, None, self._rate_of(account_id)), actor)
 
     def set_plan(self, account_id: str, plan: str, actor: str | None = None) -> None:
         """Put the account on a plan named in the ``plans`` setting."""
@@ -98,12 +100,33 @@ class QuotaManager:
         if plan not in self._settings.plans:
             known = ", ".join(sorted(self._settings.plans)) or "none configured"
             raise InvalidInput("plan", f"unknown plan {plan!r} (plans: {known})")
-        self._write(account_id, AccountLimit(None, plan), actor)
+        self._write(account_id, AccountLimit(None, plan, self._rate_of(account_id)), actor)
 
     def clear_limit(self, account_id: str, actor: str | None = None) -> None:
-        """Back to the default ``monthly_page_limit``."""
+        """Back to the default ``monthly_page_limit`` (a rate limit stays)."""
         check_account("account_id", account_id)
-        self._write(account_id, None, actor)
+        rate = self._rate_of(account_id)
+        self._write(
+            account_id, None if rate is None else AccountLimit(None, DEFAULT_PLAN, rate), actor
+        )
+
+    def set_rate_limit(self, account_id: str, rate: str | None, actor: str | None = None) -> None:
+        """Requests per second, minute or hour that all the account's keys together may send
+        (``"1000/min"``; None: none), beside each key's own ``rate_limit``."""
+        check_account("account_id", account_id)
+        rate = check_rate_limit("rate", rate)
+        row = self._store.get_limit(account_id) or AccountLimit(None, DEFAULT_PLAN)
+        kept = replace(row, rate=rate)
+        default = kept.plan == DEFAULT_PLAN and rate is None
+        self._write(account_id, None if default else kept, actor)
+
+    def rate_limit(self, account_id: str) -> str | None:
+        """The account's shared rate limit, or None."""
+        return self._rate_of(check_account("account_id", account_id))
+
+    def _rate_of(self, account_id: str) -> str | None:
+        row = self._store.get_limit(account_id)
+        return None if row is None else row.rate
 
     def limit(self, account_id: str, environment: str | None = None) -> int | None:
         env = environment or self._settings.environments[0]
@@ -114,7 +137,11 @@ class QuotaManager:
         self._store.set_limit(account_id, limit)
         details: dict[str, Any] = {"pages": None, "plan": None, "default": True}
         if limit is not None:
-            details = {"pages": limit.pages, "plan": limit.plan, "default": False}
+            default = limit.plan == DEFAULT_PLAN
+            plan = None if default else limit.plan
+            details = {"pages": limit.pages, "plan": plan, "default": default}
+            if limit.rate is not None:
+                details["rate"] = limit.rate
         self._audit.record("limit.change", account_id, actor, None, details)
         self._limits.drop(account_id)
         redis = self._backends.redis

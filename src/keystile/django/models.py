@@ -88,6 +88,7 @@ class Limit(models.Model):  # type: ignore[misc,unused-ignore]
     account_id = models.CharField(max_length=128, primary_key=True)
     pages = models.BigIntegerField(null=True, blank=True)
     plan = models.CharField(max_length=64, null=True, blank=True)
+    rate = models.CharField("rate limit", max_length=32, null=True, blank=True)
 
     class Meta:
         db_table = "keystile_limits"

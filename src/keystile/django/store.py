@@ -186,7 +186,7 @@ class DjangoStore:
 
     def get_limit(self, account_id: str) -> AccountLimit | None:
         limits = self._objects("Limit").filter(account_id=account_id)
-        row = limits.values_list("pages", "plan").first()
+        row = limits.values_list("pages", "plan", "rate").first()
         return None if row is None else AccountLimit(*row)
 
     def set_limit(self, account_id: str, limit: AccountLimit | None) -> None:
@@ -194,7 +194,8 @@ class DjangoStore:
             self._objects("Limit").filter(account_id=account_id).delete()
         else:
             self._objects("Limit").update_or_create(
-                account_id=account_id, defaults={"pages": limit.pages, "plan": limit.plan}
+                account_id=account_id,
+                defaults={"pages": limit.pages, "plan": limit.plan, "rate": limit.rate},
             )
 
     # -- audit log ------------------------------------------------------------------------

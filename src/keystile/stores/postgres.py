@@ -108,11 +108,14 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS keystile_limits (
         account_id TEXT PRIMARY KEY,
         pages BIGINT,
-        plan TEXT
+        plan TEXT,
+        rate TEXT
     )""",
+    "ALTER TABLE keystile_limits ADD COLUMN IF NOT EXISTS rate TEXT",
 )
 
-_ADDED_KEY_COLUMNS = ("allowed_ips", "rate_limit")
+#: Columns added since 0.1.0 (the ALTER TABLEs above add them to tables 0.1.0 made).
+_ADDED_COLUMNS = ("keystile_keys.allowed_ips", "keystile_keys.rate_limit", "keystile_limits.rate")
 _TABLES = (
     "keystile_keys",
     "keystile_usage",
@@ -207,12 +210,12 @@ class PostgresStore(SQLStore):
             "SELECT count(to_regclass(t)) FROM unnest(%s::text[]) AS t", (builtins.list(_TABLES),)
         ).fetchone()
         added = conn.execute(
-            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'keystile_keys'"
-            " AND table_schema = current_schema() AND column_name = ANY(%s::text[])",
-            (builtins.list(_ADDED_KEY_COLUMNS),),
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
+            " current_schema() AND table_name || '.' || column_name = ANY(%s::text[])",
+            (builtins.list(_ADDED_COLUMNS),),
         ).fetchone()
         tables = row is not None and row[0] == len(_TABLES)
-        if tables and added is not None and added[0] == len(_ADDED_KEY_COLUMNS):
+        if tables and added is not None and added[0] == len(_ADDED_COLUMNS):
             return
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))

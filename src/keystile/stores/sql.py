@@ -286,7 +286,7 @@ class SQLStore(ABC):
 
     def get_limit(self, account_id: str) -> AccountLimit | None:
         rows = self._query(
-            "SELECT pages, plan FROM keystile_limits WHERE account_id=?", (account_id,)
+            "SELECT pages, plan, rate FROM keystile_limits WHERE account_id=?", (account_id,)
         )
         return AccountLimit(*rows[0]) if rows else None
 
@@ -295,9 +295,10 @@ class SQLStore(ABC):
             self._execute("DELETE FROM keystile_limits WHERE account_id=?", (account_id,))
         else:
             self._execute(
-                "INSERT INTO keystile_limits (account_id, pages, plan) VALUES (?,?,?) "
-                "ON CONFLICT (account_id) DO UPDATE SET pages=excluded.pages, plan=excluded.plan",
-                (account_id, limit.pages, limit.plan),
+                "INSERT INTO keystile_limits (account_id, pages, plan, rate) VALUES (?,?,?,?) "
+                "ON CONFLICT (account_id) DO UPDATE SET pages=excluded.pages, plan=excluded.plan,"
+                " rate=excluded.rate",
+                (account_id, limit.pages, limit.plan, limit.rate),
             )
 
     # -- audit ------------------------------------------------------------------------------

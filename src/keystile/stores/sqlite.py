@@ -81,20 +81,25 @@ CREATE TABLE IF NOT EXISTS keystile_sessions (
 CREATE TABLE IF NOT EXISTS keystile_limits (
     account_id TEXT PRIMARY KEY,
     pages INTEGER,
-    plan TEXT
+    plan TEXT,
+    rate TEXT
 );
 """
 
 
 #: Columns added since 0.1.0, for tables an earlier version created.
-_ADDED_KEY_COLUMNS = {"allowed_ips": "TEXT NOT NULL DEFAULT '[]'", "rate_limit": "TEXT"}
+_ADDED_COLUMNS = {
+    "keystile_keys": {"allowed_ips": "TEXT NOT NULL DEFAULT '[]'", "rate_limit": "TEXT"},
+    "keystile_limits": {"rate": "TEXT"},
+}
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
-    have = {row[1] for row in db.execute("PRAGMA table_info(keystile_keys)")}
-    for name, definition in _ADDED_KEY_COLUMNS.items():
-        if name not in have:
-            db.execute(f"ALTER TABLE keystile_keys ADD COLUMN {name} {definition}")
+    for table, added in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, definition in added.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
 
 def _from_epoch(value: float) -> datetime:

@@ -1,26 +1,38 @@
 -- One request's whole Redis step: is the key's cached state current, is it within its rate
--- limit, is there quota left, charge it. Atomic, so concurrent requests can never admit more
+-- limits, is there quota left, charge it. Atomic, so concurrent requests can never admit more
 -- than the limits. Eight commands on the warm path: MGET, HMGET, five HINCRBY, the SET of
--- once.lua's marker; three more (TIME, GET, SET) for a key with a rate limit.
+-- once.lua's marker; with rate limits, TIME, and a GET and a SET for each.
 --
--- KEYS[1] usage hash of (account, period, environment)   KEYS[2] the limit in force
--- KEYS[3] idempotency marker   KEYS[4] the key's state stamp   KEYS[5] the key's next-free
--- time under its rate limit (GCRA, µs)   KEYS[6] this call's marker
+-- KEYS[1] usage hash of (account, period, environment)
+-- KEYS[2] the limit in force: '<pages>' or 'none', then ';<count>;<period s>' when the
+-- account has a rate limit of its own   KEYS[3] idempotency marker   KEYS[4] the key's state
+-- stamp   KEYS[5] the key's next-free time under its rate limit (GCRA, µs)   KEYS[6] the
+-- account's, in this environment   KEYS[7] this call's marker
 -- (KEYS[3], KEYS[4] and KEYS[5] repeat KEYS[1] when unused: every key stays in one slot.)
 -- ARGV: retry ('1'), marker ttl (once.lua), then kid, cost, expected stamp ('' = no check),
 -- key limit (''), limit to seed ('' = none known, 'none' = unlimited), usage to rebuild
 -- (JSON, ''), usage ttl, thresholds in basis points ('8000,10000': integer maths, so 55% of
 -- 100 is exactly 55), idempotency ttl, limit ttl, use idempotency ('1'), count the request ('1'),
 -- holder ('' = none: fast mode): the field 'p:<holder>' sums the pages this process has charged
--- and not yet written to the store (pending.lua); the rate limit's interval and burst (µs, ''
--- = none): a request may go while the key's next-free time is within a burst of now.
+-- and not yet written to the store (pending.lua); the key's rate limit, count and period (s)
+-- ('' = none). A GCRA: a request may go while the next-free time is within a burst
+-- (count x interval) of now; it moves the time on by one interval (period / count, rounded up).
 local usage, limit_key, idem_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local kid, cost, expected = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local key_limit, seed_limit, rebuild = ARGV[6], ARGV[7], ARGV[8]
 local usage_ttl, thresholds, idem_ttl, limit_ttl = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local use_idem, count_request = ARGV[13] == '1', ARGV[14] == '1'
 local holder = ARGV[15]
-local rate_key, interval, burst = KEYS[5], tonumber(ARGV[16]), tonumber(ARGV[17])
+
+-- A rate limit: {which, count, period, its next-free key, interval, burst}.
+local function rate_of(which, count, period, key)
+  local interval = math.ceil(period * 1000000 / count)
+  return {which, count, period, key, interval, interval * count}
+end
+local rates = {}
+if count_request and ARGV[16] ~= '' then
+  rates[1] = rate_of('k', tonumber(ARGV[16]), tonumber(ARGV[17]), KEYS[5])
+end
 
 local limit
 if expected ~= '' then
@@ -32,6 +44,13 @@ else
 end
 limit = limit_in_force(limit, limit_key, seed_limit, limit_ttl)
 if not limit then return {'need_limit'} end
+local pages_text, a_count, a_period = string.match(limit, '^([^;]*);(%d+);(%d+)$')
+if pages_text then
+  limit = pages_text
+  if count_request then
+    rates[#rates + 1] = rate_of('a', tonumber(a_count), tonumber(a_period), KEYS[6])
+  end
+end
 local lim = tonumber(limit)  -- nil: unlimited, still metered
 
 local marks = {}
@@ -65,14 +84,16 @@ local used = tonumber(got[1])
 if use_idem and redis.call('EXISTS', idem_key) == 1 then
   return {'replay', used, lim or -1}
 end
-local ahead
-if interval then
+local now
+if #rates > 0 then
   local clock = redis.call('TIME')
-  local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-  local free = tonumber(redis.call('GET', rate_key) or '0')
-  ahead = math.max(free, now) + interval - now
-  if ahead > burst then return {'rate', used, lim or -1, ahead - burst} end
-  ahead = {now + ahead, ahead}
+  now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+end
+for _, r in ipairs(rates) do
+  local free = tonumber(redis.call('GET', r[4]) or '0')
+  local ahead = math.max(free, now) + r[5] - now
+  if ahead > r[6] then return {'rate', used, lim or -1, ahead - r[6], r[1], r[2], r[3]} end
+  r[7] = ahead
 end
 if lim and used + cost > lim then
   return {'exceeded', used, lim, 'account'}
@@ -84,8 +105,12 @@ if key_limit ~= '' then
   end
 end
 
-if ahead then
-  redis.call('SET', rate_key, string.format('%.0f', ahead[1]), 'PX', math.ceil(ahead[2] / 1000))
+local rated = {}
+for _, r in ipairs(rates) do
+  redis.call('SET', r[4], string.format('%.0f', now + r[7]), 'PX', math.ceil(r[7] / 1000))
+  for _, v in ipairs({r[1], r[2], r[3], math.floor((r[6] - r[7]) / r[5]), r[7]}) do
+    rated[#rated + 1] = v
+  end
 end
 local after = redis.call('HINCRBY', usage, 'pages', cost)
 redis.call('HINCRBY', usage, key_pages, cost)
@@ -106,6 +131,4 @@ if lim and lim > 0 then
     end
   end
 end
-local rated = {}
-if ahead then rated = {math.floor((burst - ahead[2]) / interval), ahead[2]} end
 return once({'ok', after, lim or -1, table.concat(crossed, ','), got[3] or '0', unpack(rated)})

@@ -17,4 +17,9 @@ class Migration(migrations.Migration):  # type: ignore[misc,unused-ignore]
             name="rate_limit",
             field=models.CharField(blank=True, max_length=32, null=True),
         ),
+        migrations.AddField(
+            model_name="limit",
+            name="rate",
+            field=models.CharField(blank=True, max_length=32, null=True, verbose_name="rate limit"),
+        ),
     )
