@@ -594,8 +594,8 @@ def test_a_roll_racing_a_login_leaves_no_session_of_the_old_secret(
     verify = ks.verify_with_snapshot
     rolled: list[Any] = []
 
-    def verify_then_roll(creds: Any) -> Any:
-        verified = verify(creds)
+    def verify_then_roll(creds: Any, origin: Any = None) -> Any:
+        verified = verify(creds, origin)
         if not rolled:  # the roll lands between the check of the secret and the session
             rolled.append(ks.keys.roll(key.key_id))
         return verified
