@@ -17,7 +17,7 @@ from keystile._core.credentials import asgi_headers
 from keystile._core.principal import check_permissions as check_permissions
 from keystile._http import guards
 from keystile._http.asgi import WS_POLICY_VIOLATION as WS_POLICY_VIOLATION
-from keystile._http.asgi import ASGIApp, ASGIExchange, Message, Receive, Scope, Send, peer_of
+from keystile._http.asgi import ASGIApp, ASGIExchange, Message, Receive, Scope, Send
 from keystile._http.asgi import management_app as management_app
 from keystile._http.asgi import send_error as send_error
 from keystile._http.guards import engine_of as engine_of
@@ -48,7 +48,7 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
                 scope["path"],
                 query=scope.get("query_string", b"").decode("latin-1"),
                 body=exchange.read_body if kind == "http" else b"",
-                peer=peer_of(scope),
+                peer=client[0] if (client := scope.get("client")) else None,
             )
         except AuthError as error:
             await send_error(scope, send, error)

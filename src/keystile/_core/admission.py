@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from keystile._core.charging import NO_ROW, account_rate_of, resolve_limit
+from keystile._core.charging import NO_ROW, resolve_limit
 from keystile._core.credentials import IDEMPOTENCY_HEADER, Credentials
 from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError, InvalidInput
 from keystile._core.leases import LeaseBook
@@ -37,7 +37,7 @@ from keystile._core.metering import (
 from keystile._core.networks import Origin
 from keystile._core.periods import Period, PeriodPolicy
 from keystile._core.principal import Principal
-from keystile._core.ratelimits import rate_limited
+from keystile._core.ratelimits import parse_rate, rate_limited
 from keystile._core.rediskeys import RedisKeys
 from keystile._core.resends import CallIds, Resends
 from keystile._core.settings import Settings
@@ -226,7 +226,7 @@ class Admission(Settlement):
             self.settings.quota_thresholds,
             now,
             self.settings.idempotency_ttl,
-            account_rate_of(row),
+            None if row is None or row.rate is None else parse_rate(row.rate),
         )
         self._record(charge, outcome)
         return self.admitted(snapshot, account, creds.auth_method, charge, outcome, now)

@@ -10,7 +10,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from keystile._core.metering import Charge, Outcome, basis_points, crossed_marks
-from keystile._core.ratelimits import ACCOUNT_RATE_POLICY, KEY_RATE_POLICY, LocalRates, Rate
+from keystile._core.ratelimits import (
+    ACCOUNT_RATE_POLICY,
+    KEY_RATE_POLICY,
+    LocalRates,
+    Rate,
+    RateState,
+)
 
 #: Without Redis, at most this many Idempotency-Key markers are kept (the oldest go first).
 IDEMPOTENCY_MARKERS = 10_000
@@ -60,14 +66,12 @@ class LocalCounters:
             idem = charge.idempotency  # its digest names the account too
             if idem is not None and self._idempotency.get(idem, 0.0) > now:
                 return Outcome("replay", used, limit)
-            rated = self._rated(charge, account_rate) if charge.count_request else ()
-            taken, states = [], []
-            for key, rate, policy in rated:
-                free, state = self.rates.check(key, rate, now, policy)
-                if free is None:
-                    return Outcome("rate_limited", used, limit, rates=(state,))
-                taken.append((key, free))
-                states.append(state)
+            taken: list[tuple[tuple[str, str], float]] | None = None
+            rates: tuple[RateState, ...] = ()
+            if charge.count_request and (charge.rate is not None or account_rate is not None):
+                taken, rates = self._check_rates(charge, account_rate, now)
+                if taken is None:
+                    return Outcome("rate_limited", used, limit, rates=rates)
             if limit is not None and used + charge.cost > limit:
                 return Outcome("exceeded", used, limit)
             key_pages = charge.pages_field
@@ -75,8 +79,9 @@ class LocalCounters:
                 key_used = usage.get(key_pages, 0)
                 if key_used + charge.cost > charge.key_limit:
                     return Outcome("exceeded", key_used, charge.key_limit, "key")
-            for key, free in taken:
-                self.rates.commit(key, free, now)
+            if taken is not None:
+                for key, free in taken:
+                    self.rates.commit(key, free, now)
             after = usage["pages"] = used + charge.cost
             usage[key_pages] = usage.get(key_pages, 0) + charge.cost
             if charge.count_request:
@@ -90,26 +95,33 @@ class LocalCounters:
                 or not thresholds
                 or after * 10_000 < basis_points(min(thresholds)) * limit
             ):
-                return Outcome("ok", after, limit, rates=tuple(states))  # (no mark to look for)
+                return Outcome("ok", after, limit, rates=rates)  # (the common case: no mark)
             crossed = []
             for threshold in crossed_marks(after, limit, thresholds):
                 mark = f"th:{basis_points(threshold)}"
                 if mark not in usage:
                     usage[mark] = 1
                     crossed.append(threshold)
-            return Outcome("ok", after, limit, crossed=tuple(crossed), rates=tuple(states))
+            return Outcome("ok", after, limit, crossed=tuple(crossed), rates=rates)
 
-    @staticmethod
-    def _rated(
-        charge: Charge, account_rate: Rate | None
-    ) -> list[tuple[tuple[str, str], Rate, str]]:
-        """The rate limits a request is checked against: the key's, then its account's."""
+    def _check_rates(
+        self, charge: Charge, account_rate: Rate | None, now: float
+    ) -> tuple[list[tuple[tuple[str, str], float]] | None, tuple[RateState, ...]]:
+        """Under the lock: the key's rate limit, then its account's. ``(what to commit if the
+        request is admitted, the states)``, or ``(None, (the refusing state,))``."""
         rated = []
         if charge.rate is not None:
             rated.append(((charge.account_id, charge.kid), charge.rate, KEY_RATE_POLICY))
         if account_rate is not None:
             rated.append(((charge.account_id, ""), account_rate, ACCOUNT_RATE_POLICY))
-        return rated
+        taken, states = [], []
+        for key, rate, policy in rated:
+            free, state = self.rates.check(key, rate, now, policy)
+            if free is None:
+                return None, (state,)
+            taken.append((key, free))
+            states.append(state)
+        return taken, tuple(states)
 
     def _remember(self, idem: str, until: float, now: float) -> None:
         """Under the lock. Expired markers leave first; past the bound the oldest go too

@@ -33,22 +33,34 @@ def ratelimit_fields(
     pk: tuple[str, str],
 ) -> Fields:
     """``pk``: the (account, key id) the request was counted for."""
-    policies, limits, fields = [], [], []
+    policies, limits = [], []
+    fields: Fields = []
     if quota is not None and quota.limit is not None and quota.remaining is not None:
         part = partition_key(pk[0])
         reset = max(1, math.ceil(quota.resets_at.timestamp() - now))
-        policies.append(f'"{MONTHLY_POLICY}";q={quota.limit};w={window};pk={part}')
-        limits.append(f'"{MONTHLY_POLICY}";r={quota.remaining};t={reset};pk={part}')
+        policy = f'"{MONTHLY_POLICY}";q={quota.limit};w={window};pk={part}'
+        limit = f'"{MONTHLY_POLICY}";r={quota.remaining};t={reset};pk={part}'
+        trio = (str(quota.limit), str(quota.remaining), str(int(quota.resets_at.timestamp())))
+        if not rates:  # the common case: one policy
+            return [
+                ("ratelimit-policy", policy),
+                ("ratelimit", limit),
+                ("x-ratelimit-limit", trio[0]),
+                ("x-ratelimit-remaining", trio[1]),
+                ("x-ratelimit-reset", trio[2]),
+            ]
         fields = [
-            ("x-ratelimit-limit", str(quota.limit)),
-            ("x-ratelimit-remaining", str(quota.remaining)),
-            ("x-ratelimit-reset", str(int(quota.resets_at.timestamp()))),
+            ("x-ratelimit-limit", trio[0]),
+            ("x-ratelimit-remaining", trio[1]),
+            ("x-ratelimit-reset", trio[2]),
         ]
+        policies.append(policy)
+        limits.append(limit)
     for state in rates:
-        name, limit = state.policy, state.rate
+        name, rate = state.policy, state.rate
         part = partition_key(pk[1] if name == KEY_RATE_POLICY else pk[0])
         reset = max(0, math.ceil(state.full_in))
-        policies.append(f'"{name}";q={limit.count};w={limit.period};pk={part}')
+        policies.append(f'"{name}";q={rate.count};w={rate.period};pk={part}')
         limits.append(f'"{name}";r={state.remaining};t={reset};pk={part}')
     if not policies:
         return []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from keystile._core.errors import RATE_LIMITED, AuthError, InvalidInput
@@ -39,6 +40,7 @@ class Rate:
         return f"{self.count}/{_SHOWN[self.period]}"
 
 
+@lru_cache(maxsize=1024)
 def parse_rate(text: str) -> Rate:
     """``"100/s"`` (also ``/sec``, ``/min``, ``/minute``, ``/h``, ``/hour``) as a Rate."""
     match = _RATE.fullmatch(text.lower())

@@ -315,7 +315,10 @@ class Keystile:
         if principal is None:
             return []
         meter = principal.meter
-        headers = [] if meter is None else self.admission.headers(meter)
+        if meter is None or (meter.limit is None and not meter.rates):
+            headers = []  # (most requests: no call)
+        else:
+            headers = self.admission.headers(meter)
         if principal.previous_secret_expires_at is not None:
             headers.extend(rotation_headers(principal.previous_secret_expires_at))
         return headers
