@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,22 @@ def test_a_0_1_0_postgres_database_is_upgraded(postgres_url: str, postgres_schem
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("ALTER TABLE keystile_keys DROP COLUMN allowed_ips, DROP COLUMN rate_limit")
     upgraded(url, created)
+
+
+def test_a_snapshot_without_the_new_fields_keeps_the_0_1_0_shape(tmp_path: Path) -> None:
+    """A 0.1.0 process sharing the Redis in a rolling upgrade reads these snapshots."""
+    from keystile._core.snapshot import Snapshot
+
+    ks = Keystile({"store": "memory://", "argon2": FAST_ARGON2})
+    try:
+        plain = ks.keys.create("acct-1", "plain")
+        fenced = ks.keys.create("acct-1", "fenced", rate_limit="5/s", allowed_ips=["10.0.0.0/8"])
+        for created, new_fields in ((plain, set()), (fenced, {"allowed_ips", "rate_limit"})):
+            record = ks.store.get(created.key_id.removeprefix("key_"))
+            assert record is not None
+            snapshot = Snapshot.of(record, via_previous=False)
+            dumped = json.loads(snapshot.dumps())
+            assert {"allowed_ips", "rate_limit"} & set(dumped) == new_fields
+            assert Snapshot.loads(snapshot.dumps()) == snapshot
+    finally:
+        ks.close()

@@ -38,6 +38,10 @@ _COPIED = (
 )
 
 
+#: Snapshot fields added after 0.1.0 (see :meth:`Snapshot.dumps`).
+_SINCE_0_1_0 = ("allowed_ips", "rate_limit")
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What a verified credential proves, as cached. No secret, token or hash in it."""
@@ -96,6 +100,11 @@ class Snapshot:
     def dumps(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         data["meta"] = thaw(self.meta)
+        # Fields newer than 0.1.0 only when set: a 0.1.0 process sharing the Redis during a
+        # rolling upgrade reads every other key's snapshot as before.
+        for name in _SINCE_0_1_0:
+            if not data[name]:
+                del data[name]
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
