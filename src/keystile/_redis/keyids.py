@@ -88,6 +88,13 @@ class KeyIdSet:
         self.seeder = threading.Thread(target=self._seed, name="keystile-kids", daemon=True)
         self.seeder.start()
 
+    def wait_for_seeder(self, timeout: float) -> None:
+        """A closing engine lets a seeding under way finish its store read first (its store
+        closes next), waiting at most ``timeout``."""
+        seeder = self.seeder
+        if seeder is not None and seeder.is_alive():
+            seeder.join(timeout)
+
     def _seed(self) -> None:
         try:
             # Its own connection: requests' stay theirs. (A cluster client maps the cluster

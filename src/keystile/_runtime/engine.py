@@ -351,6 +351,9 @@ class Keystile:
             self.listener.stop()
         self.batches.stop()
         self.flush()
+        key_ids = self.backends.key_ids
+        if key_ids is not None:
+            key_ids.wait_for_seeder(5 * self.settings.redis_timeout + 1.0)
         if self.redis is not None:
             self.redis.close()
         self.store.close()
