@@ -27,6 +27,7 @@ from keystile._core.metering import (
     parse_script_reply,
     rebuild_fields,
 )
+from keystile._core.rateleases import Limit, RateBook, rate_limits
 from keystile._core.ratelimitfields import ratelimit_fields
 from keystile._core.ratelimits import Rate, parse_rate
 from keystile._core.rediskeys import CALL_MARKER_TTL, RedisKeys
@@ -40,8 +41,6 @@ log = logging.getLogger("keystile")
 #: Cached for an account with no limit row of its own (None means "not cached").
 NO_ROW: Any = object()
 _OK = Outcome("ok")
-#: A lease takes at most 1/8 of what is left under the limit: near it, single pages.
-LEASE_SPREAD = 8
 
 
 def account_rate_of(row: AccountLimit | None) -> Rate | None:
@@ -75,9 +74,8 @@ class Charging:
     gens: dict[tuple[str, str, str], str]
     #: This process in the counters' pending fields (pending.lua); '' in fast mode.
     holder: str
-    #: Fast mode: accounts with a rate limit of their own (lease.lua said so), until when:
-    #: their requests are metered in Redis, where the limit is exact across processes.
-    rated_accounts: dict[str, float]
+    #: Fast mode: requests reserved under rate limits, admitted here.
+    rate_book: RateBook
     limits: LocalCache[AccountLimit | None]
     leases: LeaseBook | None
     lease_ttl_ms: int
@@ -198,36 +196,80 @@ class Charging:
         return seed, rebuild
 
     def _may_lease(self, charge: Charge, now: float) -> bool:
-        """Fast mode: whether the charge may come from a lease (no limit of the key's own,
-        nor of its account's, that only Redis checks across processes)."""
-        if not charge.fits_lease:
-            return False
-        until = self.rated_accounts.get(charge.account_id)
-        return until is None or until <= now
+        """Fast mode: whether the charge may come from a lease (no page cap of the key's own,
+        which only Redis checks across processes)."""
+        return charge.fits_lease
 
     def _spend_lease(self, charge: Charge, now: float) -> Outcome | None:
-        """Fast mode: the charge out of this process's lease, or None when it is short (or
-        may have lapsed in Redis by ``now``)."""
-        assert self.leases is not None
+        """Fast mode: the charge out of this process's leases (pages, and a request under
+        each rate limit), or None when one is short (or may have lapsed in Redis by ``now``)."""
+        leases = self.leases
+        assert leases is not None
         counter = charge.counter
-        if self.leases.spend(counter, charge.kid, charge.cost, charge.count_request, now) is None:
+        if leases.spend(counter, charge.kid, charge.cost, charge.count_request, now) is None:
             return None
+        rates: Any = ()
+        if charge.count_request and (charge.rate is not None or counter in leases.rated):
+            rates = self.rate_book.take(rate_limits(self.keys, charge, leases), now)
+            if rates.__class__ is not tuple:
+                leases.unspend(counter, charge.kid, charge.cost)
+                if rates is None:
+                    return None
+                used, limit = leases.view(counter)
+                return Outcome("rate_limited", used, limit, rates=(rates,))
         self._record(charge, _OK)
-        used, limit = self.leases.view(counter)
-        return Outcome("ok", used, limit, leased=True)
+        used, limit = leases.view(counter)
+        return Outcome("ok", used, limit, leased=True, rates=rates)
 
     def _lease_meter(self, charge: Charge) -> Steps:
-        """Fast mode: spend from the lease; when it is short, take a block from the Redis
-        counter (``lease.lua``), which never leases past the limit."""
+        """Fast mode: spend from the leases; when the pages are short, take a block from the
+        Redis counter (``lease.lua``, which never leases past the limit), and when a rate
+        limit's requests are, reserve some (``rate_lease.lua``)."""
+        leases = self.leases
+        assert leases is not None
+        crossed: tuple[float, ...] = ()
+        for _ in range(8):  # siblings (threads) may spend what this request leased: again
+            now = self.clock()
+            outcome = self._spend_lease(charge, now)
+            if outcome is not None:
+                return replace(outcome, crossed=crossed) if crossed else outcome
+            if not leases.holds(charge.counter, charge.cost, now):
+                got = yield from self._lease_pages(charge)
+                if isinstance(got, Outcome):
+                    return got
+                crossed += got
+                continue
+            refusal = yield from self._reserve_rates(charge, rate_limits(self.keys, charge, leases))
+            if refusal is not None:
+                return refusal
+        raise AuthError(BACKEND_UNAVAILABLE)
+
+    def _reserve_rates(self, charge: Charge, limits: list[Limit]) -> Steps:
+        """Reserve requests under each rate limit: None when done, else the refusal."""
+        sent = self.clock()
+        names = [key[0] for key, _rate, _policy in limits]
+        args = self.rate_book.call_args(limits, sent)
+        try:
+            reply = yield ("redis_rate_lease", (names, args))
+        except BackendError as exc:
+            return self._redis_failed(charge, exc)
+        if reply[0] == "ok":
+            self.rate_book.reserved(limits, reply, sent)
+            return None
+        assert self.leases is not None
+        used, limit = self.leases.view(charge.counter)
+        refused = self.rate_book.refused(limits, reply, sent)
+        return Outcome("rate_limited", used, limit, rates=(refused,))
+
+    def _lease_pages(self, charge: Charge) -> Steps:
+        """One block of pages from the Redis counter (``lease.lua``): the thresholds it
+        crossed, or the Outcome that ends the request (exceeded, degraded)."""
         assert self.leases is not None
         leases = self.leases
-        outcome = self._spend_lease(charge, self.clock())
-        if outcome is not None:
-            return outcome
         counter = charge.counter
         keys = self.keys
         seed, rebuild = "", ""
-        for _ in range(4):
+        for _ in range(3):
             sent = self.clock()
             names = [
                 keys.usage(*counter),
@@ -235,20 +277,11 @@ class Charging:
                 keys.leases(*counter),
                 keys.call(charge.account_id, self.call_ids()),
             ]
-            args = [
-                FIRST,
-                CALL_MARKER_TTL,
-                leases.holder,
-                leases.want(counter, charge.cost),
-                seed,
-                rebuild,
-                int(charge.period.end.timestamp() - sent) + USAGE_GRACE_SECONDS,
-                self.settings.cache_ttl,
-                self.lease_ttl_ms,
-                self._script_tail[0],
-                LEASE_SPREAD,
-                leases.need(counter, charge.cost),
-            ]
+            usage_ttl = int(charge.period.end.timestamp() - sent) + USAGE_GRACE_SECONDS
+            args = leases.call_args(
+                counter, charge.cost, seed, rebuild, usage_ttl, self.settings.cache_ttl,
+                self.lease_ttl_ms, self._script_tail[0],
+            )  # fmt: skip
             try:
                 reply = yield ("redis_lease", (names, args))
             except BackendError as exc:
@@ -258,32 +291,16 @@ class Charging:
             kind = reply[0]
             if kind == "need_limit" or kind == "need_usage":
                 seed, rebuild = yield from self._seed(kind, charge, seed, rebuild)
-            elif kind == "rated":
-                if len(self.rated_accounts) >= 10_000:  # a bound, like the charge cache's
-                    self.rated_accounts.clear()
-                self.rated_accounts[charge.account_id] = sent + self.settings.cache_ttl
-                return (yield from self.meter(charge, None, lease=False))
-            elif kind == "exceeded":
+                continue
+            if kind == "exceeded":
                 limit = None if int(reply[2]) < 0 else int(reply[2])
                 return Outcome("exceeded", int(reply[1]), limit)
-            else:
-                limit = None if int(reply[3]) < 0 else int(reply[3])
-                born = str(reply[6]) if len(reply) > 6 else ""
-                # Spent here for 2/3 of the lease's ttl after the call went out, at most: the
-                # lease must not lapse in Redis, and be forgiven, while pages of it are spent.
-                until = sent + self.lease_ttl_ms / 1500
-                leases.grant(
-                    counter, int(reply[1]), int(reply[2]), limit, int(reply[5]), born, until
-                )
-                self.gens[counter] = str(reply[5])
-                outcome = self._spend_lease(charge, self.clock())
-                if outcome is not None:
-                    marks = str(reply[4])
-                    if marks:
-                        crossed = tuple(self.by_points[int(t)] for t in marks.split(","))
-                        outcome = replace(outcome, crossed=crossed)
-                    return outcome
-                seed, rebuild = "", ""  # concurrent requests spent the block first: again
+            # Spent here for 2/3 of the lease's ttl after the call went out, at most: the
+            # lease must not lapse in Redis, and be forgiven, while pages of it are spent.
+            leases.granted(counter, reply, sent + self.lease_ttl_ms / 1500)
+            self.gens[counter] = str(reply[5])
+            marks = str(reply[4])
+            return tuple(self.by_points[int(t)] for t in marks.split(",")) if marks else ()
         raise AuthError(BACKEND_UNAVAILABLE)
 
     def lease_reports(self, *, keep: bool) -> list[tuple[LeaseReport, list[str], list[Any]]]:

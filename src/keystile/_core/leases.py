@@ -19,11 +19,18 @@ from __future__ import annotations
 import math
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from keystile._core.ratelimits import Rate
+from keystile._core.rediskeys import CALL_MARKER_TTL
+from keystile._core.resends import FIRST
 
 #: (account_id, period label, environment): one usage hash in Redis.
 Counter = tuple[str, str, str]
+#: A lease takes at most 1/8 of what is left under the limit: near it, single pages.
+LEASE_SPREAD = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +67,8 @@ class _Lease:
     """One counter's local state. Mutable and slotted: spend() only does integer updates."""
 
     __slots__ = (
-        "block", "born", "extra", "gen", "have", "limit", "per_key", "requests", "spent",
-        "until", "used",
+        "account_rate", "block", "born", "extra", "gen", "have", "limit", "per_key", "rate_known",
+        "requests", "spent", "until", "used",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -76,6 +83,8 @@ class _Lease:
         self.gen: int | None = None  # the counter generation its lease came from (None: none)
         self.born = ""  # when its lease in Redis was made ('': not known)
         self.until = 0.0  # wall clock: spent here only before then (its lease may lapse after)
+        self.account_rate: Rate | None = None  # the account's rate limit, as of the last grant
+        self.rate_known = False  # whether a grant said which
 
     def key(self, kid: str) -> list[int]:
         counts = self.per_key.get(kid)
@@ -97,6 +106,8 @@ class LeaseBook:
         self.holder = holder if holder is not None else secrets.token_hex(8)
         self._lock = threading.Lock()
         self._leases: dict[Counter, _Lease] = {}
+        #: Counters whose account has a rate limit (as of their last grant).
+        self.rated: set[Counter] = set()
 
     def spend(
         self, counter: Counter, kid: str, cost: int, count_request: bool = True, now: float = 0.0
@@ -107,7 +118,12 @@ class LeaseBook:
         The hot path: one dict lookup and a few integer operations under the lock."""
         with self._lock:
             lease = self._leases.get(counter)
-            if lease is None or lease.have < cost or (cost and now >= lease.until):
+            if (
+                lease is None
+                or lease.have < cost
+                or (cost and now >= lease.until)
+                or not lease.rate_known
+            ):
                 return None
             lease.have -= cost
             lease.spent += cost
@@ -119,6 +135,65 @@ class LeaseBook:
                 counts[1] += 1
                 lease.requests += 1
             return lease.have
+
+    def unspend(self, counter: Counter, kid: str, cost: int, count_request: bool = True) -> None:
+        """Undo a :meth:`spend` whose request a rate limit then refused."""
+        with self._lock:
+            lease = self._leases.get(counter)
+            if lease is None:
+                return
+            lease.have += cost
+            lease.spent -= cost
+            counts = lease.key(kid)
+            counts[0] -= cost
+            if count_request:
+                counts[1] -= 1
+                lease.requests -= 1
+
+    def holds(self, counter: Counter, cost: int, now: float) -> bool:
+        """Whether :meth:`spend` would take ``cost`` (the account's rate limit known)."""
+        lease = self._leases.get(counter)
+        return (
+            lease is not None
+            and lease.rate_known
+            and lease.have >= cost
+            and not (cost and now >= lease.until)
+        )
+
+    def account_rate(self, counter: Counter) -> tuple[bool, Rate | None]:
+        """``(known, the account's rate limit or None)``: known once a lease was granted."""
+        lease = self._leases.get(counter)
+        if lease is None:
+            return False, None
+        return lease.rate_known, lease.account_rate
+
+    def call_args(
+        self,
+        counter: Counter,
+        cost: int,
+        seed: str,
+        rebuild: str,
+        usage_ttl: int,
+        limit_ttl: int,
+        lease_ttl_ms: int,
+        thresholds: str,
+    ) -> list[Any]:
+        """``lease.lua``'s ARGV for a request of ``cost`` (its KEYS: the usage hash, the limit,
+        the leases hash, the call's marker)."""
+        return [
+            FIRST, CALL_MARKER_TTL, self.holder, self.want(counter, cost), seed, rebuild, usage_ttl,
+            limit_ttl, lease_ttl_ms, thresholds, LEASE_SPREAD, self.need(counter, cost),
+        ]  # fmt: skip
+
+    def granted(self, counter: Counter, reply: Sequence[Any], until: float) -> None:
+        """``lease.lua`` answered ok: :meth:`grant` what it says."""
+        limit = None if int(reply[3]) < 0 else int(reply[3])
+        born = str(reply[6]) if len(reply) > 6 else ""
+        rated = len(reply) > 8 and reply[7] not in ("", b"")
+        account_rate = Rate(int(reply[7]), int(reply[8])) if rated else None
+        self.grant(
+            counter, int(reply[1]), int(reply[2]), limit, int(reply[5]), born, until, account_rate
+        )
 
     def want(self, counter: Counter, cost: int = 1) -> int:
         """The block to ask for: doubles with each grant (a busy counter soon needs one trip
@@ -146,6 +221,7 @@ class LeaseBook:
         gen: int = 0,
         born: str = "",
         until: float = math.inf,
+        account_rate: Rate | None = None,
     ) -> None:
         """``lease.lua`` answered ok: ``pages`` more to spend; ``used`` is the counter after,
         ``gen`` its generation. A different generation means Redis lost the counter and it was
@@ -157,7 +233,8 @@ class LeaseBook:
         ``born``: when the holder's lease in Redis was made. Another one than before means the
         old lease lapsed and was swept (forgiven): its unspent pages are no longer reserved, so
         they are not spent here (what was spent is still reported). ``until``: the grant
-        refreshed the whole lease, which may be spent here until then."""
+        refreshed the whole lease, which may be spent here until then. ``account_rate``: the
+        account's rate limit that came with the limit in force."""
         with self._lock:
             lease = self._leases.get(counter)
             if lease is None:
@@ -175,6 +252,12 @@ class LeaseBook:
             lease.have += pages
             lease.used = used
             lease.limit = limit
+            lease.account_rate = account_rate
+            lease.rate_known = True
+            if account_rate is None:
+                self.rated.discard(counter)
+            else:
+                self.rated.add(counter)
             lease.block = min(self.max_block, lease.block * 2)
 
     def refund(self, counter: Counter, kid: str, pages: int) -> None:
@@ -233,6 +316,7 @@ class LeaseBook:
                 )
                 if not (lease.spent or lease.extra or lease.requests or lease.have or per_key):
                     del self._leases[counter]
+                    self.rated.discard(counter)
                     continue
                 out.append(
                     LeaseReport(
@@ -297,3 +381,4 @@ class LeaseBook:
             lease = self._leases.get(counter)
             if lease is not None and (gen is None or lease.gen is None or lease.gen == gen):
                 del self._leases[counter]
+                self.rated.discard(counter)

@@ -71,8 +71,8 @@ class Charge:
     buffer_key: tuple[str, str, str, str] = field(init=False, repr=False, compare=False)
     #: Which usage counter this charge goes to: (account, period, environment).
     counter: tuple[str, str, str] = field(init=False, repr=False, compare=False)
-    #: Fast mode may spend it from a lease: no limit of the key's own (its own page cap or
-    #: rate limit), which only Redis can check across processes.
+    #: Fast mode may spend it from a lease: no page cap of the key's own, which only Redis
+    #: can check across processes (its rate limit is leased too).
     fits_lease: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,7 +81,7 @@ class Charge:
         counter = (self.account_id, self.period.label, self.environment)
         object.__setattr__(self, "counter", counter)
         object.__setattr__(self, "buffer_key", (*counter, self.kid))
-        object.__setattr__(self, "fits_lease", self.key_limit is None and self.rate is None)
+        object.__setattr__(self, "fits_lease", self.key_limit is None)
 
 
 @dataclass(frozen=True, slots=True)

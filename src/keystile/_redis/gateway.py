@@ -126,6 +126,10 @@ class RedisGateway:
         reply: list[Any] = self._script("lease", keys, args)
         return reply
 
+    def rate_lease(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = self._script("rate_lease", keys, args)
+        return reply
+
     def settle(self, keys: list[str], args: list[Any]) -> None:
         self._script("settle", keys, args)
 
@@ -200,6 +204,10 @@ class RedisGateway:
 
     async def lease_async(self, keys: list[str], args: list[Any]) -> list[Any]:
         reply: list[Any] = await self._script_async("lease", keys, args)
+        return reply
+
+    async def rate_lease_async(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = await self._script_async("rate_lease", keys, args)
         return reply
 
     async def settle_async(self, keys: list[str], args: list[Any]) -> None:

@@ -26,7 +26,7 @@ __all__ = ["AsyncRedis", "RedisKeys", "SyncRedis", "load_script"]
 
 SCRIPT_NAMES = (
     "adopt", "meter", "settle", "lease", "lease_report", "lease_lost", "resolve", "pending",
-    "fetch_known", "seed_done",
+    "fetch_known", "seed_done", "rate_lease",
 )  # fmt: skip
 #: The scripts that change a counter: each call carries a marker, so it can be sent again.
 ONCE = frozenset({"meter", "settle", "lease", "lease_report", "pending"})

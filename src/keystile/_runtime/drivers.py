@@ -37,7 +37,9 @@ def as_backend_error(operation: str, exc: Exception) -> BackendError:
 
 #: The store's and the gateway's calls the steps ask for by name (``store_get``, ...).
 STORE_OPS = ("get", "set_hash", "usage", "get_limit", "get_session")
-REDIS_OPS = ("version", "fetch", "fetch_known", "adopt", "put", "meter", "lease", "settle")
+REDIS_OPS = (
+    "version", "fetch", "fetch_known", "adopt", "put", "meter", "lease", "rate_lease", "settle",
+)  # fmt: skip
 #: The reads of a key's snapshot: a burst of requests with one credential not yet in this
 #: process's cache shares one of each, as it shares one argon2 run (if it fails, the requests
 #: that joined it read on their own).

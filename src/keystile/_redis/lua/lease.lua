@@ -10,8 +10,9 @@
 -- (JSON, ''), usage ttl (s), limit ttl (s), lease ttl (ms), thresholds in basis points
 -- ('8000,10000'), spread (>= 1: a grant takes at most 1/spread of what is left),
 -- need (pages the caller's request still lacks; fewer left = exceeded)
--- Returns {'ok', grant, pages after, limit or -1, crossed thresholds CSV, generation, born},
--- {'exceeded', pages, limit}, {'rated'}, {'need_limit'} or {'need_usage'}. The generation ('gen', set
+-- Returns {'ok', grant, pages after, limit or -1, crossed thresholds CSV, generation, born,
+-- the account's rate count and period ('' when none)}, {'exceeded', pages, limit},
+-- {'need_limit'} or {'need_usage'}. The generation ('gen', set
 -- when this script rebuilds the hash; '0' if it never did) tells a holder that leases it
 -- got from an earlier hash are void.
 -- Common path: GET, TIME, HMGET, HGETALL, HSET usage, HSET leases, SET marker (7 calls).
@@ -24,9 +25,10 @@ local need = tonumber(ARGV[12])
 
 local limit = limit_in_force(redis.call('GET', limit_key), limit_key, seed_limit, limit_ttl)
 if not limit then return {'need_limit'} end
--- An account with a rate limit of its own ('<pages>;<count>;<period>') is metered by
--- meter.lua, request by request: a lease cannot hold a rate.
-if string.find(limit, ';', 1, true) then return {'rated'} end
+-- An account with a rate limit of its own ('<pages>;<count>;<period>'): the grant says which,
+-- and the holder reserves requests under it with rate_lease.lua.
+local pages_text, a_count, a_period = string.match(limit, '^([^;]*);(%d+);(%d+)$')
+if pages_text then limit = pages_text end
 local lim = tonumber(limit)  -- nil: unlimited, still metered
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -110,4 +112,5 @@ if grant > 0 then
     string.format('%d:%d:%s', held + grant, now + lease_ttl, born))
   if fresh then redis.call('EXPIRE', leases, usage_ttl) end
 end
-return once({'ok', grant, after, lim or -1, table.concat(crossed, ','), gen, born})
+return once({'ok', grant, after, lim or -1, table.concat(crossed, ','), gen, born,
+  a_count or '', a_period or ''})
