@@ -30,7 +30,7 @@ _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from keystile import Keystile
+from keystile import Keystile  # noqa: E402  (after the path insert)
 
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
 BATCHES = 10

@@ -1,4 +1,4 @@
-"""A FastAPI API protected by keystile; the security schemes show in /docs.
+"""A FastAPI API protected by keystile; /docs and /redoc show how to call it.
 
     pip install 'keystile[fastapi,demo]'
     keystile keys create --account acct_1 --name "my laptop" -p "jobs:*"   # prints a token once
@@ -9,14 +9,15 @@
 from fastapi import Depends, FastAPI, Request
 
 from keystile import Principal
-from keystile.fastapi import KeystileMiddleware, cost, document_key_pair, get_principal, require
+from keystile.fastapi import KeystileMiddleware, cost, document, get_principal, require
 
 app = FastAPI(title="Jobs API")
 app.add_middleware(
     KeystileMiddleware,
     settings={
         "store": "sqlite:///keystile.db",
-        "exempt_paths": ["/docs", "/openapi.json", "/health"],
+        # The docs pages, and the document they read, need no key.
+        "exempt_paths": ["/docs", "/redoc", "/openapi.json", "/health"],
         "monthly_page_limit": 1000,
     },
 )
@@ -50,4 +51,4 @@ def extract(
     return {"pages": 3}
 
 
-document_key_pair(app)  # /docs also offers x-api-key (key id) + x-api-secret
+document(app)  # 401/403/429, each route's permissions, and x-api-key (key id) + x-api-secret

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +31,15 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def _no_keystile_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine given no settings reads ``KEYSTILE_*``: the developer's shell must not reach
+    the tests (``KEYSTILE_TEST_*`` say where the test servers are, and stay)."""
+    for name in list(os.environ):
+        if name.startswith("KEYSTILE_") and not name.startswith("KEYSTILE_TEST_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -53,9 +53,12 @@ def run(env: dict[str, str], *args: str, **overrides: str) -> subprocess.Complet
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
-    """The run failed with ``code`` and exactly one stderr line holding every needle."""
+    """The run failed with ``code`` and exactly one stderr line holding every needle (besides
+    the line naming the store, when the store opened)."""
     assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
+    if lines and lines[0].startswith("keystile: store "):
+        lines = lines[1:]
     assert len(lines) == 1, done.stderr
     assert done.returncode == code, done.stderr
     assert lines[0].startswith("keystile: error: "), lines[0]
@@ -439,7 +442,7 @@ def test_a_reader_that_stops_early_gets_no_traceback(env: dict[str, str]) -> Non
     for n in range(3):
         assert run(env, "keys", "create", "--account", "a1", "--name", f"k{n}").returncode == 0
     process = subprocess.Popen(
-        [sys.executable, "-m", "keystile", "keys", "list", "--account", "a1"],
+        [sys.executable, "-m", "keystile", "keys", "list", "--account", "a1", "--quiet"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -333,6 +333,17 @@ def test_checks_report_bad_settings(value: Any, code: str, words: str) -> None:
     assert len(found) == 1 and words in found[0].msg, found
 
 
+def test_without_keystile_the_checks_judge_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KEYSTILE_MONTHLY_PAGE_LIMIT", "lots")
+    with override_settings(KEYSTILE=None):
+        found = [m for m in check_settings() if m.id == "keystile.E002"]
+        assert len(found) == 1 and "KEYSTILE_MONTHLY_PAGE_LIMIT" in found[0].msg, found
+        monkeypatch.setenv("KEYSTILE_MONTHLY_PAGE_LIMIT", "500")
+        assert not {"keystile.E002", "keystile.W001"} & set(ids(check_settings()))
+
+
 def test_checks_warn_when_the_middleware_is_missing() -> None:
     with override_settings(MIDDLEWARE=[]):
         assert "keystile.W002" in ids(check_settings())

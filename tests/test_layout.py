@@ -22,9 +22,18 @@ ADAPTERS = (
     "wsgi.py",
     "flask.py",
     "flask_management.py",
+    "flask_cli.py",
     "django/middleware.py",
+    "django/admission.py",
+    "django/csrf.py",
     "django/decorators.py",
     "django/views.py",
+    "drf/__init__.py",
+    "drf/authentication.py",
+    "drf/errors.py",
+    "drf/permissions.py",
+    "drf/schema.py",
+    "drf/users.py",
 )
 LINT_IMPORTS = (
     "from importlinter.cli import lint_imports; raise SystemExit(lint_imports(no_cache=True))"

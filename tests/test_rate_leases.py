@@ -21,6 +21,7 @@ from keystile.stores import KeyStore
 
 from .conftest import TOPOLOGIES, Clock, topology_settings
 from .test_fast_mode import Commands
+from .test_rate_limits import bearer, outcome
 
 ACCOUNT = "acct-rate-lease"
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
@@ -105,19 +106,6 @@ def engines(
     yield make
     for ks in made:
         ks.close()
-
-
-def bearer(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
-
-
-def outcome(ks: Keystile, token: str) -> Any:
-    try:
-        principal = ks.authenticate(bearer(token))
-    except AuthError as error:
-        return error
-    ks.settle(principal, 200)
-    return principal
 
 
 def scripts(commands: Commands) -> int:

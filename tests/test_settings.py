@@ -431,6 +431,9 @@ def test_engine_repr_hides_secrets() -> None:
         ("redis://h:6379/0", "redis://h:6379/0"),
         ("redis://user@h", "redis://user@h"),
         ("unix:///tmp/redis.sock", "unix:///tmp/redis.sock"),
+        ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),  # an unencoded "@" in it
+        ("failed: postgresql://u:pw@h refused a@b", "failed: postgresql://u:***@h refused a@b"),
+        ("postgresql://h/db?password=pw&x=1", "postgresql://h/db?password=***&x=1"),
         (None, None),
     ],
 )

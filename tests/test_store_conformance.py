@@ -860,6 +860,7 @@ def tables_in(url: str, schema: str) -> set[str]:
 
 
 TABLES = {
+    "keystile_schema",
     "keystile_keys",
     "keystile_usage",
     "keystile_audit",

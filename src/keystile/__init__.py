@@ -19,6 +19,7 @@ from keystile._core.principal import Principal
 from keystile._core.settings import Settings
 from keystile._core.tokens import TOKEN_PATTERN
 from keystile._runtime.engine import Keystile
+from keystile._runtime.environment import environment_settings
 from keystile._services.keys import CreatedKey, KeyPage
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "Principal",
     "RequestError",
     "Settings",
+    "environment_settings",
 ]
 __version__ = "0.1.0"

@@ -8,20 +8,23 @@ its result, so a request costs the same whether or not a route asks for the prin
     @app.get("/jobs")
     def jobs(principal: Principal = Depends(require("readJobs"))): ...
 
-    document_key_pair(app)  # optional: also offer x-api-key (key id) + x-api-secret in the docs
+    document(app)  # optional: 401/403/429, permissions and x-api-key + x-api-secret in the docs
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI, Request, Security
+from fastapi.encoders import jsonable_encoder
 from fastapi.security import APIKeyHeader, HTTPBearer
 
 from keystile import Principal
 from keystile._core.principal import check_permissions
-from keystile._http import guards
+from keystile._http import guards, openapidoc
 from keystile._http.guards import principal_of
 from keystile.starlette import KeystileMiddleware
 
@@ -30,6 +33,7 @@ __all__ = [
     "Principal",
     "PrincipalDependency",
     "cost",
+    "document",
     "document_key_pair",
     "get_principal",
     "require",
@@ -50,15 +54,8 @@ api_key_scheme = _DocumentedApiKey(
     description="The full token, or the key id together with x-api-secret.",
     auto_error=False,
 )
-# Not a dependency: FastAPI lists each security dependency as an alternative of its own, so
-# a third one would tell clients that x-api-secret alone will do. document_key_pair adds it.
-API_SECRET_SCHEME = {
-    "type": "apiKey",
-    "in": "header",
-    "name": "x-api-secret",
-    "description": "The key's secret, sent with the key id in x-api-key.",
-}
-_HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+API_SECRET_SCHEME = openapidoc.API_SECRET_SCHEME
+_COSTS: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()  # what document() looks for
 
 
 class PrincipalDependency(HTTPBearer):
@@ -101,27 +98,52 @@ def cost(pages: int) -> Callable[[Request], Awaitable[None]]:
     async def dependency(request: Request) -> None:
         await guard.check_async(request)
 
+    _COSTS.add(dependency)
     return dependency
 
 
 def document_key_pair(app: FastAPI) -> None:
     """Complete ``app``'s OpenAPI document with the third way in: ``x-api-key`` holding the key
-    id *and* ``x-api-secret``, as one requirement next to ``BearerToken`` and ``ApiKey``.
+    id *and* ``x-api-secret``, as one requirement next to ``BearerToken`` and ``ApiKey``
+    (FastAPI cannot say "these two together" from dependencies)."""
+    _edit_document(app, openapidoc.add_key_pair)
 
-    FastAPI cannot say "these two together" from dependencies, so this wraps ``app.openapi``
-    and edits the document once, when FastAPI first builds (and caches) it."""
+
+def document(app: FastAPI, key_pair: bool = True) -> None:
+    """Complete ``app``'s OpenAPI document with what keystile does on every route that has
+    one of its dependencies: the 401, 403 and 429 it may answer (keystile's error body), and
+    the permissions the route requires (its security requirements' scopes and description).
+    ``key_pair``: :func:`document_key_pair` too. (A dependency cannot add responses.)"""
+    if key_pair:
+        document_key_pair(app)
+
+    def describe(document: dict[str, Any]) -> None:
+        if not openapidoc.described(document):
+            schemes = (get_principal, api_key_scheme)
+            encoded = {s.scheme_name: jsonable_encoder(s.model, exclude_none=True) for s in schemes}
+            # Newer FastAPI keeps an included router's routes in it, where the document reads.
+            routes = getattr(fastapi.routing, "iter_route_contexts", list)(app.routes)
+            operations = openapidoc.guarded(routes, _keystile_permissions)
+            openapidoc.describe(document, operations, encoded)
+
+    _edit_document(app, describe)
+
+
+def _edit_document(app: FastAPI, edit: Callable[[dict[str, Any]], None]) -> None:
+    """``app.openapi``, followed by ``edit``: once, as FastAPI builds the document once and
+    keeps it, and every edit leaves an edited document alone."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         document = build()
-        schemes = document.get("components", {}).get("securitySchemes", {})
-        if "ApiKey" in schemes and "ApiSecret" not in schemes:
-            schemes["ApiSecret"] = dict(API_SECRET_SCHEME)
-            for item in document.get("paths", {}).values():
-                for method, operation in item.items():
-                    security = operation.get("security", []) if method in _HTTP_METHODS else []
-                    if {"ApiKey": []} in security:
-                        security.append({"ApiKey": [], "ApiSecret": []})
+        edit(document)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _keystile_permissions(call: Any) -> tuple[str, ...] | None:
+    """What a dependency asks of the key, if it is one of keystile's (``cost()``: nothing)."""
+    if isinstance(call, PrincipalDependency):
+        return call.permissions
+    return () if call in _COSTS else None

@@ -25,6 +25,7 @@ from keystile._http import guards
 from keystile._http.bodies import read_environ_body
 from keystile._http.exchange import Exchange
 from keystile._http.headers import environ_request
+from keystile._http.mounting import config_settings
 
 __all__ = ["Keystile", "cost", "current_principal", "requires"]
 
@@ -39,7 +40,7 @@ def error_response(error: AuthError) -> Response:
 
 class Keystile:
     """The extension: ``settings=`` (a dict), ``keystile=`` (an engine) or, without them, one
-    engine per app from ``app.config["KEYSTILE"]``."""
+    engine per app from ``app.config["KEYSTILE"]`` (or flat ``KEYSTILE_STORE``-style keys)."""
 
     def __init__(
         self,
@@ -70,8 +71,7 @@ class Keystile:
     def init_app(self, app: Flask) -> None:
         engine = self._engine
         if engine is None:
-            settings = self.settings if self.settings is not None else app.config.get("KEYSTILE")
-            engine = Engine(settings)
+            engine = Engine(config_settings(app.config) if self.settings is None else self.settings)
             if self.settings is not None:
                 self._engine = engine  # one settings dict, one engine
         app.extensions[EXTENSION_KEY] = engine

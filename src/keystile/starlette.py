@@ -4,15 +4,23 @@ Pure ASGI. Lifespan and exempt paths pass straight through; HTTP requests and We
 handshakes are authenticated, and the principal lands in ``scope["state"]["principal"]``,
 which Starlette shows as ``request.state.principal``. What happens to the request (its
 settlement, a refusal raised inside the app) is :mod:`keystile._http.exchange`'s.
+
+Starlette's ``request.user`` is a :class:`KeyUser` and ``request.auth`` the key's permissions,
+so ``starlette.authentication.requires`` works too; a user that a middleware in front (an
+``AuthenticationMiddleware``) authenticated is left alone.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from typing import Any
 
-from keystile import AuthError, Keystile
+from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
+from starlette.requests import HTTPConnection
+
+from keystile import AuthError, Keystile, Principal
 from keystile._core.credentials import asgi_headers
 from keystile._core.principal import check_permissions as check_permissions
 from keystile._http import guards
@@ -20,10 +28,47 @@ from keystile._http.asgi import WS_POLICY_VIOLATION as WS_POLICY_VIOLATION
 from keystile._http.asgi import ASGIApp, ASGIExchange, Message, Receive, Scope, Send
 from keystile._http.asgi import management_app as management_app
 from keystile._http.asgi import send_error as send_error
+from keystile._http.asgiauth import ByPermissions, Scopes
 from keystile._http.guards import engine_of as engine_of
 from keystile._http.guards import principal_of as principal_of
 from keystile._http.headers import scope_headers as scope_headers
 from keystile._http.mounting import WrapsApp, mount_management
+
+
+class KeyUser(BaseUser):
+    """``request.user`` for a key (or a session): ``identity`` is the key id, ``display_name``
+    the key's name (its id when unnamed), ``principal`` the request's."""
+
+    __slots__ = ("principal",)
+    is_authenticated = True
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    def __repr__(self) -> str:
+        return f"KeyUser({self.principal.key_id!r})"
+
+    @property
+    def display_name(self) -> str:
+        return self.principal.name or self.principal.key_id
+
+    @property
+    def identity(self) -> str:
+        return self.principal.key_id
+
+
+class KeyCredentials(AuthCredentials):
+    """``request.auth``: the key's permissions; read-only, one serves many requests."""
+
+    def __init__(self, permissions: Iterable[str] = ()) -> None:
+        object.__setattr__(self, "scopes", Scopes(sorted(permissions)))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("request.auth is shared between requests: read-only")
+
+
+_CREDENTIALS = ByPermissions(KeyCredentials)
+_NOBODY = (UnauthenticatedUser(), KeyCredentials())
 
 
 class KeystileMiddleware(WrapsApp[ASGIApp]):
@@ -38,6 +83,8 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
             return
         engine = self.keystile
         if engine.is_exempt(scope["path"]):
+            if "user" not in scope:
+                scope["user"], scope["auth"] = _NOBODY
             await self.app(scope, receive, send)
             return
         exchange = ASGIExchange(engine, send, receive)
@@ -46,7 +93,7 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
                 asgi_headers(scope["headers"]),
                 scope.get("method", "GET"),
                 scope["path"],
-                query=scope.get("query_string", b"").decode("latin-1"),
+                query=query.decode("latin-1") if (query := scope.get("query_string")) else "",
                 body=exchange.read_body if kind == "http" else b"",
                 peer=client[0] if (client := scope.get("client")) else None,
             )
@@ -55,6 +102,10 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
             return
         # A fresh state dict: the server's may be shared lifespan state.
         scope["state"] = {**scope.get("state", {}), "principal": principal, "keystile": engine}
+        # A user that a middleware in front authenticated stays; "nobody" gives way.
+        if "user" not in scope or not getattr(scope["user"], "is_authenticated", True):
+            scope["user"] = KeyUser(principal)
+            scope["auth"] = _CREDENTIALS[principal.permissions]
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except BaseException as exc:
@@ -75,8 +126,6 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
 
 
 def _find_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    from starlette.requests import HTTPConnection
-
     for value in (*args, *kwargs.values()):
         if isinstance(value, HTTPConnection):
             return value

@@ -1,4 +1,5 @@
-"""Harnesses for the WSGI family: plain WSGI, Flask, Django (sync and async stacks).
+"""Harnesses for the WSGI family: plain WSGI, Flask, Django (sync and async stacks), and
+Django REST framework views (tests/drfproj) behind keystile's Django middleware.
 
 Same interface and routes as :mod:`.harness` (``GET /whoami``, ``/read``, ``/write``,
 ``/health``, ``/public/x``); :data:`SYNC_HARNESSES` has the shape of ``HARNESSES``, so the one
@@ -221,10 +222,13 @@ class DjangoSyncHarness:
         self.urlconf = urlconf
         self.client = Client()
 
+    def overrides(self) -> Any:
+        return django_overrides(self.ks, self.urlconf)
+
     def request(self, method: str, path: str, headers: Headers = None) -> Result:
         environ = server_environ(method, path, headers)
         extra = {k: v for k, v in environ.items() if k.startswith(("HTTP_", "CONTENT_"))}
-        with django_overrides(self.ks, self.urlconf):
+        with self.overrides():
             response = self.client.generic(method, path, **extra)
             try:  # as a WSGI server does: send the body, then close it, come what may
                 streamed = response.streaming
@@ -272,6 +276,29 @@ class DjangoAsyncHarness(ASGIHarness):
     def request(self, method: str, path: str, headers: Headers = None) -> Result:
         with self.overrides:
             return super().request(method, path, headers)
+
+
+class DRFHarness(DjangoSyncHarness):
+    """The DRF app (tests/drfproj) on the sync stack: behind keystile's middleware, or
+    (``middleware=False``) authenticated and settled by ``keystile.drf`` alone; ``settings``
+    override the app's (``REST_FRAMEWORK={}``: DRF's defaults)."""
+
+    def __init__(self, ks: Keystile, middleware: bool = True, **settings: Any) -> None:
+        super().__init__(ks)
+        self.name = "drf" if middleware else "drf-alone"
+        self.middleware = middleware
+        self.settings = settings
+
+    def overrides(self) -> Any:
+        from django.test import override_settings
+
+        from ..drfproj import settings_for
+
+        return override_settings(KEYSTILE=self.ks, **settings_for(self.middleware, **self.settings))
+
+
+def make_drf(ks: Keystile) -> Harness:
+    return DRFHarness(ks)
 
 
 def make_django_sync(ks: Keystile) -> Harness:
@@ -427,4 +454,5 @@ SYNC_HARNESSES: dict[str, Callable[[Keystile], Harness]] = {
     "flask": make_flask,
     "django-sync": make_django_sync,
     "django-async": make_django_async,
+    "drf": make_drf,
 }

@@ -14,18 +14,23 @@ from typing import Any
 from keystile._cli.exits import EXIT_BACKEND, CliError
 from keystile._cli.output import (
     Output,
+    show_all_keys,
     show_audit,
     show_created,
     show_key,
     show_key_page,
     show_usage,
 )
-from keystile._core.errors import BackendError
+from keystile._core.errors import BackendError, InvalidInput
+from keystile._core.models import ApiKey
 from keystile._core.settings import redact_url
 from keystile._runtime.engine import Keystile
 
 #: A command: the engine, the parsed flags, where to print.
 Command = Callable[[Keystile, argparse.Namespace, Output], None]
+
+#: Keys per page of ``keys list --account`` when ``--limit`` is not given.
+LIST_LIMIT = 20
 
 #: The longest ``--expires-in-days`` (a century): beyond it, ask for no expiry instead.
 MAX_EXPIRY_DAYS = 36_500
@@ -93,15 +98,46 @@ def keys_create(engine: Keystile, args: argparse.Namespace, out: Output) -> None
 
 
 def keys_list(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    if args.all_accounts:
+        _list_all_accounts(engine, args, out)
+        return
     page = engine.keys.list(
         args.account,
         search=args.search,
         environment=args.env,
         include_revoked=args.all,
-        limit=args.limit,
+        limit=LIST_LIMIT if args.limit is None else args.limit,
         cursor=args.cursor,
     )
     show_key_page(out, page, engine.now())
+
+
+def _list_all_accounts(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    if args.cursor is not None:
+        raise CliError("--cursor: --all-accounts lists every key at once; use --limit")
+    if args.limit is not None and args.limit < 1:
+        raise InvalidInput("limit", "expected an integer from 1 up")
+    if args.env is not None and args.env not in engine.settings.environments:
+        raise InvalidInput("environment", "unknown environment")
+    search = (args.search or "").casefold()
+    # The store pages one account at a time; across accounts it offers every key id, and
+    # each key is read on its own (one deleted meanwhile is skipped).
+    matching: list[ApiKey] = []
+    for kid in engine.store.all_kids():
+        record = engine.store.get(kid)
+        if record is None:
+            continue
+        key = record.public()
+        if not args.all and key.revoked_at is not None:
+            continue
+        if args.env is not None and key.environment != args.env:
+            continue
+        if search and search not in key.name.casefold():
+            continue
+        matching.append(key)
+    matching.sort(key=lambda k: (k.created_at, k.id), reverse=True)
+    shown = matching if args.limit is None else matching[: args.limit]
+    show_all_keys(out, shown, len(matching), engine.now())
 
 
 def keys_show(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
@@ -131,7 +167,22 @@ def keys_update(engine: Keystile, args: argparse.Namespace, out: Output) -> None
     show_key(out, engine.keys.update(args.key_id, actor=ACTOR, **changes), engine.now())
 
 
+def _confirm(args: argparse.Namespace, out: Output, verb: str, key: ApiKey) -> None:
+    """Ask on a terminal; without one, ``--yes`` is how a script says it means it."""
+    if args.yes:
+        return
+    if not out.interactive:
+        raise CliError(
+            f"keys {verb}: stdin is not a terminal, so there is no one to confirm; "
+            f"pass --yes to {verb} {key.id}"
+        )
+    question = f"{verb.capitalize()} key {key.id} ({key.name!r}, account {key.account_id})?"
+    if out.ask(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise CliError(f"keys {verb}: not confirmed; {key.id} is unchanged")
+
+
 def keys_revoke(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    _confirm(args, out, "revoke", engine.keys.get(args.key_id))
     key = engine.keys.revoke(args.key_id, actor=ACTOR)
     if out.as_json:
         out.json(key.to_dict())
@@ -140,6 +191,7 @@ def keys_revoke(engine: Keystile, args: argparse.Namespace, out: Output) -> None
 
 
 def keys_delete(engine: Keystile, args: argparse.Namespace, out: Output) -> None:
+    _confirm(args, out, "delete", engine.keys.get(args.key_id))
     engine.keys.delete(args.key_id, actor=ACTOR)
     if out.as_json:
         out.json({"deleted": args.key_id})

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from keystile._core.settings import redact_url
 from keystile._runtime.engine import Keystile
 
 DEMO_ACCOUNT = "acct_demo"
@@ -96,7 +97,7 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000, store: str | None = None
     base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     print(
         f"""
-keystile demo: an API protected by keystile (store {store}, in-process cache)
+keystile demo: an API protected by keystile (store {redact_url(store)}, in-process cache)
 
 Your demo key (shown once):   {created.token}
 Key id + secret form:         x-api-key: {created.key_id}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
@@ -16,10 +17,39 @@ from keystile._services.quotas import UsageReport
 
 
 class Output:
-    def __init__(self, stream: TextIO, as_json: bool) -> None:
+    """Where a command prints (``stream``), and, on ``errors``, what is not its result: the
+    store line, a confirmation question, whose answer is read from ``answers``."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        as_json: bool,
+        *,
+        errors: TextIO | None = None,
+        answers: TextIO | None = None,
+    ) -> None:
         self.stream = stream
         self.as_json = as_json
+        self.errors = sys.stderr if errors is None else errors
+        self.answers = sys.stdin if answers is None else answers
         self.colour = stream.isatty() and "NO_COLOR" not in os.environ
+
+    @property
+    def interactive(self) -> bool:
+        """Whether someone can answer: the answers come from a terminal."""
+        try:
+            return self.answers.isatty()
+        except (AttributeError, ValueError):  # no stdin at all (None), or a closed one
+            return False
+
+    def ask(self, question: str) -> str:
+        """The answer typed to ``question`` ("" at the end of input)."""
+        self.errors.write(question)
+        self.errors.flush()
+        return self.answers.readline()
+
+    def note(self, text: str) -> None:
+        print(f"keystile: {text}", file=self.errors)
 
     def bold(self, text: str) -> str:
         return f"\033[1m{text}\033[0m" if self.colour else text
@@ -111,6 +141,28 @@ def show_key_page(out: Output, page: KeyPage, now: datetime) -> None:
     )
     more = f"; next page: --cursor {page.next_cursor}" if page.next_cursor else ""
     out.line(f"{len(page.items)} of {page.total} key(s){more}")
+
+
+def show_all_keys(out: Output, keys: Sequence[ApiKey], total: int, now: datetime) -> None:
+    if out.as_json:
+        out.json({"items": [k.to_dict() for k in keys], "total": total})
+        return
+    out.table(
+        ["ID", "ACCOUNT", "NAME", "PERMISSIONS", "STATUS", "CREATED", "EXPIRES"],
+        [
+            [
+                k.id,
+                k.account_id,
+                k.name,
+                ", ".join(k.permissions) or "-",
+                k.status(now),
+                when(k.created_at),
+                when(k.expires_at),
+            ]
+            for k in keys
+        ],
+    )
+    out.line(f"{len(keys)} of {total} key(s), all accounts")
 
 
 def show_usage(out: Output, report: UsageReport) -> None:

@@ -97,7 +97,8 @@ def redact_url(url: str | None) -> str | None:
     """The URL without its password, in the userinfo or in the query (``?password=``)."""
     if url is None:
         return None
-    url = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
+    # Up to the last "@" of the authority: a password may hold an unencoded one.
+    url = re.sub(r"//([^/@:\s]*):[^/\s]*@", r"//\1:***@", url)
     return re.sub(r"([?&][^=&]*password[^=&]*=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 

@@ -10,17 +10,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
-from keystile import Keystile
+from keystile import Keystile, Settings
 from keystile._http.management import PUBLIC_PATHS, ROUTE, ManagementAPI
 
 __all__ = [
     "WrapsApp",
+    "config_settings",
     "engine_from",
     "management_api",
     "management_mounted",
     "mount_management",
 ]
 App = TypeVar("App")
+_FIELDS = frozenset(Settings.__dataclass_fields__)
+
+
+def config_settings(config: Mapping[str, Any]) -> Any:
+    """An app's keystile settings from its config (Flask's ``app.config``): ``KEYSTILE`` (a
+    dict) when set, the whole of them; else its flat keys (``KEYSTILE_STORE``,
+    ``KEYSTILE_REDIS_URL``, one per setting); None for neither (the environment's)."""
+    explicit = config.get("KEYSTILE")
+    if explicit is not None:
+        return explicit
+    flat = {
+        name[9:].lower(): value
+        for name, value in config.items()
+        if name.startswith("KEYSTILE_") and name[9:].lower() in _FIELDS
+    }
+    return flat or None
 
 
 def engine_from(settings: Mapping[str, Any] | None, keystile: Keystile | None) -> Keystile:

@@ -38,7 +38,9 @@ from keystile._redis.clients import pubsub_client
 from keystile._redis.eviction import check_eviction_soon
 from keystile._redis.invalidation import InvalidationListener
 from keystile._runtime.batching import BatchedWrites
+from keystile._runtime.closing import Closing
 from keystile._runtime.drivers import AsyncDriver, SyncDriver
+from keystile._runtime.environment import environment_settings
 from keystile._runtime.thresholds import fire_thresholds
 from keystile._services.audit import AuditLog
 from keystile._services.keys import KeyManager
@@ -49,11 +51,13 @@ from keystile._services.sessions import SessionManager
 log = logging.getLogger("keystile")
 
 
-class Keystile:
+class Keystile(Closing):
     """Validated settings, the backends, the verification steps and the managers.
 
-    ``clock`` returns the wall time in epoch seconds and ``monotonic`` a monotonic one; tests
-    pass their own to move time.
+    ``settings``: a dict or :class:`Settings`, used alone; None: the ``KEYSTILE_*`` variables
+    over the ``KEYSTILE_CONFIG`` file (:mod:`keystile._runtime.environment`). ``clock``
+    returns the wall time in epoch seconds and ``monotonic`` a monotonic one; tests pass
+    their own to move time.
     """
 
     def __init__(
@@ -64,7 +68,7 @@ class Keystile:
         monotonic: Callable[[], float] | None = None,
         store: KeyStore | None = None,
     ) -> None:
-        self.settings = load_settings(settings)
+        self.settings = environment_settings() if settings is None else load_settings(settings)
         self.clocks = Clocks(clock or time.time, monotonic or time.monotonic)
         self.backends: Backends = build_backends(self.settings, self.clocks, store)
         backends = self.backends
@@ -346,6 +350,10 @@ class Keystile:
             await self.redis.aclose()
 
     def close(self) -> None:
+        """Write what is batched; let go of the threads, Redis and the store (once)."""
+        if self._closed:
+            return
+        self._closed = True
         _UNCLOSED.discard(self)
         if self.listener is not None:
             self.listener.stop()
@@ -359,6 +367,9 @@ class Keystile:
         self.store.close()
 
     async def aclose(self) -> None:
+        """:meth:`shutdown_async`, and the threads stopped; :meth:`close` lets go of the rest."""
+        if self._closed:
+            return
         _UNCLOSED.discard(self)
         if self.listener is not None:
             await asyncio.to_thread(self.listener.stop)

@@ -3,10 +3,11 @@ start of runserver/migrate), not by the first request."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
-from keystile import Keystile
+from keystile import Keystile, environment_settings
 from keystile._core.errors import ConfigError
 from keystile._core.settings import load_settings
 
@@ -17,6 +18,30 @@ MIDDLEWARE_PATHS = (
 DOCS_HINT = 'KEYSTILE = {"store": "django://", "exempt_paths": ["/health", "/admin/*"]}'
 
 
+def _environment_checks(checks: Any) -> list[Any]:
+    """No ``KEYSTILE`` setting: the engine runs on ``KEYSTILE_*`` and ``KEYSTILE_CONFIG``."""
+    try:
+        environment_settings()
+    except ConfigError as exc:
+        return [
+            checks.Error(
+                f"KEYSTILE is not set, and the environment's keystile settings are invalid: {exc}",
+                hint=f"Fix the variable, or set KEYSTILE in settings, e.g. {DOCS_HINT}",
+                id="keystile.E002",
+            )
+        ]
+    if any(name.startswith("KEYSTILE_") for name in os.environ):
+        return []
+    return [
+        checks.Warning(
+            "KEYSTILE is not set: keystile reads KEYSTILE_* variables and KEYSTILE_CONFIG "
+            "(none set: its defaults, keys in ./keystile.db).",
+            hint=f"Set it in settings, e.g. {DOCS_HINT}",
+            id="keystile.W001",
+        )
+    ]
+
+
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     from django.conf import settings  # type: ignore[import-untyped,unused-ignore]
     from django.core import checks  # type: ignore[import-untyped,unused-ignore]
@@ -24,13 +49,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     found: list[Any] = []
     raw = getattr(settings, "KEYSTILE", None)
     if raw is None:
-        found.append(
-            checks.Warning(
-                "KEYSTILE is not set: keystile uses its defaults (keys in ./keystile.db).",
-                hint=f"Set it in settings, e.g. {DOCS_HINT}",
-                id="keystile.W001",
-            )
-        )
+        found += _environment_checks(checks)
     elif not isinstance(raw, (Mapping, Keystile)):
         found.append(
             checks.Error(

@@ -15,7 +15,11 @@ from keystile._core.settings import redact_url
 
 
 def setup_django() -> None:
-    """Load the Django project ``django://`` needs (``DJANGO_SETTINGS_MODULE``), or say why not."""
+    """Load the Django project ``django://`` needs (``DJANGO_SETTINGS_MODULE``), or say why not.
+    Under ``manage.py keystile`` the project is loaded already."""
+    if apps.ready:
+        _require_the_app()
+        return
     module = os.environ.get("DJANGO_SETTINGS_MODULE")
     if not module:
         raise ConfigError(
@@ -31,6 +35,10 @@ def setup_django() -> None:
         ) from None
     except ImproperlyConfigured as exc:
         raise ConfigError(f"setting 'store': the Django project is misconfigured: {exc}") from None
+    _require_the_app()
+
+
+def _require_the_app() -> None:
     if not apps.is_installed("keystile.django"):
         raise ConfigError(
             "setting 'store': 'django://' needs 'keystile.django' in INSTALLED_APPS "

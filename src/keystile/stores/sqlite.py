@@ -17,89 +17,29 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from keystile._core.errors import BackendError, ConfigError
+from keystile.stores.migrations import (
+    Catalog,
+    needs_upgrade,
+    stored_version,
+    upgrade,
+)
 from keystile.stores.rows import Codecs
 from keystile.stores.sql import Dialect, SQLStore
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS keystile_keys (
-    kid TEXT PRIMARY KEY,
-    token_prefix TEXT NOT NULL,
-    last4 TEXT NOT NULL,
-    name TEXT NOT NULL,
-    account_id TEXT NOT NULL,
-    owner TEXT,
-    permissions TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    accounts TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    last_used_at REAL,
-    revoked_at REAL,
-    enabled INTEGER NOT NULL,
-    meta TEXT NOT NULL,
-    secret_hash TEXT NOT NULL,
-    previous_hash TEXT,
-    previous_expires_at REAL,
-    version TEXT NOT NULL,
-    page_limit INTEGER,
-    allowed_ips TEXT NOT NULL DEFAULT '[]',
-    rate_limit TEXT
-);
-CREATE INDEX IF NOT EXISTS keystile_keys_account
-    ON keystile_keys (account_id, created_at DESC, kid DESC);
-CREATE TABLE IF NOT EXISTS keystile_usage (
-    account_id TEXT NOT NULL,
-    period TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    kid TEXT NOT NULL,
-    pages INTEGER NOT NULL DEFAULT 0,
-    requests INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (account_id, period, environment, kid)
-);
-CREATE TABLE IF NOT EXISTS keystile_audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    account_id TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT,
-    details TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS keystile_audit_account ON keystile_audit (account_id, id DESC);
-CREATE TABLE IF NOT EXISTS keystile_sessions (
-    sid TEXT PRIMARY KEY,
-    kid TEXT NOT NULL,
-    account_id TEXT NOT NULL,
-    secret_digest TEXT NOT NULL,
-    key_hash_fingerprint TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    idle_timeout REAL NOT NULL,
-    last_seen_at REAL NOT NULL,
-    ended_at REAL
-);
-CREATE TABLE IF NOT EXISTS keystile_limits (
-    account_id TEXT PRIMARY KEY,
-    pages INTEGER,
-    plan TEXT,
-    rate TEXT
-);
-"""
-
-
-#: Columns added since 0.1.0, for tables an earlier version created.
-_ADDED_COLUMNS = {
-    "keystile_keys": {"allowed_ips": "TEXT NOT NULL DEFAULT '[]'", "rate_limit": "TEXT"},
-    "keystile_limits": {"rate": "TEXT"},
-}
-
-
-def _add_columns(db: sqlite3.Connection) -> None:
-    for table, added in _ADDED_COLUMNS.items():
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for name, definition in added.items():
-            if name not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+#: SQLite's column types; its catalog lists tables in ``sqlite_master``.
+CATALOG = Catalog(
+    types={
+        "kid": "TEXT",
+        "json": "TEXT",
+        "time": "REAL",
+        "flag": "INTEGER",
+        "int": "INTEGER",
+        "real": "REAL",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    },
+    has_table="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    columns="SELECT name FROM pragma_table_info(?)",
+)
 
 
 def _from_epoch(value: float) -> datetime:
@@ -160,13 +100,30 @@ class SQLiteStore(SQLStore):
                 path, check_same_thread=False, isolation_level=None, timeout=timeout
             )
             try:
-                if self.blocking:
-                    self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.executescript(_SCHEMA)
-                _add_columns(self._db)
+                self._upgrade_tables()
             except BaseException:
                 self._db.close()
                 raise
+
+    def _upgrade_tables(self) -> None:
+        """Bring the tables to this keystile's schema version (see
+        :mod:`keystile.stores.migrations`), in one transaction."""
+        cursor = self._db.cursor()
+        # Read before anything is written, WAL mode included: a newer database is left as is.
+        outdated = needs_upgrade(stored_version(cursor, CATALOG))
+        if self.blocking:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        if not outdated:
+            return
+        # BEGIN IMMEDIATE takes the file's write lock: another process opening it now waits
+        # (up to the busy timeout), then finds the tables upgraded.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            upgrade(cursor, CATALOG, stored_version(cursor, CATALOG))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     @contextmanager
     def _autocommit(self) -> Iterator[sqlite3.Cursor]:

@@ -1,0 +1,1 @@
+"""``python manage.py keystile``: see :mod:`keystile.django.management.commands.keystile`."""
