@@ -32,6 +32,8 @@ starlette (uvicorn)
     keystile-strict    KeystileMiddleware with Redis, "consistency": "strict"
     keystile-fast      the same with "consistency": "fast"
     keystile-no-redis  KeystileMiddleware without Redis (SQLite store, in-process cache)
+    strict-rated       keystile-strict, the key with a rate limit (100000000/h, never reached)
+    fast-rated         keystile-fast with that key: requests reserved in blocks, not per request
     unknown-ids        strict, and every request a new well-formed token (valid checksum)
                        whose key id exists nowhere (bench/wrk/unknown_ids.lua): a flood
                        that must stay cheap; every answer is a 401
@@ -243,12 +245,16 @@ def keystile_settings(env: BenchEnv, mode: str) -> dict[str, Any]:
     return settings
 
 
-def create_keystile_token(settings: Mapping[str, Any]) -> str:
+#: A rate limit the bench never reaches: what checking one costs, not what refusing does.
+BENCH_RATE_LIMIT = "100000000/h"
+
+
+def create_keystile_token(settings: Mapping[str, Any], rate_limit: str | None = None) -> str:
     from keystile import Keystile
 
     engine = Keystile(dict(settings))
     try:
-        return engine.keys.create(ACCOUNT, "bench").token
+        return engine.keys.create(ACCOUNT, "bench", rate_limit=rate_limit).token
     finally:
         engine.close()
 
@@ -267,10 +273,10 @@ def unknown_ids_case(mode: str) -> Preparer:
     return prepare
 
 
-def keystile_case(mode: str) -> Preparer:
+def keystile_case(mode: str, rate_limit: str | None = None) -> Preparer:
     def prepare(env: BenchEnv) -> Prepared:
         settings = keystile_settings(env, mode)
-        token = create_keystile_token(settings)
+        token = create_keystile_token(settings, rate_limit)
         return Prepared(settings=settings, headers=(f"Authorization: Bearer {token}",))
 
     return prepare
@@ -361,6 +367,8 @@ def all_stacks() -> tuple[Stack, ...]:
         keystile_case("no-redis"),
     )
     unknown_ids = unknown_ids_case("strict")
+    strict_rated = keystile_case("strict", BENCH_RATE_LIMIT)
+    fast_rated = keystile_case("fast", BENCH_RATE_LIMIT)
     return (
         Stack(
             name="starlette",
@@ -374,9 +382,11 @@ def all_stacks() -> tuple[Stack, ...]:
                 Case("keystile-strict", "keystile", strict, needs_redis=True),
                 Case("keystile-fast", "keystile", fast, needs_redis=True, needs_consistency=True),
                 Case("keystile-no-redis", "keystile", no_redis),
+                Case("strict-rated", "keystile", strict_rated, needs_redis=True),
+                Case("fast-rated", "keystile", fast_rated, needs_redis=True, needs_consistency=True),
                 Case("unknown-ids", "keystile", unknown_ids, needs_redis=True, refused=True),
             ),
-            pairs=(("keystile-strict", "naive-redis-get"),),
+            pairs=(("keystile-strict", "naive-redis-get"), ("fast-rated", "strict-rated")),
         ),
         Stack(
             name="fastapi",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from keystile import AuthError, Keystile
-from keystile._core.rateleases import Limit, RateBook
+from keystile._core.rateleases import Limit, RateBook, lapse_after
 from keystile._core.ratelimits import ACCOUNT_RATE_POLICY, KEY_RATE_POLICY, Rate, RateState
 from keystile.stores import KeyStore
 
@@ -61,6 +61,17 @@ def test_a_reservation_lapses_one_interval_after_it_was_made_and_goes_back() -> 
     book.reserved([KEY], ok(1, 8, 360), 460.0)
     assert isinstance(book.take([KEY], 461.0), tuple)
     assert book.take([KEY], 461.0) is None  # the lapsed three are gone here
+
+
+def test_a_fast_limits_reservation_lapses_after_a_hundredth_of_its_period() -> None:
+    fast = Rate(1000, 1)  # an interval of 1 ms: reservations would lapse between requests
+    assert lapse_after(fast) == pytest.approx(0.01) and lapse_after(HOURLY) == 360.0
+    limit: Limit = (("r:fast", 1000, 1), fast, KEY_RATE_POLICY)
+    book = RateBook()
+    book.call_args([limit], 100.0)
+    book.reserved([limit], ok(3, 900, 1.0), 100.0)
+    assert isinstance(book.take([limit], 100.009), tuple)
+    assert book.take([limit], 100.011) is None  # at most 10 ms worth (1% of the limit) late
 
 
 def test_a_refusal_is_remembered_until_the_moment_redis_named() -> None:

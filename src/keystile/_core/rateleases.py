@@ -2,10 +2,11 @@
 
 A process reserves a few requests under a limit (``lua/rate_lease.lua``): the script moves
 the limit's next-free time on as if they were sent at once, so the reservations of all
-processes never exceed what ``meter.lua`` would admit. They are admitted here, within one
-interval (period / count) of the reservation and never later: a request admitted at most one
-interval after its reservation lets at most one more request into any window than the
-limit's own GCRA would. What is left at the end of it goes back with the next reservation.
+processes never exceed what ``meter.lua`` would admit. They are admitted here within
+:func:`lapse_after` of the reservation and never later: a request admitted up to that long
+after its reservation lets at most that long's worth of requests more into any window than
+the limit's own GCRA would: one request, or 1% of the limit, whichever is more. What is left
+then goes back with the next reservation.
 A refusal is remembered until the moment Redis named, so a limited key's flood is refused
 here, one trip per interval at most. Blocks double while requests keep coming and halve when
 some lapse unspent, like page leases; each is at most 1/spread of the room left.
@@ -44,6 +45,12 @@ class _RateLease:
         self.room = 0  # room Redis had left after the last reservation
         self.full_at = 0.0  # when the burst is back whole, as of the last reservation
         self.block = 1
+
+
+def lapse_after(rate: Rate) -> float:
+    """Seconds a reservation may be admitted here: one interval, or 1/100 of the period when
+    that is longer (a limit of thousands a second would otherwise lapse between requests)."""
+    return max(rate.interval_us / 1e6, rate.period / 100)
 
 
 def rate_limits(keys: RedisKeys, charge: Charge, leases: LeaseBook) -> list[Limit]:
@@ -124,7 +131,7 @@ class RateBook:
 
     def reserved(self, limits: Sequence[Limit], reply: Sequence[Any], sent: float) -> None:
         """``rate_lease.lua`` answered ok; ``sent``: when the call went out (wall clock),
-        so each reservation is spent here within one interval of Redis making it."""
+        so each reservation is spent here within :func:`lapse_after` of Redis making it."""
         with self._lock:
             for i, (key, rate, _policy) in enumerate(limits):
                 lease = self._leases.get(key)
@@ -134,7 +141,7 @@ class RateBook:
                 if sent >= lease.until:
                     lease.have = 0  # lapsed: those went back with this very call
                 lease.have += taken
-                lease.until = sent + rate.interval_us / 1e6
+                lease.until = sent + lapse_after(rate)
                 lease.room = room
                 lease.full_at = sent + full_in / 1e6
                 lease.refused_until = 0.0

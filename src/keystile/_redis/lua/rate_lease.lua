@@ -1,8 +1,8 @@
 -- "Fast" mode: reserve a few requests under each of one request's rate limits (the key's,
 -- its account's), for one process to admit locally. A reservation moves the limit's GCRA
 -- next-free time on as if the requests were sent now, so what all processes reserve never
--- exceeds what meter.lua would admit; the process spends them within one interval, or gives
--- them back with its next call. All or none: when one limit has no room, nothing is reserved.
+-- exceeds what meter.lua would admit; the process spends them soon (rateleases.py says how
+-- soon), or gives them back with its next call. All or none: when one limit has no room, nothing is reserved.
 --
 -- KEYS[i] a limit's next-free time (µs), all in the account's slot
 -- ARGV: spread (>= 1: a reservation takes at most 1/spread of the room left), then for each
