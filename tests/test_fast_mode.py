@@ -266,6 +266,28 @@ def test_leases_never_overshoot_across_three_engines(
     assert not redis_client.exists(leases)
 
 
+@pytest.mark.parametrize("account_rate", [None, "1000/h"])
+def test_a_burst_of_first_requests_far_under_the_limits_is_admitted_whole(
+    engines: Callable[..., Keystile], account_rate: str | None
+) -> None:
+    """600 requests at once, 4 new keys, 3 engines, limits of 10,000 pages and 1,000 an hour:
+    all admitted. (Each grant once doubled the next block: an engine that took 150 small
+    grants then leased all 10,000 pages, and the others refused with BILLING_001.)"""
+    trio = [engines(monthly_page_limit=10_000) for _ in range(3)]
+    for attempt in range(4):  # the race does not always come out the same way
+        account = f"{ACCOUNT}-{attempt}"
+        if account_rate is not None:
+            trio[0].quotas.set_rate_limit(account, account_rate)
+        tokens = [trio[0].keys.create(account, f"k{i}").token for i in range(4)]
+
+        async def burst(tokens: list[str] = tokens) -> list[Any]:
+            calls = [aauth(trio[i % 3], tokens[i % 4]) for i in range(600)]
+            return await asyncio.gather(*calls)
+
+        refused = [r for r in asyncio.run(burst()) if isinstance(r, str)]
+        assert refused == [], (attempt, sorted(set(refused)), len(refused))
+
+
 def test_unused_lease_pages_go_back_at_shutdown(
     engines: Callable[..., Keystile], redis_client: redis.Redis
 ) -> None:

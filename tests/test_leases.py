@@ -634,3 +634,14 @@ def test_book_spends_a_lease_only_until_it_may_lapse() -> None:
     assert book.spend(C, "k1", 1, now=60.0) == 2  # the old 10 are void, the new 3 are not
     (report,) = book.reports(keep=False)
     assert (report.spent, report.returned) == (3, 2)  # what was spent is still reported
+
+
+def test_many_small_grants_at_once_grow_the_block_once() -> None:
+    """A burst of concurrent requests asks with the same block and gets one grant each: the
+    next block is twice what a grant gave, not doubled once per grant."""
+    book = LeaseBook()
+    for _ in range(150):
+        book.grant(C, 1, used=1, limit=10_000)
+    assert book.want(C) == 2
+    book.grant(C, 2, used=3, limit=10_000)  # a full grant of that block doubles it
+    assert book.want(C) == 4

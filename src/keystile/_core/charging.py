@@ -241,7 +241,9 @@ class Charging:
                 continue
             refusal = yield from self._reserve_rates(charge, rate_limits(self.keys, charge, leases))
             if refusal is not None:
-                return refusal
+                # A sibling's reservation may have come in meanwhile: Redis counts it as sent.
+                outcome = self._spend_lease(charge, self.clock())
+                return refusal if outcome is None or outcome.result != "ok" else outcome
         raise AuthError(BACKEND_UNAVAILABLE)
 
     def _reserve_rates(self, charge: Charge, limits: list[Limit]) -> Steps:
@@ -293,6 +295,8 @@ class Charging:
                 seed, rebuild = yield from self._seed(kind, charge, seed, rebuild)
                 continue
             if kind == "exceeded":
+                if leases.holds(counter, charge.cost, self.clock()):
+                    return ()  # what Redis counted as used is here: a sibling's grant, unspent
                 limit = None if int(reply[2]) < 0 else int(reply[2])
                 return Outcome("exceeded", int(reply[1]), limit)
             # Spent here for 2/3 of the lease's ttl after the call went out, at most: the

@@ -196,7 +196,7 @@ class LeaseBook:
         )
 
     def want(self, counter: Counter, cost: int = 1) -> int:
-        """The block to ask for: doubles with each grant (a busy counter soon needs one trip
+        """The block to ask for: doubles with each full grant (a busy counter soon needs one trip
         per ``max_block`` pages), halves at each report (an idle one stops hoarding), and is
         never less than what a request of ``cost`` still lacks."""
         with self._lock:
@@ -258,7 +258,10 @@ class LeaseBook:
                 self.rated.discard(counter)
             else:
                 self.rated.add(counter)
-            lease.block = min(self.max_block, lease.block * 2)
+            # Twice what this grant gave (at most twice the block), not twice the block each
+            # time: a burst of concurrent requests gets many small grants at once.
+            grown = 2 * min(pages, lease.block)
+            lease.block = min(self.max_block, max(lease.block, grown))
 
     def refund(self, counter: Counter, kid: str, pages: int) -> None:
         """A settled refund (the response was not counted): the pages go back into the local

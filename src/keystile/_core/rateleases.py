@@ -91,10 +91,11 @@ class RateBook:
                 lease = leases.get(key)
                 if lease is None:
                     return None
+                if lease.have >= 1 and now < lease.until:
+                    continue  # reserved: admitted, even after a refusal another request got
                 if now < lease.refused_until:
                     return RateState(policy, rate, 0, lease.refused_until - now)
-                if lease.have < 1 or now >= lease.until:
-                    return None
+                return None
             states = []
             for key, rate, policy in limits:
                 lease = leases[key]
@@ -145,7 +146,8 @@ class RateBook:
                 lease.room = room
                 lease.full_at = sent + full_in / 1e6
                 lease.refused_until = 0.0
-                lease.block = min(self.max_block, rate.count, lease.block * 2)
+                grown = 2 * min(taken, lease.block)  # not per grant: a burst gets many at once
+                lease.block = min(self.max_block, rate.count, max(lease.block, grown))
 
     def refused(self, limits: Sequence[Limit], reply: Sequence[Any], sent: float) -> RateState:
         """``rate_lease.lua`` answered 'rate': the refusing limit's state, remembered (from
