@@ -27,7 +27,10 @@ def env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``keystile *args`` in a child process, with no terminal on stdin."""
     return subprocess.run(
         [sys.executable, "-m", "keystile", *args],
         env=env,
@@ -35,6 +38,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        cwd=cwd,
     )
 
 

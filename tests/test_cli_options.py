@@ -24,6 +24,7 @@ from keystile._cli.main import describe_store
 from keystile._cli.parser import build_parser
 
 from .conftest import FAST_ARGON2
+from .test_cli import run
 
 
 @pytest.fixture
@@ -51,20 +52,6 @@ def engine(store: str) -> Iterator[Keystile]:
     keystile = Keystile({"store": store, "argon2": FAST_ARGON2})
     yield keystile
     keystile.close()
-
-
-def run(
-    env: dict[str, str], *args: str, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keystile", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        cwd=cwd,
-    )
 
 
 def run_json(env: dict[str, str], *args: str) -> Any:

@@ -9,7 +9,7 @@ slower than the tests (``/h``): every refusal is the limit's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,12 +17,14 @@ import pytest
 from keystile import AuthError, Keystile
 from keystile._core.rateleases import Limit, RateBook, lapse_after
 from keystile._core.ratelimits import ACCOUNT_RATE_POLICY, KEY_RATE_POLICY, Rate, RateState
-from keystile.stores import KeyStore
 
+from . import test_rate_limits
 from .conftest import TOPOLOGIES, Clock, topology_settings
 from .test_fast_mode import Commands
 from .test_rate_limits import bearer, outcome
 
+#: test_rate_limits' fixture: ``engines("fast", clock=..., **settings)``, engines on one store.
+engines = test_rate_limits.engines
 ACCOUNT = "acct-rate-lease"
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
 HOURLY = Rate(10, 3600)
@@ -102,24 +104,6 @@ def test_a_request_takes_from_every_limit_or_from_none() -> None:
 # ------------------------------------------------------------------------- on a real Redis
 
 
-@pytest.fixture
-def engines(
-    redis_settings: dict[str, Any], shared_store: KeyStore
-) -> Iterator[Callable[..., Keystile]]:
-    made: list[Keystile] = []
-
-    def make(clock: Clock | None = None, **extra: Any) -> Keystile:
-        settings = {**redis_settings, "consistency": "fast", "argon2": FAST_ARGON2}
-        ks = Keystile({**settings, "store": "memory://", **extra}, store=shared_store, clock=clock)
-        made.append(ks)
-        assert ks.ready(10.0)
-        return ks
-
-    yield make
-    for ks in made:
-        ks.close()
-
-
 def scripts(commands: Commands) -> int:
     return sum(name in ("EVALSHA", "EVAL") for name in commands.names)
 
@@ -128,7 +112,7 @@ def scripts(commands: Commands) -> int:
 def test_a_rate_limited_key_costs_a_round_trip_now_and_then_not_per_request(
     engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ks = engines(monthly_page_limit=10_000)
+    ks = engines("fast", monthly_page_limit=10_000)
     key = ks.keys.create(ACCOUNT, "k", rate_limit="1000/h")
     assert not isinstance(outcome(ks, key.token), AuthError)  # warm: the snapshot, a lease
     commands = Commands(monkeypatch, ks)
@@ -148,7 +132,7 @@ def test_a_rate_limited_key_costs_a_round_trip_now_and_then_not_per_request(
 def test_a_flood_past_the_limit_is_refused_locally(
     engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ks = engines(monthly_page_limit=10_000)
+    ks = engines("fast", monthly_page_limit=10_000)
     key = ks.keys.create(ACCOUNT, "k", rate_limit="5/h")
     results = [outcome(ks, key.token) for _ in range(5)]
     assert not any(isinstance(r, AuthError) for r in results)
@@ -167,7 +151,7 @@ def test_reservations_that_lapse_unspent_go_back_to_the_limit(
     engines: Callable[..., Keystile],
 ) -> None:
     clock = Clock()
-    ks = engines(clock=clock, monthly_page_limit=10_000)
+    ks = engines("fast", clock=clock, monthly_page_limit=10_000)
     key = ks.keys.create(ACCOUNT, "k", rate_limit="10/h")
     admitted = 0
     for _ in range(4):  # reservations of 1, 2, ...: some lapse here while this process idles
@@ -183,7 +167,7 @@ def test_reservations_that_lapse_unspent_go_back_to_the_limit(
 def test_exact_across_three_engines_with_threads(engines: Callable[..., Keystile]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    trio = [engines(monthly_page_limit=10_000) for _ in range(3)]
+    trio = [engines("fast", monthly_page_limit=10_000) for _ in range(3)]
     key = trio[0].keys.create(ACCOUNT, "k", rate_limit="60/h")
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(lambda i: outcome(trio[i % 3], key.token), range(300)))
@@ -197,7 +181,7 @@ def test_exact_across_three_engines_with_threads(engines: Callable[..., Keystile
 def test_an_accounts_rate_limit_is_leased_like_a_keys(
     engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ks = engines(monthly_page_limit=10_000)
+    ks = engines("fast", monthly_page_limit=10_000)
     ks.quotas.set_rate_limit(ACCOUNT, "1000/h")
     tokens = [ks.keys.create(ACCOUNT, f"k{i}").token for i in range(2)]
     for token in tokens:

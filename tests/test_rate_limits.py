@@ -139,9 +139,9 @@ def engines(
 ) -> Iterator[Callable[..., Keystile]]:
     made: list[Keystile] = []
 
-    def make(consistency: str, **extra: Any) -> Keystile:
+    def make(consistency: str, clock: Clock | None = None, **extra: Any) -> Keystile:
         settings = {**redis_settings, "consistency": consistency, "argon2": FAST_ARGON2}
-        ks = Keystile({**settings, "store": "memory://", **extra}, store=shared_store)
+        ks = Keystile({**settings, "store": "memory://", **extra}, store=shared_store, clock=clock)
         made.append(ks)
         assert ks.ready(10.0)
         return ks

@@ -210,7 +210,7 @@ class Admission(Settlement):
             return None  # another account's counters live in another slot: admit() checks
         charge = self._charge(snapshot, account, self.period_at(now), self.cost_of(request))
         if self.has_redis:
-            if checked and self.leases is not None and self._may_lease(charge, now):
+            if checked and self.leases is not None and charge.fits_lease:
                 outcome = self._spend_lease(charge, now)
                 if outcome is None:
                     return None  # the lease is short: admit() takes a new one

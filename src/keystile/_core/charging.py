@@ -140,7 +140,7 @@ class Charging:
             and self.leases is not None
             and unchecked is None
             and charge.idempotency is None
-            and self._may_lease(charge, self.clock())
+            and charge.fits_lease
         ):
             return (yield from self._lease_meter(charge))
         if not self.has_redis:
@@ -194,11 +194,6 @@ class Charging:
         # admitted while Redis was down: nothing left to resolve.
         self.resends.drop_counter(charge.counter)
         return seed, rebuild
-
-    def _may_lease(self, charge: Charge, now: float) -> bool:
-        """Fast mode: whether the charge may come from a lease (no page cap of the key's own,
-        which only Redis checks across processes)."""
-        return charge.fits_lease
 
     def _spend_lease(self, charge: Charge, now: float) -> Outcome | None:
         """Fast mode: the charge out of this process's leases (pages, and a request under
