@@ -147,6 +147,37 @@ def test_a_flood_past_the_limit_is_refused_locally(
 
 
 @pytest.mark.redis
+def test_a_refusal_yields_to_a_siblings_reservation_even_when_the_pages_ran_out(
+    engines: Callable[..., Keystile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis refuses a request because a sibling's reservation, answered after it, took the
+    last room; meanwhile siblings spent the leased pages. The request is admitted from the
+    sibling's reservation (with new pages): refused, it would leave that reservation unspent
+    at the end of a burst, and fewer requests admitted than the limit."""
+    ks = engines("fast", monthly_page_limit=10_000)
+    key = ks.keys.create(ACCOUNT, "k", rate_limit="2/h")
+    assert not any(isinstance(outcome(ks, key.token), AuthError) for _ in range(2))
+    leases, book = ks.admission.leases, ks.admission.rate_book
+    assert leases is not None
+    real = ks.redis.rate_lease
+
+    def refused_while_a_sibling_reserved(keys: list[str], args: list[Any]) -> list[Any]:
+        reply = real(keys, args)
+        assert reply[0] == "rate"
+        limit: Limit = ((keys[0], 2, 3600), Rate(2, 3600), KEY_RATE_POLICY)
+        book.reserved([limit], ok(1, 0, 3600), ks.clock())
+        for counter in list(leases._leases):
+            while leases.spend(counter, "sibling", 1, False, ks.clock()) is not None:
+                pass
+        return reply
+
+    monkeypatch.setattr(ks.redis, "rate_lease", refused_while_a_sibling_reserved)
+    assert not isinstance(outcome(ks, key.token), AuthError)
+    monkeypatch.setattr(ks.redis, "rate_lease", real)
+    assert outcome(ks, key.token).code == "RATE_001"  # and that was the last one
+
+
+@pytest.mark.redis
 def test_reservations_that_lapse_unspent_go_back_to_the_limit(
     engines: Callable[..., Keystile],
 ) -> None:

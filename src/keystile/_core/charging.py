@@ -234,11 +234,13 @@ class Charging:
                     return got
                 crossed += got
                 continue
-            refusal = yield from self._reserve_rates(charge, rate_limits(self.keys, charge, leases))
-            if refusal is not None:
-                # A sibling's reservation may have come in meanwhile: Redis counts it as sent.
-                outcome = self._spend_lease(charge, self.clock())
-                return refusal if outcome is None or outcome.result != "ok" else outcome
+            limits = rate_limits(self.keys, charge, leases)
+            refusal = yield from self._reserve_rates(charge, limits)
+            # A sibling's reservation may have come in meanwhile, and Redis counts it as
+            # sent: spend it (leasing pages again if siblings spent them), or it would be
+            # left unspent at the end of a burst.
+            if refusal is not None and not self.rate_book.holds(limits, self.clock()):
+                return refusal
         raise AuthError(BACKEND_UNAVAILABLE)
 
     def _reserve_rates(self, charge: Charge, limits: list[Limit]) -> Steps:

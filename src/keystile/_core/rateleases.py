@@ -104,6 +104,15 @@ class RateBook:
                 states.append(RateState(policy, rate, lease.have + lease.room, left))
             return tuple(states)
 
+    def holds(self, limits: Sequence[Limit], now: float) -> bool:
+        """Whether :meth:`take` would admit a request now (a reservation under every limit)."""
+        with self._lock:
+            for key, _rate, _policy in limits:
+                lease = self._leases.get(key)
+                if lease is None or lease.have < 1 or now >= lease.until:
+                    return False
+            return True
+
     def untake(self, limits: Sequence[Limit]) -> None:
         """The request was refused after all (its quota): its reservations are unspent."""
         with self._lock:
