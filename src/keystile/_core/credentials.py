@@ -48,7 +48,9 @@ class Credentials(NamedTuple):
         return f"Credentials({self.token!r}, {self.auth_method!r}, {self.account_id!r})"
 
 
-def _collect(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+def scan_credentials(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The credential headers (and Idempotency-Key's presence), each once, values trimmed;
+    the empty ones left out."""
     found: dict[str, str] = {}
     for name, value in headers:
         if name not in _SCANNED:
@@ -96,7 +98,13 @@ def read_credentials(
     prefix: str,
     environments: tuple[str, ...],
 ) -> Credentials:
-    found = _collect(headers)
+    return credentials_from(scan_credentials(headers), prefix, environments)
+
+
+def credentials_from(
+    found: dict[str, str], prefix: str, environments: tuple[str, ...]
+) -> Credentials:
+    """The credential the headers :func:`scan_credentials` found carry."""
     authorization = found.get("authorization")
     api_key = found.get("x-api-key")
     secret = found.get("x-api-secret")

@@ -24,7 +24,8 @@ from keystile._backends.backends import Backends, build_backends
 from keystile._backends.clocks import Clocks
 from keystile._core import tokens
 from keystile._core.admission import Admission, Admitted, MeterCall, RequestInfo
-from keystile._core.credentials import Credentials, read_credentials
+from keystile._core.credentialreader import CredentialReader
+from keystile._core.credentials import Credentials
 from keystile._core.errors import BackendError
 from keystile._core.metering import Meter
 from keystile._core.networks import Origin
@@ -100,13 +101,9 @@ class Keystile(Closing):
             self.settings.billing_anchor_day, self.settings.billing_timezone
         )
         self.admission = Admission(
-            self.settings,
-            self.verifier,
-            self.periods,
-            self.clocks.wall,
-            backends.redis_keys,
+            self.settings, self.verifier, self.periods, self.clocks.wall, backends.redis_keys,
             self.clocks.monotonic,
-        )
+        )  # fmt: skip
         #: Failed verifications per key id and client, and each key's known credential.
         self.limits = FailureLimits(backends)
         self.driver = SyncDriver(backends, self.verifier, self.limits)
@@ -128,7 +125,7 @@ class Keystile(Closing):
         self._background: set[asyncio.Task[Any]] = set()
         self._exempt = set(self.settings.exempt_exact)
         self._exempt_prefixes = self.settings.exempt_prefixes
-        self._digest = tokens.digester(backends.digest_key)  # the warm path's
+        self.credentials = CredentialReader(self.settings, backends.digest_key)
         _UNCLOSED.add(self)
 
     # -- the parts, for adapters, tools and tests -------------------------------------------
@@ -173,23 +170,20 @@ class Keystile(Closing):
     # -- requests ---------------------------------------------------------------------------
 
     def _warm(
-        self,
-        headers: Iterable[tuple[str, str]],
-        method: str,
-        path: str,
-        query: str,
-        body: Any,
+        self, headers: Iterable[tuple[str, str]], method: str, path: str, query: str, body: Any,
         peer: str | None,
-    ) -> tuple[Credentials, str, RequestInfo, Admitted | MeterCall | None]:
+    ) -> tuple[Credentials, str, RequestInfo, Admitted | MeterCall | None]:  # fmt: skip
         """What a request carries, and what the warm path made of it (None: take the steps)."""
         headers = headers if isinstance(headers, list) else list(headers)
-        creds = read_credentials(headers, self.settings.token_prefix, self.settings.environments)
+        creds, digest, unseen = self.credentials.read(headers)
         reader = body if callable(body) else (lambda: body)
         request = RequestInfo(method, path, headers, query, reader, peer)
-        digest = self._digest(creds.token)
         if creds.idempotent:  # a retry is compared with Redis: the steps do that
             return creds, digest, request, None
-        return creds, digest, request, self.admission.warm(creds, digest, request, self.clock())
+        admitted = self.admission.warm(creds, digest, request, self.clock())
+        if admitted is not None and unseen is not None:
+            self.credentials.remember(unseen, creds, digest)
+        return creds, digest, request, admitted
 
     def _metered(self, call: MeterCall) -> Admitted | None:
         try:
@@ -228,6 +222,7 @@ class Keystile(Closing):
         if admitted.__class__ is MeterCall:
             admitted = self._metered(admitted)
         if admitted is None:
+            creds = self.credentials.whole(creds, request.headers)  # the steps may verify it
             admitted = self.driver.run(self.admission.admit(creds, digest, request))
         principal, meter, crossed = admitted  # type: ignore[misc]
         if crossed:
@@ -250,6 +245,7 @@ class Keystile(Closing):
         if admitted.__class__ is MeterCall:
             admitted = await self._metered_async(admitted)
         if admitted is None:
+            creds = self.credentials.whole(creds, request.headers)  # the steps may verify it
             admitted = await self.async_driver.run(self.admission.admit(creds, digest, request))
         principal, meter, crossed = admitted  # type: ignore[misc]
         if crossed:
