@@ -91,7 +91,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench.http_apps import (
@@ -169,6 +169,7 @@ class Case:
     needs_redis: bool = False
     needs_consistency: bool = False
     refused: bool = False  # every answer is a refusal (401): the case measures how cheap
+    src: str | None = None  # another checkout's src the server imports keystile from
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,7 @@ class Options:
     markdown: bool
     json_path: Path | None
     http_impl: str
+    against: str | None = None
 
 
 class ServerError(RuntimeError):
@@ -383,7 +385,9 @@ def all_stacks() -> tuple[Stack, ...]:
                 Case("keystile-fast", "keystile", fast, needs_redis=True, needs_consistency=True),
                 Case("keystile-no-redis", "keystile", no_redis),
                 Case("strict-rated", "keystile", strict_rated, needs_redis=True),
-                Case("fast-rated", "keystile", fast_rated, needs_redis=True, needs_consistency=True),
+                Case(
+                    "fast-rated", "keystile", fast_rated, needs_redis=True, needs_consistency=True
+                ),
                 Case("unknown-ids", "keystile", unknown_ids, needs_redis=True, refused=True),
             ),
             pairs=(("keystile-strict", "naive-redis-get"), ("fast-rated", "strict-rated")),
@@ -567,7 +571,8 @@ def server_environ(case: Case, prepared: Prepared, env: BenchEnv) -> dict[str, s
     environ.pop(SETTINGS_ENV, None)
     environ.update({VARIANT_ENV: case.variant, DJANGO_DB_ENV: str(env.django_db)})
     environ["DJANGO_SETTINGS_MODULE"] = "bench.http_apps.django_settings"
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    paths = [case.src, str(ROOT), environ.get("PYTHONPATH")]
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     if env.redis_url is not None:
         environ[REDIS_URL_ENV] = env.redis_url
     if prepared.settings is not None:
@@ -976,6 +981,9 @@ def parse_options(argv: Sequence[str] | None) -> Options:
                         "(the baseline always runs)")  # fmt: skip
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write raw results here")
+    parser.add_argument("--against", metavar="SRC", help="also run every keystile case on "
+                        "another checkout's src (an older commit), in the same rounds, as "
+                        "CASE@base")  # fmt: skip
     args = parser.parse_args(argv)
     stacks = tuple(name.strip() for name in args.stacks.split(",") if name.strip())
     unknown = sorted(set(stacks) - set(names))
@@ -995,7 +1003,22 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         markdown=args.markdown,
         json_path=args.json,
         http_impl=choose_http_impl(),
+        against=None if args.against is None else str(Path(args.against).resolve()),
     )
+
+
+def against(stack: Stack, src: str | None) -> Stack:
+    """``stack`` with each keystile case twice: on this checkout and on ``src`` (CASE@base),
+    and each pair's ratio per round."""
+    if src is None:
+        return stack
+    twins = [
+        replace(c, name=f"{c.name}@base", src=src)
+        for c in stack.cases
+        if c.variant.startswith("keystile")
+    ]
+    pairs = tuple((twin.name.removesuffix("@base"), twin.name) for twin in twins)
+    return replace(stack, cases=(*stack.cases, *twins), pairs=(*stack.pairs, *pairs))
 
 
 def interrupt_on_sigterm() -> None:
@@ -1031,7 +1054,7 @@ def run(wrk: str, options: Options) -> int:
             env = BenchEnv(tmp, redis_url, has_consistency=supports_consistency(env))
             for stack in all_stacks():
                 if stack.name in options.stacks:
-                    reports.append(bench_stack(wrk, stack, env, options))
+                    reports.append(bench_stack(wrk, against(stack, options.against), env, options))
     print_tables(reports, options)
     warn_about_refusals(reports)
     print(f"\n{load_average()}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError
@@ -227,7 +226,7 @@ class Charging:
             now = self.clock()
             outcome = self._spend_lease(charge, now)
             if outcome is not None:
-                return replace(outcome, crossed=crossed) if crossed else outcome
+                return outcome._replace(crossed=crossed) if crossed else outcome
             if not leases.holds(charge.counter, charge.cost, now):
                 got = yield from self._lease_pages(charge)
                 if isinstance(got, Outcome):

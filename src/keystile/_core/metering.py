@@ -16,7 +16,7 @@ import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from keystile._core.errors import QUOTA_EXCEEDED, AuthError, InvalidInput
 from keystile._core.periods import Period
@@ -84,9 +84,9 @@ class Charge:
         object.__setattr__(self, "fits_lease", self.key_limit is None)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The answer of one meter step. ``result`` is ok, replay, exceeded, stale."""
+class Outcome(NamedTuple):
+    """The answer of one meter step. ``result`` is ok, replay, exceeded, stale. (A named
+    tuple: every request makes one, at a third of a frozen dataclass's cost.)"""
 
     result: str
     used: int = 0
