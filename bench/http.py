@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/http.py [--quick] [--rounds R] [--duration S] [--connections C]
         [--stacks starlette,fastapi,flask,django] [--cases SUBSTRING,...] [--markdown]
-        [--json FILE]
+        [--json FILE] [--against SRC]
 
 Needs: ``pip install -e '.[bench]'`` (gunicorn, safe-api-keys, djangorestframework,
 djangorestframework-api-key, uvicorn, starlette, fastapi, flask, django), ``wrk``
@@ -55,7 +55,9 @@ django (gunicorn -w 1, sync; a DRF APIView returning Response({"ok": True}))
     keystile-no-redis  the same without Redis
     Ratios are to bare-drf; each keystile case / drf-api-key is printed too.
 
---quick is about two minutes (2 rounds x 3 s).
+--quick is about two minutes (2 rounds x 3 s). ``--against SRC`` (another checkout's ``src``,
+an older commit's say) runs every keystile case on it too, as ``CASE@base`` in the same rounds,
+and prints each case's ratio to its twin per round: a change's effect over HTTP.
 """
 
 # This file is named http.py, and running it puts bench/ first on sys.path, where it would
