@@ -23,14 +23,15 @@ from keystile._core.tokens import digester
 class CredentialReader:
     """Thread-safe: a lookup and a store are single dictionary operations."""
 
-    __slots__ = ("_digest", "_environments", "_key", "_known", "_prefix", "_size")
+    __slots__ = ("_digest", "_environments", "_known", "_named", "_prefix", "_size")
 
     def __init__(self, settings: Settings, key: bytes) -> None:
         """``key``: the engine's digest key (from ``secret``), for both digests."""
         self._prefix = settings.token_prefix
         self._environments = settings.environments
         self._digest = digester(key)
-        self._key = key if len(key) <= 64 else hashlib.sha256(key).digest()
+        key = key if len(key) <= 64 else hashlib.sha256(key).digest()
+        self._named = hashlib.blake2b(key=key, digest_size=16)
         self._size = settings.local_cache_size
         self._known: dict[bytes, tuple[Credentials, str]] = {}
 
@@ -39,9 +40,10 @@ class CredentialReader:
         when they were remembered (then the credentials hold no secret: :meth:`whole` gives
         it). Raises :class:`AuthError` as ``read_credentials`` does."""
         found = scan_credentials(headers)
-        # Each value with its length: no two sets of headers read alike.
-        text = "".join([f"{name}:{len(value)}:{value}" for name, value in found.items()])
-        name = hashlib.blake2b(text.encode(), key=self._key, digest_size=16).digest()
+        named = self._named.copy()  # keyed once: a copy costs less than keying again
+        for header, value in found.items():
+            named.update(f"{header}:{len(value)}:{value}".encode())  # no two sets read alike
+        name = named.digest()
         known = self._known.get(name)
         if known is not None:
             return known[0], known[1], None
