@@ -33,6 +33,16 @@ class Clock:
         self.now += seconds
 
 
+def subprocess_environ() -> dict[str, str]:
+    """This environment for a CLI or ``manage.py`` subprocess, without any ``KEYSTILE_*``
+    variable or ``DJANGO_SETTINGS_MODULE``: the test sets what the command reads."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KEYSTILE_") and k != "DJANGO_SETTINGS_MODULE"
+    }
+
+
 @pytest.fixture(autouse=True)
 def _no_keystile_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine given no settings reads ``KEYSTILE_*``: the developer's shell must not reach

@@ -20,7 +20,7 @@ from keystile._cli import config
 from keystile.stores import open_store
 from keystile.stores.sqlite import SQLiteStore
 
-from .conftest import FAST_ARGON2
+from .conftest import FAST_ARGON2, subprocess_environ
 
 UNREACHABLE_PG = "postgresql://keystile:hunter2-not-shown@127.0.0.1:1/test"
 ADMIN = ["writeApiKeys", "readApiKeys", "readUsage", "readAudit"]
@@ -28,11 +28,7 @@ ADMIN = ["writeApiKeys", "readApiKeys", "readUsage", "readAudit"]
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("KEYSTILE_") and k != "DJANGO_SETTINGS_MODULE"
-    }
+    clean = subprocess_environ()
     return {
         **clean,
         "KEYSTILE_STORE": f"sqlite:///{tmp_path / 'keys.db'}",

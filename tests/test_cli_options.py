@@ -23,7 +23,7 @@ from keystile import Keystile
 from keystile._cli.main import describe_store
 from keystile._cli.parser import build_parser
 
-from .conftest import FAST_ARGON2
+from .conftest import FAST_ARGON2, subprocess_environ
 from .test_cli import run
 
 
@@ -34,11 +34,7 @@ def store(tmp_path: Path) -> str:
 
 @pytest.fixture
 def env(store: str) -> dict[str, str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("KEYSTILE_") and k != "DJANGO_SETTINGS_MODULE"
-    }
+    clean = subprocess_environ()
     return {
         **clean,
         "KEYSTILE_STORE": store,

@@ -15,7 +15,7 @@ import pytest
 
 from keystile import Keystile
 
-from .conftest import FAST_ARGON2
+from .conftest import FAST_ARGON2, subprocess_environ
 
 pytest.importorskip("django")
 
@@ -48,11 +48,7 @@ def make_project(root: Path, keystile: Any) -> None:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("KEYSTILE_") and k != "DJANGO_SETTINGS_MODULE"
-    }
+    clean = subprocess_environ()
     # Set, and to be ignored: the command reads settings.KEYSTILE only.
     return {
         **clean,
