@@ -235,3 +235,39 @@ def test_problem_details_keep_the_code_and_headers() -> None:
     assert headers["content-length"] == str(len(rendered.body))
     assert render(error).body == render(error, "application/json").body
     assert json.loads(render(error).body)["error"]["code"] == "BILLING_001"
+
+
+def test_a_kept_rendering_answers_only_the_same_refusal_in_the_same_shape() -> None:
+    """Refusals that say nothing of their request are rendered once and kept; what tells
+    two of them apart (spec, message, Accept) still does, and one that carries headers,
+    a field, a scope or policies is rendered anew."""
+    plain = render(AuthError(INVALID_API_KEY))
+    assert render(AuthError(INVALID_API_KEY)) is plain
+    assert isinstance(plain.headers, tuple)  # shared: nobody can add to it
+    other = render(AuthError(INVALID_API_KEY, "The x-api-key header does not hold a valid one."))
+    assert json.loads(other.body)["error"]["message"].startswith("The x-api-key header")
+    assert json.loads(render(AuthError(INVALID_API_KEY)).body)["error"]["message"] == (
+        "Invalid API key."
+    )
+    problem = render(AuthError(INVALID_API_KEY), "application/problem+json")
+    assert dict(problem.headers)["content-type"] == "application/problem+json"
+    assert dict(render(AuthError(INVALID_API_KEY)).headers)["content-type"] == "application/json"
+    assert render(AuthError(EXPIRED_API_KEY)).body != plain.body
+    for retry in ("10", "20"):
+        limited = render(AuthError(QUOTA_EXCEEDED, headers={"Retry-After": retry}))
+        assert dict(limited.headers)["retry-after"] == retry
+    for field in ("name", "owner"):
+        invalid = render(errors.RequestError(errors.INVALID_REQUEST, "too long", field=field))
+        assert json.loads(invalid.body)["error"]["field"] == field
+    needed = render(AuthError(INSUFFICIENT_PERMISSIONS, scope=("jobs:write",)))
+    assert 'scope="jobs:write"' in dict(needed.headers)["www-authenticate"]
+    assert (
+        "scope="
+        not in dict(render(AuthError(INSUFFICIENT_PERMISSIONS)).headers)["www-authenticate"]
+    )
+
+
+def test_kept_renderings_are_bounded() -> None:
+    for n in range(3 * errors._RENDERED_KEPT):
+        render(AuthError(INVALID_API_KEY, f"message {n}"))
+    assert len(errors._RENDERED) <= errors._RENDERED_KEPT

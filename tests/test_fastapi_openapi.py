@@ -124,10 +124,40 @@ def test_the_key_pair_is_one_requirement(docs_exempt: Keystile) -> None:
 
 
 def test_without_the_key_pair_the_secret_is_never_offered(docs_exempt: Keystile) -> None:
-    doc = build_app(docs_exempt, key_pair=False).openapi()
+    app = build_app(docs_exempt, key_pair=False)
+    document(app, key_pair=False)
+    doc = app.openapi()
     assert set(doc["components"]["securitySchemes"]) == {"BearerToken", "ApiKey"}
     for path, method in [("/jobs", "get"), ("/jobs", "post"), ("/me", "get")]:
-        assert requirement_of(doc, path, method) == [{"BearerToken": []}, {"ApiKey": []}]
+        assert [set(r) for r in requirement_of(doc, path, method)] == [
+            {"BearerToken"},
+            {"ApiKey"},
+        ]
+
+
+def test_undocumented_the_dependency_is_the_bearer_scheme_alone(docs_exempt: Keystile) -> None:
+    """Without document(): FastAPI's own document, from the one dependency each route has
+    (another, for x-api-key, would cost every request a dependency to solve)."""
+    doc = build_app(docs_exempt, key_pair=False).openapi()
+    assert set(doc["components"]["securitySchemes"]) == {"BearerToken"}
+    for path, method in [("/jobs", "get"), ("/jobs", "post"), ("/me", "get")]:
+        assert requirement_of(doc, path, method) == [{"BearerToken": []}]
+    assert "security" not in doc["paths"]["/status"]["get"]
+
+
+def test_each_route_solves_one_keystile_dependency_per_use() -> None:
+    """What a request pays for: get_principal and require() have no sub-dependency."""
+    app = FastAPI()
+
+    @app.get("/me")
+    async def me(principal: Principal = Depends(get_principal)) -> dict[str, str]:
+        return {"key_id": principal.key_id}
+
+    (route,) = [r for r in app.routes if getattr(r, "path", "") == "/me"]
+    (dependency,) = route.dependant.dependencies  # type: ignore[attr-defined]
+    assert dependency.call is get_principal
+    assert dependency.dependencies == []
+    assert [p.name for p in dependency.query_params + dependency.header_params] == []
 
 
 def test_docs_and_openapi_json_can_be_exempted(client: TestClient) -> None:

@@ -300,3 +300,31 @@ def test_requires_over_real_http(ks: Keystile, served: str) -> None:
         ).json()
         assert (body["display_name"], body["identity"]) == ("wildcard", wildcard.key_id)
         assert http.get("/public/whoami").json()["class"] == "UnauthenticatedUser"
+
+
+def test_a_middleware_in_front_adds_to_each_refusal_once(ks: Keystile) -> None:
+    """Refusals share one rendering; each response still gets its own header list, so a
+    middleware in front that appends to it (a request id here) does so once per response."""
+
+    class RequestIds:
+        def __init__(self, app: Any) -> None:
+            self.app, self.count = app, 0
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            self.count += scope["type"] == "http"
+            number = str(self.count)
+
+            async def numbered(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"].append((b"x-request-id", number.encode()))
+                await send(message)
+
+            await self.app(scope, receive, numbered)
+
+    keystile = Middleware(KeystileMiddleware, keystile=ks)
+    app = Starlette(routes=ROUTES, middleware=[Middleware(RequestIds), keystile])
+    with TestClient(app) as test_client:
+        for n in range(1, 4):
+            response = test_client.get("/whoami", headers={"x-api-key": "sk_live_nope"})
+            assert response.status_code == 401
+            assert response.headers.get_list("x-request-id") == [str(n)]

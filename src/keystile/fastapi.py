@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import fastapi.routing
-from fastapi import FastAPI, Request, Security
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.security import APIKeyHeader, HTTPBearer
 
@@ -40,15 +41,9 @@ __all__ = [
 ]
 
 
-class _DocumentedApiKey(APIKeyHeader):
-    """The scheme for the OpenAPI document only: the middleware has already decided, so
-    reading the header again on every request would be wasted work."""
-
-    async def __call__(self, request: Request) -> None:  # type: ignore[override]
-        return None
-
-
-api_key_scheme = _DocumentedApiKey(
+#: ``x-api-key`` in the OpenAPI document (:func:`document`, :func:`document_key_pair`): not a
+#: dependency, which would cost every request another to solve.
+api_key_scheme = APIKeyHeader(
     name="x-api-key",
     scheme_name="ApiKey",
     description="The full token, or the key id together with x-api-secret.",
@@ -62,10 +57,10 @@ class PrincipalDependency(HTTPBearer):
     """``Depends(get_principal)`` / ``Depends(require(...))``: the principal, once it holds
     every one of ``permissions``.
 
-    It is also the document's BearerToken scheme, and ApiKey is its one sub-dependency: FastAPI
-    solves two dependencies per request instead of three, and its document still offers both.
-    ``async``: FastAPI runs a plain ``def`` dependency in a worker thread, which costs more than
-    everything keystile does for the request."""
+    It is also the document's BearerToken scheme, and has no sub-dependency: each would cost
+    a request as much again as the middleware's warm path (FastAPI solves it), so the
+    ``x-api-key`` ways in are :func:`document`'s to add. ``async``: FastAPI runs a plain
+    ``def`` dependency in a worker thread, which costs more than everything keystile does."""
 
     def __init__(self, permissions: tuple[str, ...] = ()) -> None:
         super().__init__(
@@ -73,9 +68,7 @@ class PrincipalDependency(HTTPBearer):
         )
         self.permissions = permissions
 
-    async def __call__(  # type: ignore[override]
-        self, request: Request, _api_key: None = Security(api_key_scheme)
-    ) -> Principal:
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
         principal = principal_of(request)
         if self.permissions:
             check_permissions(principal, self.permissions)
@@ -103,30 +96,34 @@ def cost(pages: int) -> Callable[[Request], Awaitable[None]]:
 
 
 def document_key_pair(app: FastAPI) -> None:
-    """Complete ``app``'s OpenAPI document with the third way in: ``x-api-key`` holding the key
-    id *and* ``x-api-secret``, as one requirement next to ``BearerToken`` and ``ApiKey``
-    (FastAPI cannot say "these two together" from dependencies)."""
-    _edit_document(app, openapidoc.add_key_pair)
+    """Complete ``app``'s OpenAPI document with the ``x-api-key`` ways in, next to
+    ``BearerToken`` wherever a route offers it: ``ApiKey`` (the full token) and
+    ``x-api-key`` holding the key id *and* ``x-api-secret``, as one requirement (FastAPI
+    cannot say "these two together" from dependencies)."""
+    _edit_document(app, partial(openapidoc.add_api_key, api_key=_API_KEY_MODEL))
 
 
 def document(app: FastAPI, key_pair: bool = True) -> None:
     """Complete ``app``'s OpenAPI document with what keystile does on every route that has
     one of its dependencies: the 401, 403 and 429 it may answer (keystile's error body), and
-    the permissions the route requires (its security requirements' scopes and description).
-    ``key_pair``: :func:`document_key_pair` too. (A dependency cannot add responses.)"""
-    if key_pair:
-        document_key_pair(app)
+    the permissions the route requires (its security requirements' scopes and description),
+    and ``ApiKey`` next to ``BearerToken``; ``key_pair``: the key id with ``x-api-secret``
+    too, as :func:`document_key_pair` adds. (A dependency cannot add responses.)"""
+    _edit_document(app, partial(openapidoc.add_api_key, api_key=_API_KEY_MODEL, pair=key_pair))
 
     def describe(document: dict[str, Any]) -> None:
         if not openapidoc.described(document):
-            schemes = (get_principal, api_key_scheme)
-            encoded = {s.scheme_name: jsonable_encoder(s.model, exclude_none=True) for s in schemes}
+            encoded = {"BearerToken": _BEARER_MODEL, "ApiKey": _API_KEY_MODEL}
             # Newer FastAPI keeps an included router's routes in it, where the document reads.
             routes = getattr(fastapi.routing, "iter_route_contexts", list)(app.routes)
             operations = openapidoc.guarded(routes, _keystile_permissions)
             openapidoc.describe(document, operations, encoded)
 
     _edit_document(app, describe)
+
+
+_BEARER_MODEL = jsonable_encoder(get_principal.model, exclude_none=True)
+_API_KEY_MODEL = jsonable_encoder(api_key_scheme.model, exclude_none=True)
 
 
 def _edit_document(app: FastAPI, edit: Callable[[dict[str, Any]], None]) -> None:

@@ -35,7 +35,7 @@ _PENDING = "_keystile_pending"
 
 def error_response(error: AuthError) -> Response:
     rendered = render(error, request.headers.get("accept"))
-    return Response(rendered.body, status=rendered.status, headers=rendered.headers)
+    return Response(rendered.body, status=rendered.status, headers=list(rendered.headers))
 
 
 class Keystile:

@@ -38,6 +38,7 @@ from keystile._core.networks import Origin
 from keystile._core.periods import Period, PeriodPolicy
 from keystile._core.principal import Principal
 from keystile._core.rateleases import RateBook
+from keystile._core.ratelimitfields import MonthlyPolicies
 from keystile._core.ratelimits import parse_rate, rate_limited
 from keystile._core.rediskeys import RedisKeys
 from keystile._core.resends import CallIds, Resends
@@ -133,6 +134,7 @@ class Admission(Settlement):
         self.call_ids = CallIds()
         self.gens: dict[tuple[str, str, str], str] = {}
         self.rate_book = RateBook()
+        self.monthly = MonthlyPolicies()
         self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, monotonic)
         self._period: tuple[Period, float, float] | None = None
         #: Where the management API is mounted, with the pattern of its routes: they cost no

@@ -27,7 +27,7 @@ from keystile._core.metering import (
     rebuild_fields,
 )
 from keystile._core.rateleases import Limit, RateBook, rate_limits
-from keystile._core.ratelimitfields import ratelimit_fields
+from keystile._core.ratelimitfields import MonthlyPolicies, ratelimit_fields
 from keystile._core.ratelimits import Rate, parse_rate
 from keystile._core.rediskeys import CALL_MARKER_TTL, RedisKeys
 from keystile._core.resends import FIRST, CallIds, Resend, Resends, resolution
@@ -77,6 +77,7 @@ class Charging:
     rate_book: RateBook
     limits: LocalCache[AccountLimit | None]
     leases: LeaseBook | None
+    monthly: MonthlyPolicies
     lease_ttl_ms: int
     counted: frozenset[int]
     by_points: Any
@@ -84,14 +85,15 @@ class Charging:
 
     def headers(self, meter: Meter) -> list[tuple[str, str]]:
         """The RateLimit fields of a metered response (none for a key without limits)."""
-        if meter.limit is None and not meter.rates:
-            return []
         charge = meter.charge_info
-        period = charge.period
-        window = int((period.end - period.start).total_seconds())
-        quota = None if meter.limit is None else meter.status
+        if meter.limit is None:
+            if not meter.rates:
+                return []
+            monthly = None
+        else:
+            monthly = self.monthly.get(meter.limit, charge.period, charge.account_id)
         counted_for = (charge.account_id, KEY_ID_PREFIX + charge.kid)
-        return ratelimit_fields(quota, window, self.clock(), meter.rates, counted_for)
+        return ratelimit_fields(monthly, meter.used, self.clock(), meter.rates, counted_for)
 
     def meter_call(
         self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str, now: float

@@ -154,7 +154,7 @@ class RequestError(ApiError):
 @dataclass(frozen=True, slots=True)
 class Rendered:
     status: int
-    headers: list[tuple[str, str]]
+    headers: tuple[tuple[str, str], ...]
     body: bytes
 
 
@@ -239,7 +239,15 @@ def _problem(error: ApiError) -> dict[str, Any]:
 def render(error: ApiError, accept: str | None = None) -> Rendered:
     """Status, headers and body for ``error``, in the shape ``accept`` asks for: the only
     place they are decided."""
-    if wants_problem(accept):
+    problem = wants_problem(accept)
+    # Most refusals (a bad or unknown key above all) say nothing of the request: their
+    # rendering is kept, so a flood of them costs no JSON encoding.
+    plain = not error.headers and error.field is None and not error.scope and not error.policies
+    if plain:
+        cached = _RENDERED.get((error.spec, error.message, problem))
+        if cached is not None:
+            return cached
+    if problem:
         content_type, shape = PROBLEM_JSON, _problem(error)
     else:
         detail = {"code": error.spec.code, "type": error.spec.type, "message": error.message}
@@ -256,4 +264,14 @@ def render(error: ApiError, accept: str | None = None) -> Rendered:
     headers.extend((name.lower(), value) for name, value in error.headers.items())
     headers.append(("cache-control", "no-store"))
     headers.append(("vary", "accept"))  # the body's shape follows Accept
-    return Rendered(error.spec.status, headers, body)
+    rendered = Rendered(error.spec.status, tuple(headers), body)
+    if plain:
+        if len(_RENDERED) >= _RENDERED_KEPT:
+            _RENDERED.clear()  # messages are few; a bound all the same
+        _RENDERED[(error.spec, error.message, problem)] = rendered
+    return rendered
+
+
+#: Renderings of refusals that say nothing of their request, by spec, message and shape.
+_RENDERED: dict[tuple[ErrorSpec, str, bool], Rendered] = {}
+_RENDERED_KEPT: Final = 256

@@ -5,6 +5,7 @@ so FastAPI's)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,9 +41,14 @@ def peer_of(scope: Scope) -> str | None:
     return str(client[0]) if client else None
 
 
+@functools.lru_cache(maxsize=256)
+def _encoded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple(encode_headers(headers))  # a refusal's, rendered once: see render()
+
+
 async def send_error(scope: Scope, send: Send, error: AuthError) -> None:
     rendered = render(error, accept_of(scope))
-    headers = encode_headers(rendered.headers)
+    headers = list(_encoded(rendered.headers))  # a fresh list: a middleware may add to it
     if scope["type"] == "websocket":
         if "websocket.http.response" in scope.get("extensions", {}):
             start = {"type": "websocket.http.response.start", "status": rendered.status}

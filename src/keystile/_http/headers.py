@@ -3,7 +3,7 @@ name, value)`` pairs, values as the server's latin-1 text (the core refuses non-
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from keystile._core.credentials import CREDENTIAL_HEADERS, asgi_headers
@@ -16,7 +16,7 @@ def scope_headers(scope: Mapping[str, Any]) -> list[tuple[str, str]]:
     return asgi_headers(scope["headers"])
 
 
-def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+def encode_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """Headers for an ASGI message."""
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 

@@ -119,15 +119,16 @@ def describe(
             continue
         permissions = sorted(set(wanted))
         security = operation.setdefault("security", [])
-        if not any(name in SCHEMES for requirement in security for name in requirement):
-            security.extend(dict(requirement) for requirement in requirements)
+        named = [set(requirement) for requirement in security]
+        # Each way in, once: the framework listed some (or none, for cost() alone).
+        security.extend(dict(r) for r in requirements if set(r) not in named)
         for requirement in security:
             for name in requirement:
                 if name in SCHEMES:
                     requirement[name] = list(permissions)
         if permissions:
-            named = ", ".join(f"`{p}`" for p in permissions)
-            line = f"**Permissions:** {named} (a key's `*` is a wildcard)."
+            listed = ", ".join(f"`{p}`" for p in permissions)
+            line = f"**Permissions:** {listed} (a key's `*` is a wildcard)."
             text = operation.get("description")
             operation["description"] = f"{text}\n\n{line}" if text else line
         answers = operation.setdefault("responses", {})
@@ -135,8 +136,9 @@ def describe(
             answers.setdefault(str(status), response(status))
 
 
-# Not a dependency: FastAPI lists each security dependency as an alternative of its own, so
-# a third one would tell clients that x-api-secret alone will do. add_key_pair adds it.
+# Not dependencies: each would cost every request a dependency to solve, and FastAPI lists
+# each security dependency as an alternative of its own, so an x-api-secret one would tell
+# clients that it alone will do. add_api_key adds them to the document.
 API_SECRET_SCHEME = {
     "type": "apiKey",
     "in": "header",
@@ -146,14 +148,25 @@ API_SECRET_SCHEME = {
 _HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
-def add_key_pair(document: dict[str, Any]) -> None:
-    """Offer ``x-api-key`` (the key id) with ``x-api-secret`` wherever ``ApiKey`` is
-    offered alone: one requirement with both schemes, next to the others."""
+def add_api_key(document: dict[str, Any], api_key: Mapping[str, Any], pair: bool = True) -> None:
+    """Offer ``x-api-key`` (the ``api_key`` scheme) wherever ``BearerToken`` is offered: alone
+    (the full token), and with ``pair`` also with ``x-api-secret`` (the key id and the
+    secret), as one requirement. Each once, however often this runs."""
     schemes = document.get("components", {}).get("securitySchemes", {})
-    if "ApiKey" in schemes and "ApiSecret" not in schemes:
-        schemes["ApiSecret"] = dict(API_SECRET_SCHEME)
-        for item in document.get("paths", {}).values():
-            for method, operation in item.items():
-                security = operation.get("security", []) if method in _HTTP_METHODS else []
-                if {"ApiKey": []} in security:
-                    security.append({"ApiKey": [], "ApiSecret": []})
+    if "BearerToken" not in schemes:
+        return
+    schemes.setdefault("ApiKey", dict(api_key))
+    added: list[dict[str, list[str]]] = [{"ApiKey": []}]
+    if pair:
+        schemes.setdefault("ApiSecret", dict(API_SECRET_SCHEME))
+        added.append({"ApiKey": [], "ApiSecret": []})
+    for item in document.get("paths", {}).values():
+        for method, operation in item.items():
+            security = operation.get("security", []) if method in _HTTP_METHODS else []
+            bearer = next((r for r in security if set(r) == {"BearerToken"}), None)
+            if bearer is None:
+                continue
+            named = [set(requirement) for requirement in security]
+            for requirement in added:
+                if set(requirement) not in named:
+                    security.append({name: list(bearer["BearerToken"]) for name in requirement})

@@ -46,4 +46,4 @@ def error_response(error: ApiError, request: ApiRequest | None = None) -> ApiRes
     if request is not None:
         accept = next((value for name, value in request.headers if name == "accept"), None)
     rendered = render(error, accept)
-    return ApiResponse(rendered.status, rendered.headers, rendered.body)
+    return ApiResponse(rendered.status, list(rendered.headers), rendered.body)
