@@ -1,14 +1,18 @@
 """Instructions per warm request, counted by valgrind: a measure the machine's noise leaves alone.
 
-    python bench/instructions.py [--src PATH] [--low 200] [--high 1200]
+    python bench/instructions.py [--src PATH] [--low 200] [--high 1200] [--redis URL]
 
 Each scenario runs as a whole Python process under ``valgrind --tool=callgrind`` twice, with
 ``--low`` and with ``--high`` requests (after 200 to warm up), through a Starlette app without
 Redis: the bare app, keystile with an unlimited key, keystile with a monthly limit. The
 difference of the two totals over ``high - low`` requests is the cost of one request, start-up
-and imports taken out; it repeats to about 0.2% from run to run. ``--src`` counts another
-checkout's ``src`` (an older commit, say) with this one's Python and packages. Needs valgrind
-(Debian: ``apt-get install valgrind``); two processes run at a time.
+and imports taken out; it repeats to about 0.2% from run to run. With ``--redis`` (a server
+the scenarios write under a throwaway prefix, deleted afterwards) ``strict`` and
+``strict-limit`` run too: the same keys in strict mode, so one meter script call a request,
+whose instructions in this process (not the server's, nor the wait) are counted: the
+client's side of the round trip, which the machine's noise hides in timings. ``--src``
+counts another checkout's ``src`` (an older commit, say) with this one's Python and packages.
+Needs valgrind (Debian: ``apt-get install valgrind``); two processes run at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("bare", "unlimited", "limit")
+REDIS_SCENARIOS = ("floor", "strict", "strict-limit")
+REDIS_ENV = "KEYSTILE_BENCH_INSTRUCTIONS_REDIS"
 WARMUP = 200
 
 
@@ -46,13 +52,20 @@ def child(kind: str, count: int) -> None:
 
     app: Any = Starlette(routes=[Route("/", hello)])
     headers: list[tuple[bytes, bytes]] = []
-    if kind != "bare":
+    if kind == "floor":
+        app = _with_floor(app, os.environ[REDIS_ENV])
+    elif kind != "bare":
         from keystile import Keystile
         from keystile.starlette import KeystileMiddleware
 
-        limit = {"monthly_page_limit": 10**9} if kind == "limit" else {}
+        limit = {"monthly_page_limit": 10**9} if kind.endswith("limit") else {}
         argon2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
-        ks = Keystile({"store": "memory://", "argon2": argon2, **limit})
+        redis: dict[str, Any] = {}
+        if kind.startswith("strict"):
+            prefix = f"ksinstr-{os.getpid()}"
+            redis = {"redis_url": os.environ[REDIS_ENV], "redis_prefix": prefix}
+            redis.update(secret="bench-secret-0123456789", consistency="strict")
+        ks = Keystile({"store": "memory://", "argon2": argon2, **limit, **redis})
         token = ks.keys.create("acct_bench", "bench").token
         app.add_middleware(KeystileMiddleware, keystile=ks)
         headers = [(b"authorization", f"Bearer {token}".encode())]
@@ -77,12 +90,38 @@ def child(kind: str, count: int) -> None:
     asyncio.run(run())
     if statuses[-1] != 200:
         raise SystemExit(f"{kind} answered {statuses[-1]}")
+    if kind.startswith("strict"):
+        ks.close()
+        import redis as redis_py
+
+        client = redis_py.Redis.from_url(os.environ[REDIS_ENV])
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            client.unlink(key)
+        client.close()
 
 
-def count(src: Path, kind: str, requests: int) -> int:
+def _with_floor(app: Any, redis_url: str) -> Any:
+    """The app behind a pure-ASGI middleware that makes one bare script call (redis-py's
+    asyncio client) per request: the least a Redis-backed check costs this process."""
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(redis_url, decode_responses=True)
+    script = client.register_script("return redis.call('GET', KEYS[1])")
+    key = f"ksinstr-floor-{os.getpid()}"
+
+    async def floor(scope: Any, receive: Any, send: Any) -> None:
+        await script(keys=[key], args=[])
+        await app(scope, receive, send)
+
+    return floor
+
+
+def count(src: Path, kind: str, requests: int, redis_url: str | None) -> int:
     """Instructions of one whole process."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
+        if redis_url:
+            env[REDIS_ENV] = redis_url
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
              sys.executable, __file__, "--child", kind, str(requests)],
@@ -99,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--src", type=Path, default=ROOT / "src")
     parser.add_argument("--low", type=int, default=200)
     parser.add_argument("--high", type=int, default=1200)
+    parser.add_argument("--redis", help="also the strict scenarios, on this Redis server")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -109,15 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.high <= args.low:
         raise SystemExit("--high must be more than --low")
     print(f"load average at start: {os.getloadavg()} (instructions do not depend on it)")
-    jobs = [(kind, n) for kind in SCENARIOS for n in (args.low, args.high)]
+    scenarios = SCENARIOS + (REDIS_SCENARIOS if args.redis else ())
+    jobs = [(kind, n) for kind in scenarios for n in (args.low, args.high)]
     with ThreadPoolExecutor(2) as pool:
-        totals = dict(zip(jobs, pool.map(lambda job: count(args.src, *job), jobs)))
+        totals = dict(zip(jobs, pool.map(lambda job: count(args.src, *job, args.redis), jobs)))
     per = {
-        k: (totals[k, args.high] - totals[k, args.low]) / (args.high - args.low) for k in SCENARIOS
+        k: (totals[k, args.high] - totals[k, args.low]) / (args.high - args.low) for k in scenarios
     }
     print(f"src: {args.src}")
     print(f"{'scenario':12} {'instructions/request':>22} {'over bare':>12}")
-    for kind in SCENARIOS:
+    for kind in scenarios:
         print(f"{kind:12} {per[kind]:22,.0f} {per[kind] - per['bare']:12,.0f}")
 
 

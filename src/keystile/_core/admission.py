@@ -23,6 +23,7 @@ from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError, 
 from keystile._core.leases import LeaseBook
 from keystile._core.localcache import LocalCache
 from keystile._core.localcounters import LocalCounters
+from keystile._core.metercalls import MeterCalls
 from keystile._core.metering import (
     Charge,
     Meter,
@@ -154,6 +155,9 @@ class Admission(Settlement):
         #: Fast mode: pages leased from Redis counters, spent here without a round trip.
         self.leases = LeaseBook() if settings.consistency == "fast" else None
         self.holder = self.call_ids.prefix if self.has_redis and self.leases is None else ""
+        self.meter_calls = MeterCalls(
+            keys, self.call_ids, self.holder, self._script_tail, settings.local_cache_size
+        )
         #: A crashed process's lease is forgiven this long after its last report. A live one's
         #: must outlast any slow flush (its reports held up by Redis timeouts or the store):
         #: forgiven while it is spent, its pages would be spent twice.

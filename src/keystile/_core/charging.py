@@ -16,6 +16,7 @@ from keystile._core.errors import BACKEND_UNAVAILABLE, AuthError, BackendError
 from keystile._core.leases import LeaseBook, LeaseReport, report_args
 from keystile._core.localcache import LocalCache
 from keystile._core.localcounters import LocalCounters
+from keystile._core.metercalls import MeterCalls
 from keystile._core.metering import (
     USAGE_GRACE_SECONDS,
     Charge,
@@ -78,6 +79,7 @@ class Charging:
     limits: LocalCache[AccountLimit | None]
     leases: LeaseBook | None
     monthly: MonthlyPolicies
+    meter_calls: MeterCalls
     lease_ttl_ms: int
     counted: frozenset[int]
     by_points: Any
@@ -98,39 +100,8 @@ class Charging:
     def meter_call(
         self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str, now: float
     ) -> tuple[list[str], list[Any]]:
-        """``meter.lua``'s keys and arguments; ``unchecked``: a snapshot whose state stamp to
-        compare in the same call."""
-        keys = self.keys
-        account = charge.account_id
-        usage = keys.usage(account, charge.period.label, charge.environment)
-        idem = keys.idempotency(account, charge.idempotency) if charge.idempotency else usage
-        state = keys.state(unchecked.account_id, unchecked.kid) if unchecked else usage
-        thresholds, idem_ttl, limit_ttl = self._script_tail
-        args: list[Any] = [
-            FIRST,
-            CALL_MARKER_TTL,
-            charge.kid,
-            charge.cost,
-            unchecked.version if unchecked else "",
-            "" if charge.key_limit is None else charge.key_limit,
-            seed,
-            rebuild,
-            int(charge.period.end.timestamp() - now) + USAGE_GRACE_SECONDS,
-            thresholds,
-            idem_ttl,
-            limit_ttl,
-            "1" if charge.idempotency else "0",
-            "1" if charge.count_request else "0",
-            self.holder,
-        ]
-        rate = charge.rate if charge.count_request else None
-        args += ("", "") if rate is None else (rate.count, rate.period)
-        key_rate = usage if rate is None else keys.rate(account, charge.kid)
-        # The account's rate limit, if it has one, comes with the limit in force.
-        account_rate = keys.rate(account, "@" + charge.environment)
-        marker = keys.call(account, self.call_ids())
-        limit = keys.limit(account, charge.environment)
-        return [usage, limit, idem, state, key_rate, account_rate, marker], args
+        """``meter.lua``'s keys and arguments (:class:`~keystile._core.metercalls.MeterCalls`)."""
+        return self.meter_calls.call(charge, unchecked, seed, rebuild, now)
 
     def meter(self, charge: Charge, unchecked: Snapshot | None, lease: bool = True) -> Steps:
         """Check and charge; ``unchecked`` is a snapshot whose stamp to compare at once.
