@@ -193,3 +193,18 @@ def test_nested_principal_meta_cannot_leak_into_later_requests(engine: Keystile)
     again = engine.authenticate(headers)
     assert again.meta["limits"] == {"rpm": 10}
     assert list(again.meta["tags"]) == ["a"]
+
+
+def test_the_request_paths_principal_is_the_dataclasses() -> None:
+    """new_principal sets the slots itself (faster than the frozen dataclass's __init__):
+    every field, in order, and the result as frozen, equal and hashable as Principal(...)."""
+    from keystile._core.principal import new_principal
+
+    values = [f"v{n}" for n, _ in enumerate(dataclasses.fields(Principal))]
+    built, made = new_principal(*values), Principal(*values)  # type: ignore[arg-type]
+    assert type(built) is Principal
+    for field in dataclasses.fields(Principal):
+        assert getattr(built, field.name) == getattr(made, field.name), field.name
+    assert built == made and hash(built) == hash(made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.key_id = "other"  # type: ignore[misc]

@@ -52,6 +52,7 @@ def scan_credentials(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """The credential headers (and Idempotency-Key's presence), each once, values trimmed;
     the empty ones left out."""
     found: dict[str, str] = {}
+    blank = False
     for name, value in headers:
         if name not in _SCANNED:
             continue
@@ -62,8 +63,10 @@ def scan_credentials(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
         # sent twice with one, so it means a repeat there, and the same on every adapter.
         if name in found or "," in value:
             raise AuthError(MALFORMED_CREDENTIALS, f"The {name} header was sent more than once.")
-        found[name] = value.strip(" \t")
-    return {name: value for name, value in found.items() if value}
+        value = found[name] = value.strip(" \t")
+        blank = blank or not value
+    # (Filtering a dict costs a tenth of a known key's request: only when there is a blank.)
+    return {name: value for name, value in found.items() if value} if blank else found
 
 
 def _clean(name: str, value: str) -> str:

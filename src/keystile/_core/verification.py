@@ -31,7 +31,7 @@ from keystile._core.errors import (
 from keystile._core.localcache import LocalCache
 from keystile._core.models import KeyRecord
 from keystile._core.networks import Origin, allowed, client_address, networks_of
-from keystile._core.principal import Principal
+from keystile._core.principal import Principal, new_principal
 from keystile._core.settings import Settings
 from keystile._core.snapshot import NEGATIVE, Snapshot, freeze, thaw
 from keystile._core.store import SessionRecord, fingerprint
@@ -371,7 +371,7 @@ class Verifier:
 def principal_of(
     snapshot: Snapshot, account: str, auth_method: str, meter: Meter | None
 ) -> Principal:
-    return Principal(
+    return new_principal(
         KEY_ID_PREFIX + snapshot.kid,
         account,
         snapshot.name,
