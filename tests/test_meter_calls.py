@@ -78,3 +78,10 @@ def test_kept_calls_are_bounded() -> None:
         keys, _ = meter.call(charge(account=f"acct_{n}"), None, "", "", END - 10)
         assert keys[0] == f"ks:{{a:acct_{n}}}:u:2026-12:live"
     assert len(meter._kept) <= 5
+
+
+def test_a_keys_newer_snapshot_replaces_the_kept_call() -> None:
+    meter, paid = calls(), charge()
+    for version in ("v1", "v2", "v3"):
+        assert meter.call(paid, snapshot(version), "", "", END - 10)[1][4] == version
+    assert len(meter._kept) == 1

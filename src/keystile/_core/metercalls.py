@@ -1,7 +1,7 @@
 """``meter.lua``'s keys and arguments for a charge: what strict mode sends on every request.
 
 All of them but the call's marker and the counter's time to live are the same for every
-request of one charge (and snapshot), so a warm request copies them from what its charge's
+request of one charge (and the key's snapshot), so a warm request copies them from what its charge's
 first request built rather than naming six keys again. No I/O.
 """
 
@@ -39,17 +39,16 @@ class MeterCalls:
         self._holder = holder
         self._tail = tail
         self._size = size
-        # By the ids of a charge and its snapshot (held here, so neither id is reused).
-        self._kept: dict[
-            tuple[int, int], tuple[Charge, Snapshot | None, list[str], list[Any], float]
-        ] = {}
+        # By the id of a charge (held here, so the id is not reused), with the snapshot it
+        # was built for: a key's newer snapshot replaces it.
+        self._kept: dict[int, tuple[Charge, Snapshot | None, list[str], list[Any], float]] = {}
 
     def call(
         self, charge: Charge, unchecked: Snapshot | None, seed: str, rebuild: str, now: float
     ) -> tuple[list[str], list[Any]]:
         """Keys and arguments; ``unchecked``: a snapshot whose state stamp to compare in the
         same call. ``seed``/``rebuild``: the limit and usage to put in Redis ('' = none)."""
-        kept = self._kept.get((id(charge), id(unchecked)))
+        kept = self._kept.get(id(charge))
         if kept is None or kept[0] is not charge or kept[1] is not unchecked:
             kept = self._keep(charge, unchecked)
         _, _, keys, args, end = kept
@@ -96,5 +95,5 @@ class MeterCalls:
         if charge.idempotency is None:  # an Idempotency-Key's charge serves one request
             if len(self._kept) >= self._size:
                 self._kept.clear()  # a bound, like the charges'; busy keys come back at once
-            self._kept[id(charge), id(unchecked)] = kept
+            self._kept[id(charge)] = kept
         return kept
