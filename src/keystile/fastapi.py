@@ -57,9 +57,9 @@ class PrincipalDependency(HTTPBearer):
     """``Depends(get_principal)`` / ``Depends(require(...))``: the principal, once it holds
     every one of ``permissions``.
 
-    It is also the document's BearerToken scheme, and has no sub-dependency: each would cost
-    a request as much again as the middleware's warm path (FastAPI solves it), so the
-    ``x-api-key`` ways in are :func:`document`'s to add. ``async``: FastAPI runs a plain
+    It is also the document's BearerToken scheme, and has no sub-dependency: FastAPI would
+    solve one on every request, at about half of what the middleware's warm path costs, so
+    the ``x-api-key`` ways in are :func:`document`'s to add. ``async``: FastAPI runs a plain
     ``def`` dependency in a worker thread, which costs more than everything keystile does."""
 
     def __init__(self, permissions: tuple[str, ...] = ()) -> None:
