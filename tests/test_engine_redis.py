@@ -115,14 +115,15 @@ def count_argon2(monkeypatch: pytest.MonkeyPatch, ks: Keystile, delay: float = 0
 
 def count_redis(monkeypatch: pytest.MonkeyPatch, ks: Keystile) -> Calls:
     calls = Calls()
-    client = ks.redis.client
-    original = client.execute_command
+    # redis-py's client, and keystile's own blocking client that the request path uses.
+    for client in {id(c): c for c in (ks.redis.client, ks.redis.sync.commands)}.values():
+        original = client.execute_command
 
-    def execute_command(*args: Any, **options: Any) -> Any:
-        calls.add(str(args[0]).upper())
-        return original(*args, **options)
+        def execute_command(*args: Any, _original: Any = original, **options: Any) -> Any:
+            calls.add(str(args[0]).upper())
+            return _original(*args, **options)
 
-    monkeypatch.setattr(client, "execute_command", execute_command)
+        monkeypatch.setattr(client, "execute_command", execute_command)
     return calls
 
 

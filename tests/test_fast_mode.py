@@ -68,14 +68,15 @@ class Commands:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, ks: Keystile) -> None:
         self.names: list[str] = []
-        sync = ks.redis.client
-        original = sync.execute_command
+        # redis-py's client, and keystile's own blocking client that the request path uses.
+        for sync in {id(c): c for c in (ks.redis.client, ks.redis.sync.commands)}.values():
+            original = sync.execute_command
 
-        def execute_command(*args: Any, **options: Any) -> Any:
-            self.names.append(str(args[0]).upper())
-            return original(*args, **options)
+            def execute_command(*args: Any, _original: Any = original, **options: Any) -> Any:
+                self.names.append(str(args[0]).upper())
+                return _original(*args, **options)
 
-        monkeypatch.setattr(sync, "execute_command", execute_command)
+            monkeypatch.setattr(sync, "execute_command", execute_command)
 
     def watch_async(self, monkeypatch: pytest.MonkeyPatch, ks: Keystile) -> None:
         """Inside the running loop: its pipelined client belongs to the loop."""

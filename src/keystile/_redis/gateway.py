@@ -144,12 +144,12 @@ class RedisGateway:
         """A plain command: every one keystile sends reads, or writes the same thing twice
         alike (GET, SET, SMISMEMBER, SREM, DEL, HGETALL, PING)."""
         try:
-            return self.sync.client.execute_command(*command)  # type: ignore[no-untyped-call]
+            return self.sync.commands.execute_command(*command)
         except REDIS_ERRORS as exc:
             if not _send_again(exc):
                 raise backend_error(operation, exc) from exc
         try:
-            return self.sync.client.execute_command(*command)  # type: ignore[no-untyped-call]
+            return self.sync.commands.execute_command(*command)
         except REDIS_ERRORS as exc:
             raise backend_error(operation, exc) from exc
 
@@ -275,8 +275,10 @@ class RedisGateway:
 
     def counter(self, account_id: str, period: str, environment: str) -> dict[str, str]:
         key = self.keys.usage(account_id, period, environment)
-        raw: dict[str, str] = self._run("counter", "HGETALL", key)
-        return raw
+        raw = self._run("counter", "HGETALL", key)
+        if isinstance(raw, list):  # Redis's reply as is (keystile's client): field, value, ...
+            return dict(zip(raw[::2], raw[1::2], strict=True))
+        return dict(raw)
 
     # -- login limits -----------------------------------------------------------------------
 

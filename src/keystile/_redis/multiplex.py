@@ -21,19 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import hiredis
 import redis.exceptions as rx
-from redis._parsers import BaseParser
-from redis.connection import parse_url
+
+from keystile._redis.endpoint import endpoint_of
+from keystile._redis.replies import NOT_ENOUGH_DATA, pack, reply_reader
 
 __all__ = ["LuaScript", "RedisMultiplexer"]
 
-_NOT_ENOUGH_DATA = object()  # hiredis' "no complete reply yet" (False/None are replies)
 SPARE_CONNECTIONS = 32
 #: A retry waits for a spare this many timeouts at most: every command on a spare ends within
 #: one, so the spares work through four rounds of a stall's retries; beyond that, in an outage,
@@ -57,13 +55,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, decode: bool) -> None:
         self.loop = loop
         self.timeout = timeout
-        text: dict[str, Any] = {"encoding": "utf-8", "errors": "strict"} if decode else {}
-        self.reader = hiredis.Reader(
-            protocolError=rx.InvalidResponse,
-            replyError=BaseParser.parse_error,  # redis-py's classes: NoScriptError, ...
-            notEnoughData=_NOT_ENOUGH_DATA,
-            **text,
-        )
+        self.reader = reply_reader(decode)
         self.transport: asyncio.Transport | None = None
         self.pending: deque[asyncio.Future[Any]] = deque()  # written or queued, unanswered
         self.out: list[bytes] = []  # packed commands of this tick, not yet written
@@ -78,12 +70,7 @@ class _Connection(asyncio.Protocol):
         """Queue a command for this tick's write; its future gets the matching reply."""
         if self.lost is not None:
             raise _copy(self.lost)
-        if not args:  # Redis answers nothing to an empty command: the FIFO would slip
-            raise rx.DataError("empty command")
-        try:
-            packed = hiredis.pack_command(args)
-        except TypeError as exc:  # None, bool, ...: refuse, as redis-py does
-            raise rx.DataError(str(exc)) from None
+        packed = pack(args)
         out = self.out
         idle = not out and self.written == self.replied and self.drained is None
         idle = idle and self.transport is not None
@@ -135,7 +122,7 @@ class _Connection(asyncio.Protocol):
             except Exception:  # protocol error: the stream cannot be trusted any more
                 self.fail(rx.ConnectionError("invalid reply from Redis"))
                 return
-            if reply is _NOT_ENOUGH_DATA:
+            if reply is NOT_ENOUGH_DATA:
                 break
             if not pending:
                 self.fail(rx.ConnectionError("unexpected reply from Redis"))
@@ -207,21 +194,7 @@ class RedisMultiplexer:
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._decode = decode_responses
-        opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-        self._path: str | None = opts.get("path") if url.startswith("unix:") else None
-        self._host: str = opts.get("host", "localhost")
-        self._port = int(opts.get("port", 6379))
-        self._db = int(opts.get("db", 0))
-        self._username: str | None = opts.get("username")
-        self._password: str | None = opts.get("password")
-        self._ssl: ssl.SSLContext | None = None
-        if url.startswith("rediss:"):
-            self._ssl = ssl.create_default_context()
-            reqs = str(opts.get("ssl_cert_reqs", "required")).lower()
-            if reqs in ("none", "optional"):
-                self._ssl.check_hostname = False
-                self._ssl.verify_mode = ssl.CERT_NONE if reqs == "none" else ssl.CERT_OPTIONAL
-        self._where = self._path or f"{self._host}:{self._port}"
+        self._endpoint = endpoint_of(url)
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
         self._spares: list[RedisMultiplexer] = []  # idle ones
@@ -303,22 +276,22 @@ class RedisMultiplexer:
         """Connect, then AUTH and SELECT pipelined before anything else."""
         conn = _Connection(self._loop, self._timeout, self._decode)
         loop = self._loop
+        endpoint = self._endpoint
         try:
-            if self._path is not None:
-                made = loop.create_unix_connection(lambda: conn, self._path)
+            if endpoint.path is not None:
+                made = loop.create_unix_connection(lambda: conn, endpoint.path)
             else:
-                made = loop.create_connection(lambda: conn, self._host, self._port, ssl=self._ssl)
+                made = loop.create_connection(
+                    lambda: conn, endpoint.host, endpoint.port, ssl=endpoint.tls
+                )
             await asyncio.wait_for(made, self._timeout)
         except asyncio.TimeoutError:
-            raise rx.TimeoutError(f"timeout connecting to Redis at {self._where}") from None
+            raise rx.TimeoutError(f"timeout connecting to Redis at {endpoint.where}") from None
         except OSError as exc:
-            raise rx.ConnectionError(f"error connecting to Redis at {self._where}: {exc}") from exc
-        hello: list[asyncio.Future[Any]] = []
-        if self._password is not None:
-            user = (self._username,) if self._username else ()
-            hello.append(conn.send(("AUTH", *user, self._password)))
-        if self._db:
-            hello.append(conn.send(("SELECT", self._db)))
+            raise rx.ConnectionError(
+                f"error connecting to Redis at {endpoint.where}: {exc}"
+            ) from exc
+        hello = [conn.send(tuple(command)) for command in endpoint.handshake()]
         try:
             await asyncio.gather(*hello)
         except BaseException:

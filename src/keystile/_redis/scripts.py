@@ -16,8 +16,9 @@ from typing import Any
 import redis
 
 from keystile._core.rediskeys import RedisKeys
-from keystile._core.redisurl import CLUSTER, SENTINEL
+from keystile._core.redisurl import CLUSTER, SENTINEL, SINGLE
 from keystile._core.settings import Settings
+from keystile._redis.blocking import BlockingRedis
 from keystile._redis.clients import sync_client, target_of
 from keystile._redis.multiplex import LuaScript, RedisMultiplexer
 from keystile._redis.routing import SENTINEL_POLL, ClusterMultiplexer, SentinelMultiplexer
@@ -41,14 +42,37 @@ def load_script(name: str) -> str:
     return (_lua("once") + _lua(name)) if name in ONCE else _lua(name)
 
 
+class _BlockingScript:
+    """A script on keystile's blocking client, called like redis-py's: ``script(keys, args)``."""
+
+    __slots__ = ("_client", "_script", "sha")
+
+    def __init__(self, client: BlockingRedis, source: str) -> None:
+        self._client = client
+        self._script = LuaScript(source)
+        self.sha = self._script.sha
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._client.evalsha(self._script, keys, args)
+
+
 class SyncRedis:
-    """A blocking client and its registered scripts."""
+    """A blocking client and its registered scripts. On one server (not a Cluster nor
+    Sentinel) the scripts and :attr:`commands` go through keystile's lean client
+    (:mod:`keystile._redis.blocking`); ``client`` is redis-py's, for everything else."""
 
     def __init__(self, settings: Settings) -> None:
         self.client: redis.Redis = sync_client(settings)
-        self.scripts = {
-            name: self.client.register_script(load_script(name)) for name in SCRIPT_NAMES
-        }
+        self.commands: Any = self.client
+        self.scripts: dict[str, Any]
+        if target_of(settings).kind == SINGLE:
+            assert settings.redis_url
+            lean = self.commands = BlockingRedis(settings.redis_url, timeout=settings.redis_timeout)
+            self.scripts = {name: _BlockingScript(lean, load_script(name)) for name in SCRIPT_NAMES}
+        else:
+            self.scripts = {
+                name: self.client.register_script(load_script(name)) for name in SCRIPT_NAMES
+            }
         self._closed = threading.Event()
         if target_of(settings).kind == SENTINEL:
             threading.Thread(target=self._watch, name="keystile-sentinel", daemon=True).start()
@@ -65,6 +89,8 @@ class SyncRedis:
     def close(self) -> None:
         self._closed.set()
         self.client.close()
+        if self.commands is not self.client:
+            self.commands.close()
 
 
 class _Script:
