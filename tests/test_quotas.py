@@ -22,6 +22,7 @@ from keystile import AuthError, InvalidInput, Keystile, Principal
 from keystile._core.admission import RequestInfo
 from keystile._core.errors import QUOTA_EXCEEDED
 from keystile._core.metering import ThresholdEvent
+from keystile._core.tokens import KEY_ID_PREFIX
 
 from .conftest import Clock
 
@@ -1085,3 +1086,30 @@ def test_a_restart_does_not_fire_thresholds_again(
     assert [e.threshold for e in events] == [0.8]
     hit(second, token)  # 10
     assert [e.threshold for e in events] == [0.8, 1.0]
+
+
+@pytest.mark.parametrize("limit", [None, 100])
+def test_a_warm_request_reads_each_clock_once(make_keystile: Make, limit: int | None) -> None:
+    reads = {"wall": 0, "monotonic": 0}
+    wall_now, mono_now = at(2026, 9, 21, 13, 33, 20), 1000.0
+
+    def wall() -> float:
+        reads["wall"] += 1
+        return wall_now
+
+    def monotonic() -> float:
+        reads["monotonic"] += 1
+        return mono_now
+
+    ks = make_keystile(clock=wall, monotonic=monotonic, monthly_page_limit=limit)
+    token = ks.keys.create(ACCOUNT, "clocks").token
+    for _ in range(3):  # cold, then warm: the credential and the charge remembered
+        hit(ks, token)
+    reads.update(wall=0, monotonic=0)
+    principal = ks.authenticate(bearer(token))
+    assert reads == {"wall": 1, "monotonic": 1}  # expiry, period and last use; both caches
+    ks.settle(principal, 200)
+    assert reads == {"wall": 1, "monotonic": 1}
+    wall_now += 7
+    hit(ks, token)
+    assert ks.batches._last_used[principal.key_id.removeprefix(KEY_ID_PREFIX)] == wall_now

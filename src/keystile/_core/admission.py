@@ -136,6 +136,7 @@ class Admission(Settlement):
         self.gens: dict[tuple[str, str, str], str] = {}
         self.rate_book = RateBook()
         self.monthly = MonthlyPolicies()
+        self.monotonic = monotonic  # the clock of both in-process caches
         self.limits: LocalCache[AccountLimit | None] = LocalCache(10_000, monotonic)
         self._period: tuple[Period, float, float] | None = None
         #: Where the management API is mounted, with the pattern of its routes: they cost no
@@ -197,7 +198,8 @@ class Admission(Settlement):
     ) -> Admitted | MeterCall | None:
         """The common request, decided without I/O or with one meter call: the credential is
         in this process's cache, and carries no Idempotency-Key. None: take :meth:`admit`."""
-        snapshot = self.verifier.local.get(digest)
+        cached_at = self.monotonic()  # one read for both caches
+        snapshot = self.verifier.local.get(digest, cached_at)
         if snapshot.__class__ is not Snapshot:
             return None
         assert isinstance(snapshot, Snapshot)
@@ -223,7 +225,7 @@ class Admission(Settlement):
                 return self.admitted(snapshot, account, creds.auth_method, charge, outcome, now)
             keys, args = self.meter_call(charge, None if checked else snapshot, "", "", now)
             return MeterCall(digest, snapshot, account, creds.auth_method, charge, now, keys, args)
-        row = self.limits.get(account)
+        row = self.limits.get(account, cached_at)
         if row is None or not self.counters.has(charge.counter):
             return None  # admit() reads the limit or the usage from the store
         row = None if row is NO_ROW else row

@@ -32,7 +32,8 @@ class LocalCache(Generic[T]):
         :meth:`put`, and a value read before a key changed is not cached after the change."""
         return self._epoch
 
-    def get(self, key: str) -> T | None:
+    def get(self, key: str, now: float | None = None) -> T | None:
+        """``now``: the cache's clock, read already by the caller (a request reads it once)."""
         with self._lock:
             entries = self._entries
             entry = entries.get(key)
@@ -42,7 +43,7 @@ class LocalCache(Generic[T]):
                 if entry is None:
                     return None
             expires, group, value = entry
-            if expires <= self._clock():
+            if expires <= (self._clock() if now is None else now):
                 self._remove(key, group)
                 return None
             entries.move_to_end(key)

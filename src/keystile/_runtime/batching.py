@@ -33,10 +33,11 @@ class BatchedWrites:
         self._flusher = Flusher(self.flush, interval)
         self._idle = True
 
-    def note_use(self, kid: str) -> None:
+    def note_use(self, kid: str, now: float) -> None:
+        """``now``: the wall clock, as the request read it."""
         # No lock: one dict store is atomic, and a use noted into a batch just taken by the
         # flusher is noted again by the key's next request.
-        self._last_used[kid] = self._wall()
+        self._last_used[kid] = now
         if self._idle:
             self._idle = False
             self._flusher.start()

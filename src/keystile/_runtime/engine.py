@@ -172,18 +172,20 @@ class Keystile(Closing):
     def _warm(
         self, headers: Iterable[tuple[str, str]], method: str, path: str, query: str, body: Any,
         peer: str | None,
-    ) -> tuple[Credentials, str, RequestInfo, Admitted | MeterCall | None]:  # fmt: skip
-        """What a request carries, and what the warm path made of it (None: take the steps)."""
+    ) -> tuple[Credentials, str, RequestInfo, Admitted | MeterCall | None, float]:  # fmt: skip
+        """What a request carries, what the warm path made of it (None: take the steps), and
+        when (the wall clock, read once: the key's last use is noted at that time too)."""
         headers = headers if isinstance(headers, list) else list(headers)
         creds, digest, unseen = self.credentials.read(headers)
         reader = body if callable(body) else (lambda: body)
         request = RequestInfo(method, path, headers, query, reader, peer)
+        now = self.clock()
         if creds.idempotent:  # a retry is compared with Redis: the steps do that
-            return creds, digest, request, None
-        admitted = self.admission.warm(creds, digest, request, self.clock())
+            return creds, digest, request, None, now
+        admitted = self.admission.warm(creds, digest, request, now)
         if admitted is not None and unseen is not None:
             self.credentials.remember(unseen, creds, digest)
-        return creds, digest, request, admitted
+        return creds, digest, request, admitted, now
 
     def _metered(self, call: MeterCall) -> Admitted | None:
         try:
@@ -218,7 +220,7 @@ class Keystile(Closing):
         for keys with ``allowed_ips``. Adapters call :meth:`settle` once the response status
         is known.
         """
-        creds, digest, request, admitted = self._warm(headers, method, path, query, body, peer)
+        creds, digest, request, admitted, now = self._warm(headers, method, path, query, body, peer)
         if admitted.__class__ is MeterCall:
             admitted = self._metered(admitted)
         if admitted is None:
@@ -227,7 +229,7 @@ class Keystile(Closing):
         principal, meter, crossed = admitted  # type: ignore[misc]
         if crossed:
             self._fire_thresholds(meter, crossed)
-        self.batches.note_use(meter.charge_info.kid)
+        self.batches.note_use(meter.charge_info.kid, now)
         return principal
 
     async def authenticate_async(
@@ -241,7 +243,7 @@ class Keystile(Closing):
         peer: str | None = None,
     ) -> Principal:
         """Async: never blocks the event loop."""
-        creds, digest, request, admitted = self._warm(headers, method, path, query, body, peer)
+        creds, digest, request, admitted, now = self._warm(headers, method, path, query, body, peer)
         if admitted.__class__ is MeterCall:
             admitted = await self._metered_async(admitted)
         if admitted is None:
@@ -250,7 +252,7 @@ class Keystile(Closing):
         principal, meter, crossed = admitted  # type: ignore[misc]
         if crossed:
             self._spawn(asyncio.to_thread(self._fire_thresholds, meter, crossed))
-        self.batches.note_use(meter.charge_info.kid)
+        self.batches.note_use(meter.charge_info.kid, now)
         return principal
 
     def verify(self, creds: Credentials) -> Principal:
