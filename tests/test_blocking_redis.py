@@ -3,9 +3,13 @@ scripts, errors, faults from a TCP proxy, threads, fork, auth, unix sockets and 
 
 from __future__ import annotations
 
+import gc
 import os
+import socket
+import sys
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +19,10 @@ import redis
 import redis.exceptions as rx
 
 from keystile import Keystile
-from keystile._redis.blocking import BlockingRedis
+from keystile._redis.blocking import BlockingRedis, _kernel_timeouts
+from keystile._redis.endpoint import endpoint_of
 from keystile._redis.multiplex import LuaScript
+from keystile._redis.replies import pack
 
 from .faults import Proxy
 from .services import free_port
@@ -263,15 +269,110 @@ def test_unix_socket_url(auth_redis: tuple[int, Path]) -> None:  # noqa: F811
         lean.close()
 
 
-def test_rediss_url(tls_redis: int) -> None:  # noqa: F811
-    lean = BlockingRedis(f"rediss://127.0.0.1:{tls_redis}/4?ssl_cert_reqs=none", timeout=5.0)
-    try:
-        assert "db=4" in lean.execute_command("CLIENT", "INFO")
-    finally:
-        lean.close()
-    strict = BlockingRedis(f"rediss://127.0.0.1:{tls_redis}/0", timeout=5.0)
+def test_rediss_url(tls_redis: tuple[int, Path]) -> None:  # noqa: F811
+    port, cert = tls_redis
+    for url in (
+        f"rediss://127.0.0.1:{port}/4?ssl_cert_reqs=none",
+        f"rediss://localhost:{port}/4?ssl_ca_certs={cert}",
+        f"rediss://127.0.0.1:{port}/4?ssl_ca_certs={cert}&ssl_check_hostname=false",
+    ):
+        lean = BlockingRedis(url, timeout=5.0)
+        try:
+            assert "db=4" in lean.execute_command("CLIENT", "INFO")
+        finally:
+            lean.close()
+    strict = BlockingRedis(f"rediss://127.0.0.1:{port}/0", timeout=5.0)
     with pytest.raises(rx.ConnectionError):  # a self-signed certificate is refused
         strict.execute_command("PING")
+    named = BlockingRedis(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}", timeout=5.0)
+    with pytest.raises(rx.ConnectionError):  # trusted, but not issued for 127.0.0.1
+        named.execute_command("PING")
+
+
+def test_an_endpoints_repr_holds_no_password() -> None:
+    endpoint = endpoint_of("redis://user:s3cret-pw@127.0.0.1:6390/2")
+    assert endpoint.password == "s3cret-pw"
+    assert "s3cret" not in repr(endpoint) and "s3cret" not in str(endpoint)
+    lean = BlockingRedis("redis://user:s3cret-pw@127.0.0.1:6390/2", timeout=1.0)
+    assert "s3cret" not in repr(vars(lean))
+
+
+def test_dead_idle_connections_cost_one_failure_not_one_each(redis_url: str) -> None:
+    """After a restart (here: its connections killed) the first command fails and takes
+    the other idle connections with it; the next gets a new connection."""
+    client = BlockingRedis(redis_url, timeout=5.0)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        client._idle.extend(client._open() for _ in range(3))
+        ids = [conn.call(pack(("CLIENT", "ID"))) for conn in client._idle]
+        for client_id in ids:
+            admin.execute_command("CLIENT", "KILL", "ID", client_id)
+        with pytest.raises(rx.ConnectionError):
+            client.execute_command("PING")
+        assert client._idle == []
+        assert client.execute_command("PING") == "PONG"
+    finally:
+        client.close()
+        admin.close()
+
+
+def test_the_gateways_retry_heals_after_the_connections_die(redis_settings: Any) -> None:
+    ks = Keystile({**redis_settings, "store": "memory://"})
+    admin = redis.Redis.from_url(redis_settings["redis_url"])
+    try:
+        assert ks.redis is not None
+        lean = ks.redis.sync.commands
+        assert isinstance(lean, BlockingRedis)
+        lean._idle.extend(lean._open() for _ in range(3))
+        for conn in lean._idle:
+            admin.execute_command("CLIENT", "KILL", "ID", conn.call(pack(("CLIENT", "ID"))))
+        ks.redis.ping()  # one failure, then the retry on a new connection
+    finally:
+        ks.close()
+        admin.close()
+
+
+def test_an_error_leaves_no_reference_cycle(client: BlockingRedis, key: str) -> None:
+    client.execute_command("SET", key, "text")
+    dead = BlockingRedis(f"redis://127.0.0.1:{free_port()}/0", timeout=1.0)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            for fail in (
+                lambda: client.execute_command("INCR", key),
+                lambda: dead.execute_command("PING"),
+            ):
+                try:
+                    fail()
+                except rx.RedisError:
+                    pass
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_a_failed_unix_connect_leaves_no_socket_open(tmp_path: Path) -> None:
+    lean = BlockingRedis(f"unix://{tmp_path / 'absent.sock'}", timeout=1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(rx.ConnectionError):
+            lean.execute_command("PING")
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_a_patched_socket_keeps_pythons_timeouts() -> None:
+    class GreenSocket(socket.socket):  # as gevent's and eventlet's: not the socket module's
+        pass
+
+    plain, green = socket.socket(), GreenSocket()
+    try:
+        assert _kernel_timeouts(plain) == sys.platform.startswith("linux")
+        assert not _kernel_timeouts(green)
+    finally:
+        plain.close()
+        green.close()
 
 
 def test_an_engine_on_one_server_uses_it_for_the_request_path(redis_settings: Any) -> None:

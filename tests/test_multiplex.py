@@ -553,8 +553,9 @@ async def test_unix_socket_url(auth_redis: tuple[int, Path]) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A private redis-server on TLS (self-signed); skipped where TLS is unavailable."""
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A private redis-server on TLS (self-signed, for ``localhost``): its port and its
+    certificate; skipped where TLS is unavailable."""
     binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
     if binary is None or openssl is None:
         pytest.skip("redis-server and openssl are needed for the TLS test")
@@ -580,19 +581,27 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.skip("this redis-server does not run TLS")
             time.sleep(0.05)
-        yield port
+        yield port, cert
     finally:
         proc.terminate()
         proc.wait(10)
 
 
 @pytest.mark.anyio
-async def test_rediss_url(tls_redis: int) -> None:
-    async with multiplexer(f"rediss://127.0.0.1:{tls_redis}/4?ssl_cert_reqs=none") as client:
+async def test_rediss_url(tls_redis: tuple[int, Path]) -> None:
+    port, cert = tls_redis
+    async with multiplexer(f"rediss://127.0.0.1:{port}/4?ssl_cert_reqs=none") as client:
         assert "db=4" in await client.execute_command("CLIENT", "INFO")
-    async with multiplexer(f"rediss://127.0.0.1:{tls_redis}/0") as client:
+    async with multiplexer(f"rediss://127.0.0.1:{port}/0") as client:
         with pytest.raises(rx.ConnectionError):  # a self-signed certificate is refused
             await client.execute_command("PING")
+    # redis-py's query options: the certificate trusted, the name checked or not.
+    for url in (
+        f"rediss://localhost:{port}/5?ssl_ca_certs={cert}",
+        f"rediss://127.0.0.1:{port}/5?ssl_ca_certs={cert}&ssl_check_hostname=false",
+    ):
+        async with multiplexer(url) as client:
+            assert "db=5" in await client.execute_command("CLIENT", "INFO")
 
 
 def test_lua_script_sha_is_sha1_of_the_source() -> None:

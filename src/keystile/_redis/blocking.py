@@ -1,16 +1,19 @@
 """A blocking Redis client for the request path of one server: a socket, hiredis, nothing more.
 
-redis-py's blocking client spends about three quarters of a warm request's CPU on its own
-machinery (a pool lookup, health polls, observability hooks, two packers); a sync worker
-(gunicorn, Django, Flask) waits for each request's one meter call, so that is time no request
-is served. Here a command is packed by hiredis, written with one ``sendall`` and read with
-``recv`` until hiredis has the reply.
+redis-py's blocking client costs a script call about three times the CPU of the call itself
+(a pool lookup, health polls, observability hooks, two packers), and a sync worker (gunicorn,
+Django, Flask) waits for each request's meter call: that is time no request is served. Here a
+command is packed by hiredis, written with one ``sendall`` and read with ``recv`` until hiredis
+has the reply; on Linux the kernel times the wait (``SO_RCVTIMEO``), except on a socket that
+gevent or eventlet patched, which keeps Python's timeout.
 
 Connections are kept in a list of idle ones: a thread takes one for a command and gives it back
 after the reply, so threads never share a socket. A connection that fails in any way (a
-timeout, a cut, a reply it cannot read) is closed, never reused: a late reply would answer the
-next command. Errors are redis-py's classes. Nothing is retried but EVALSHA after NOSCRIPT
-(which means the script did not run). A forked child drops its parent's connections.
+timeout, a cut, a reply it cannot read) is closed, never reused (a late reply would answer the
+next command), and the idle ones with it: they fail together (a restart, a failover, an idle
+cut), and no health poll runs before each command, so the caller's one retry gets a new
+connection. Errors are redis-py's classes. Nothing is retried but EVALSHA after NOSCRIPT
+(which means the script did not run). A forked child opens its own connections.
 """
 
 from __future__ import annotations
@@ -32,8 +35,13 @@ from keystile._redis.replies import NOT_ENOUGH_DATA, pack, reply_reader
 __all__ = ["BlockingRedis"]
 
 _READ_SIZE = 65536
-#: SO_RCVTIMEO and SO_SNDTIMEO take a struct timeval of two longs on Linux.
-_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+
+
+def _kernel_timeouts(sock: socket.socket) -> bool:
+    """Whether the kernel can time the waits (SO_RCVTIMEO takes a timeval of two longs on
+    Linux): not for a socket that gevent or eventlet patched, which waits in its own loop
+    and never returns on a kernel timeout."""
+    return sys.platform.startswith("linux") and type(sock).__module__ == "socket"
 
 
 class _Connection:
@@ -78,16 +86,25 @@ class BlockingRedis:
             reply = conn.call(packed)
         except BaseException as exc:
             conn.sock.close()
+            # Idle connections fail together (a restart, a failover, an idle cut): drop them,
+            # so the caller's one retry gets a new connection, not the next dead one.
+            self._drop()
             error = _as_redis_error(exc, self._endpoint, self._timeout)
             if error is exc:
                 raise
-            raise error from exc
+            try:
+                raise error from exc
+            finally:
+                del error  # no cycle through this frame
         if self._closed:
             conn.sock.close()
         else:
             self._idle.append(conn)
         if isinstance(reply, Exception):
-            raise reply
+            try:
+                raise reply
+            finally:
+                del reply
         return reply
 
     def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -100,17 +117,19 @@ class BlockingRedis:
     def close(self) -> None:
         """Close the idle connections; one in use is closed when its command ends."""
         self._closed = True
-        self._drop(close=True)
+        self._drop()
 
-    def _drop(self, *, close: bool) -> None:
+    def _drop(self) -> None:
+        # In a forked child this closes its copies of the parent's descriptors: the parent's
+        # connections stay open (a socket ends when its last descriptor closes).
         idle, self._idle = self._idle, []
-        if close:
-            for conn in idle:
-                conn.sock.close()
+        for conn in idle:
+            conn.sock.close()
 
     def _open(self) -> _Connection:
         endpoint, timeout = self._endpoint, self._timeout
         self._closed = False  # used again after close(): as redis-py's clients are
+        sock: socket.socket | None = None
         try:
             if endpoint.path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -121,7 +140,7 @@ class BlockingRedis:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if endpoint.tls is not None:
                     sock = endpoint.tls.wrap_socket(sock, server_hostname=endpoint.host)
-            if endpoint.tls is None and _KERNEL_TIMEOUTS:
+            if endpoint.tls is None and _kernel_timeouts(sock):
                 # The kernel times the wait: a timeout socket polls before every send and recv,
                 # two system calls more a command.
                 sock.settimeout(None)
@@ -129,8 +148,12 @@ class BlockingRedis:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         except TimeoutError:
+            if sock is not None:
+                sock.close()
             raise rx.TimeoutError(f"timeout connecting to Redis at {endpoint.where}") from None
         except OSError as exc:
+            if sock is not None:
+                sock.close()
             raise rx.ConnectionError(
                 f"error connecting to Redis at {endpoint.where}: {exc}"
             ) from exc
@@ -145,7 +168,12 @@ class BlockingRedis:
             error = _as_redis_error(exc, endpoint, timeout)
             if error is exc:
                 raise
-            raise error from exc
+            try:
+                raise error from exc
+            finally:
+                del error
+        finally:
+            reply = None  # an error reply raised above: no cycle through this frame
         return conn
 
 
@@ -169,7 +197,7 @@ _ALL: weakref.WeakSet[BlockingRedis] = weakref.WeakSet()
 
 def _after_fork() -> None:
     for client in list(_ALL):
-        client._drop(close=False)  # the parent's sockets: the parent still uses them
+        client._drop()
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -20,6 +20,9 @@ class Endpoint(NamedTuple):
     password: str | None
     tls: ssl.SSLContext | None
 
+    def __repr__(self) -> str:  # a NamedTuple's would show the password
+        return f"Endpoint({self.where!r}, db={self.db})"
+
     @property
     def where(self) -> str:
         """For error messages: never the password."""
@@ -40,10 +43,15 @@ def endpoint_of(url: str) -> Endpoint:
     opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     tls: ssl.SSLContext | None = None
     if url.startswith("rediss:"):
-        tls = ssl.create_default_context()
+        # redis-py's query options: ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile,
+        # ssl_check_hostname.
+        tls = ssl.create_default_context(cafile=opts.get("ssl_ca_certs"))
+        if opts.get("ssl_certfile"):
+            tls.load_cert_chain(opts["ssl_certfile"], opts.get("ssl_keyfile"))
         reqs = str(opts.get("ssl_cert_reqs", "required")).lower()
-        if reqs in ("none", "optional"):
+        if reqs in ("none", "optional") or opts.get("ssl_check_hostname") is False:
             tls.check_hostname = False
+        if reqs in ("none", "optional"):
             tls.verify_mode = ssl.CERT_NONE if reqs == "none" else ssl.CERT_OPTIONAL
     return Endpoint(
         path=opts.get("path") if url.startswith("unix:") else None,
