@@ -10,7 +10,9 @@ and imports taken out; it repeats to about 0.2% from run to run. With ``--redis`
 the scenarios write under a throwaway prefix, deleted afterwards) ``strict`` and
 ``strict-limit`` run too: the same keys in strict mode, so one meter script call a request,
 whose instructions in this process (not the server's, nor the wait) are counted: the
-client's side of the round trip, which the machine's noise hides in timings. ``--src``
+client's side of the round trip, which the machine's noise hides in timings. The ``wsgi-``
+scenarios do the same for a plain WSGI app, as a sync worker runs it (over their own bare
+app): the floor with redis-py's blocking client, strict with keystile's. ``--src``
 counts another checkout's ``src`` (an older commit, say) with this one's Python and packages.
 Needs valgrind (Debian: ``apt-get install valgrind``); two processes run at a time.
 """
@@ -36,13 +38,16 @@ from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("bare", "unlimited", "limit")
-REDIS_SCENARIOS = ("floor", "strict", "strict-limit")
+REDIS_SCENARIOS = ("floor", "strict", "strict-limit", "wsgi-bare", "wsgi-floor", "wsgi-strict")
 REDIS_ENV = "KEYSTILE_BENCH_INSTRUCTIONS_REDIS"
 WARMUP = 200
 
 
 def child(kind: str, count: int) -> None:
     """The measured process: ``WARMUP + count`` requests of one scenario."""
+    if kind.startswith("wsgi"):
+        wsgi_child(kind, count)
+        return
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -98,6 +103,64 @@ def child(kind: str, count: int) -> None:
         for key in client.scan_iter(match=f"{prefix}:*"):
             client.unlink(key)
         client.close()
+
+
+def wsgi_child(kind: str, count: int) -> None:
+    """A plain WSGI app, as a sync worker runs it: bare, behind a middleware making one bare
+    script call with redis-py's blocking client (the sync floor), or behind keystile's WSGI
+    middleware in strict mode (keystile's own blocking client)."""
+    import io
+
+    import redis as redis_py
+
+    def plain(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    app: Any = plain
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
+        "SERVER_NAME": "bench", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "bench", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http",
+    }  # fmt: skip
+    url, prefix, ks = os.environ[REDIS_ENV], f"ksinstr-{os.getpid()}", None
+    if kind == "wsgi-floor":
+        client = redis_py.Redis.from_url(url, decode_responses=True)
+        script = client.register_script("return redis.call('GET', KEYS[1])")
+
+        def floor(environ: Any, start_response: Any) -> Any:
+            script(keys=[f"{prefix}:floor"], args=[])
+            return plain(environ, start_response)
+
+        app = floor
+    elif kind == "wsgi-strict":
+        from keystile import Keystile
+        from keystile.wsgi import KeystileMiddleware
+
+        ks = Keystile({
+            "store": "memory://", "argon2": {"time_cost": 1, "memory_cost": 8, "parallelism": 1},
+            "redis_url": url, "redis_prefix": prefix, "secret": "bench-secret-0123456789",
+            "consistency": "strict",
+        })  # fmt: skip
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {ks.keys.create('acct_bench', 'bench').token}"
+        app = KeystileMiddleware(plain, keystile=ks)
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        statuses.append(status)
+
+    for _ in range(WARMUP + count):
+        body = app({**environ, "wsgi.input": io.BytesIO()}, start_response)
+        b"".join(body)
+        getattr(body, "close", lambda: None)()
+    if not statuses[-1].startswith("200"):
+        raise SystemExit(f"{kind} answered {statuses[-1]}")
+    if ks is not None:
+        ks.close()
+        cleanup = redis_py.Redis.from_url(url)
+        for key in cleanup.scan_iter(match=f"{prefix}:*"):
+            cleanup.unlink(key)
+        cleanup.close()
 
 
 def _with_floor(app: Any, redis_url: str) -> Any:
@@ -159,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"src: {args.src}")
     print(f"{'scenario':12} {'instructions/request':>22} {'over bare':>12}")
     for kind in scenarios:
-        print(f"{kind:12} {per[kind]:22,.0f} {per[kind] - per['bare']:12,.0f}")
+        bare = per["wsgi-bare" if kind.startswith("wsgi") else "bare"]  # its own bare app
+        print(f"{kind:12} {per[kind]:22,.0f} {per[kind] - bare:12,.0f}")
 
 
 if __name__ == "__main__":
