@@ -238,14 +238,19 @@ def test_close_closes_idle_connections_and_a_later_command_reconnects(
 # ------------------------------------------------------------- auth, db, unix, TLS
 
 
+def client_info(url: str) -> str:
+    """``CLIENT INFO`` over a new client of ``url`` (its db, its connection)."""
+    lean = BlockingRedis(url, timeout=5.0)
+    try:
+        return str(lean.execute_command("CLIENT", "INFO"))
+    finally:
+        lean.close()
+
+
 def test_password_and_db_from_the_url(auth_redis: tuple[int, Path]) -> None:  # noqa: F811
     port, _ = auth_redis
     for auth in (":pw@", "default:pw@"):
-        lean = BlockingRedis(f"redis://{auth}127.0.0.1:{port}/3", timeout=5.0)
-        try:
-            assert "db=3" in lean.execute_command("CLIENT", "INFO")
-        finally:
-            lean.close()
+        assert "db=3" in client_info(f"redis://{auth}127.0.0.1:{port}/3")
 
 
 def test_a_wrong_or_missing_password_fails(auth_redis: tuple[int, Path]) -> None:  # noqa: F811
@@ -262,11 +267,7 @@ def test_a_wrong_or_missing_password_fails(auth_redis: tuple[int, Path]) -> None
 
 def test_unix_socket_url(auth_redis: tuple[int, Path]) -> None:  # noqa: F811
     _, sock = auth_redis
-    lean = BlockingRedis(f"unix://:pw@{sock}?db=2", timeout=5.0)
-    try:
-        assert "db=2" in lean.execute_command("CLIENT", "INFO")
-    finally:
-        lean.close()
+    assert "db=2" in client_info(f"unix://:pw@{sock}?db=2")
 
 
 def test_rediss_url(tls_redis: tuple[int, Path]) -> None:  # noqa: F811
@@ -276,11 +277,7 @@ def test_rediss_url(tls_redis: tuple[int, Path]) -> None:  # noqa: F811
         f"rediss://localhost:{port}/4?ssl_ca_certs={cert}",
         f"rediss://127.0.0.1:{port}/4?ssl_ca_certs={cert}&ssl_check_hostname=false",
     ):
-        lean = BlockingRedis(url, timeout=5.0)
-        try:
-            assert "db=4" in lean.execute_command("CLIENT", "INFO")
-        finally:
-            lean.close()
+        assert "db=4" in client_info(url)
     strict = BlockingRedis(f"rediss://127.0.0.1:{port}/0", timeout=5.0)
     with pytest.raises(rx.ConnectionError):  # a self-signed certificate is refused
         strict.execute_command("PING")
