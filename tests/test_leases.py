@@ -10,12 +10,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 import redis
 
 from keystile._core.leases import LeaseBook, LeaseReport, report_args
+from keystile._core.metering import Charge, UsageBuffer
+from keystile._core.periods import PeriodPolicy
 from keystile._redis.scripts import load_script
 
 C = ("acct", "2026-07", "live")
@@ -149,35 +152,52 @@ def wait_expired(client: redis.Redis, prefix: str, holder: str) -> None:
 
 # ------------------------------------------------------------------- LeaseBook (pure)
 
+_PERIOD = PeriodPolicy(1, "UTC").period_at(datetime(2026, 12, 2, tzinfo=timezone.utc))
+
 
 def test_spend_needs_a_lease_and_takes_nothing_when_short() -> None:
     book = LeaseBook()
     assert book.spend(C, "k1", 1) is None
     assert (book.want(C), book.want(C, 5), book.need(C, 5)) == (1, 5, 5)
     book.grant(C, 10, used=10, limit=100)
-    assert book.spend(C, "k1", 3) == 7
+    assert book.spend(C, "k1", 3)[0] == 7
     assert book.spend(C, "k1", 8) is None  # short: nothing taken
     assert book.need(C, 8) == 1
     assert book.want(C, 8) == 2  # the block doubled with the grant; at least the 1 lacking
     assert book.view(C) == (3, 100)  # 10 used as of the grant, 7 of them still held here
-    assert book.spend(C, "k2", 7, count_request=False) == 0
-    assert book.spend(C, "k2", 0) == 0  # a free request passes on an empty lease
+    assert book.spend(C, "k2", 7, count_request=False)[0] == 0
+    assert book.spend(C, "k2", 0)[0] == 0  # a free request passes on an empty lease
     (report,) = book.reports(keep=True)
     assert report == LeaseReport(C, 10, 0, 0, True, 2, (("k1", 3, 1), ("k2", 7, 1)), gen=0)
+
+
+def test_spend_reports_the_view_and_adds_a_charge_to_the_buffer_under_one_lock() -> None:
+    buffer = UsageBuffer()
+    book = LeaseBook(buffer=buffer)
+    assert book._lock is buffer.lock  # one lock for both: a request takes it once
+    charge = Charge("acct", "live", "k1", None, _PERIOD, 2, None)
+    counter = charge.counter
+    assert book.spend(counter, "k1", 2, charge=charge) is None  # no lease: nothing buffered
+    assert buffer.take() == []
+    book.grant(counter, 10, used=10, limit=100)
+    assert book.spend(counter, "k1", 2, charge=charge) == (8, 2, 100)
+    assert book.spend(counter, "k1", 2) == (6, 4, 100)  # no charge: the caller records it
+    (delta,) = buffer.take()
+    assert (delta.kid, delta.pages, delta.requests) == ("k1", 2, 1)
 
 
 def test_refund_goes_back_into_the_lease_and_overage_out_of_it() -> None:
     book = LeaseBook()
     book.grant(C, 5, used=5, limit=None)
-    assert book.spend(C, "k1", 4) == 1
+    assert book.spend(C, "k1", 4)[0] == 1
     book.refund(C, "k1", 3)  # unreported spending: back into the lease
-    assert book.spend(C, "k1", 4) == 0
+    assert book.spend(C, "k1", 4)[0] == 0
     (r,) = book.reports(keep=True)
     assert (r.spent, r.returned, r.extra, r.per_key) == (5, 0, 0, (("k1", 5, 2),))
     book.refund(C, "k1", 2)  # already reported as spent: comes off Redis at the next report
     assert book.spend(C, "k1", 1) is None
     book.grant(C, 3, used=8, limit=None)
-    assert book.spend(C, "k1", 1) == 2
+    assert book.spend(C, "k1", 1)[0] == 2
     book.overage(C, "k1", 5)  # 2 from the lease, 3 beyond it
     assert book.spend(C, "k1", 1) is None
     (r,) = book.reports(keep=False)
@@ -187,7 +207,7 @@ def test_refund_goes_back_into_the_lease_and_overage_out_of_it() -> None:
 def test_reports_heartbeat_return_and_drop() -> None:
     book = LeaseBook()
     book.grant(C, 8, used=8, limit=50)
-    assert book.spend(C, "k1", 2) == 6
+    assert book.spend(C, "k1", 2)[0] == 6
     assert book.reports(keep=True)[0].spent == 2
     # Nothing new, but a lease held: reported anyway, to keep it alive.
     assert book.reports(keep=True) == [LeaseReport(C, 0, 0, 0, True, 0, (), 0)]
@@ -210,7 +230,7 @@ def test_give_back_merges_a_failed_report_exactly() -> None:
     assert book.reports(keep=False) == first
     book.give_back(first)
     book.grant(C, 1, used=27, limit=None)
-    assert book.spend(C, "a", 1) == 0  # between the failure and the retry
+    assert book.spend(C, "a", 1)[0] == 0  # between the failure and the retry
     (again,) = book.reports(keep=False)
     assert (again.spent, again.extra, again.requests) == (11, 16, 4)
     assert dict((k, (p, r)) for k, p, r in again.per_key) == {"a": (5, 3), "b": (22, 1)}
@@ -220,7 +240,7 @@ def test_give_back_merges_a_failed_report_exactly() -> None:
     kept = book.reports(keep=False)
     assert kept[0].returned == 5
     book.give_back(kept)  # the returned pages are still leased in Redis: spendable again
-    assert book.spend(C, "a", 5) == 0
+    assert book.spend(C, "a", 5)[0] == 0
 
 
 def test_forget_and_revoke() -> None:
@@ -252,7 +272,7 @@ def test_a_rebuilt_counter_generation_voids_the_old_lease() -> None:
     assert book.spend(C, "k", 4) is None  # the old 8 unspent are void
     book.forget(C, gen=1)  # a report of the old counter answered 'lost': the new lease stays
     book.give_back(stale)  # and a failed report of the old counter is void too
-    assert book.spend(C, "k", 3) == 0
+    assert book.spend(C, "k", 3)[0] == 0
     (r,) = book.reports(keep=False)
     assert (r.spent, r.returned, r.requests, r.per_key, r.gen) == (3, 0, 1, (("k", 3, 1),), 2)
     assert book.reports(keep=True) == []  # idle: dropped
@@ -625,13 +645,13 @@ def test_a_lost_call_that_never_ran_gives_nothing_back(
 def test_book_spends_a_lease_only_until_it_may_lapse() -> None:
     book = LeaseBook()
     book.grant(C, 10, used=10, limit=100, born="1", until=50.0)
-    assert book.spend(C, "k1", 1, now=49.0) == 9
+    assert book.spend(C, "k1", 1, now=49.0)[0] == 9
     assert book.spend(C, "k1", 1, now=50.0) is None  # may have lapsed in Redis: acquire
-    assert book.spend(C, "k1", 0, now=60.0) == 9  # a free request spends nothing
+    assert book.spend(C, "k1", 0, now=60.0)[0] == 9  # a free request spends nothing
     book.grant(C, 2, used=12, limit=100, born="1", until=80.0)  # the same lease, refreshed
-    assert book.spend(C, "k1", 1, now=60.0) == 10
+    assert book.spend(C, "k1", 1, now=60.0)[0] == 10
     book.grant(C, 3, used=13, limit=100, born="2", until=90.0)  # swept and made anew
-    assert book.spend(C, "k1", 1, now=60.0) == 2  # the old 10 are void, the new 3 are not
+    assert book.spend(C, "k1", 1, now=60.0)[0] == 2  # the old 10 are void, the new 3 are not
     (report,) = book.reports(keep=False)
     assert (report.spent, report.returned) == (3, 2)  # what was spent is still reported
 

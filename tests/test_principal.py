@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -196,15 +197,21 @@ def test_nested_principal_meta_cannot_leak_into_later_requests(engine: Keystile)
 
 
 def test_the_request_paths_principal_is_the_dataclasses() -> None:
-    """new_principal sets the slots itself (faster than the frozen dataclass's __init__):
-    every field, in order, and the result as frozen, equal and hashable as Principal(...)."""
-    from keystile._core.principal import new_principal
+    """The request path fills an Unfrozen (the same slots, set by plain assignment) and gives
+    it Principal's class: every field, and the result as frozen, equal and hashable as
+    Principal(...)."""
+    from keystile._core.principal import Unfrozen
 
+    assert Unfrozen.__slots__ == tuple(f.name for f in dataclasses.fields(Principal))
     values = [f"v{n}" for n, _ in enumerate(dataclasses.fields(Principal))]
-    built, made = new_principal(*values), Principal(*values)  # type: ignore[arg-type]
+    made = Principal(*values)  # type: ignore[arg-type]
+    built: Any = object.__new__(Unfrozen)
+    for field, value in zip(dataclasses.fields(Principal), values):
+        setattr(built, field.name, value)
+    built.__class__ = Principal
     assert type(built) is Principal
     for field in dataclasses.fields(Principal):
         assert getattr(built, field.name) == getattr(made, field.name), field.name
     assert built == made and hash(built) == hash(made)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        built.key_id = "other"  # type: ignore[misc]
+        built.key_id = "other"

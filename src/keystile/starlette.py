@@ -21,8 +21,8 @@ from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedU
 from starlette.requests import HTTPConnection
 
 from keystile import AuthError, Keystile, Principal
-from keystile._core.credentials import asgi_headers
 from keystile._core.principal import check_permissions as check_permissions
+from keystile._core.rawheaders import RawHeaders
 from keystile._http import guards
 from keystile._http.asgi import WS_POLICY_VIOLATION as WS_POLICY_VIOLATION
 from keystile._http.asgi import ASGIApp, ASGIExchange, Message, Receive, Scope, Send
@@ -90,7 +90,7 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
         exchange = ASGIExchange(engine, send, receive)
         try:
             principal = exchange.principal = await engine.authenticate_async(
-                asgi_headers(scope["headers"]),
+                RawHeaders(scope["headers"]),
                 scope.get("method", "GET"),
                 scope["path"],
                 query=query.decode("latin-1") if (query := scope.get("query_string")) else "",

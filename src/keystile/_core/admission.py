@@ -128,8 +128,8 @@ class Admission(Settlement):
         self.clock = clock
         self.keys = keys
         self.has_redis = verifier.has_redis
-        self.counters = LocalCounters()
         self.buffer = UsageBuffer()
+        self.counters = LocalCounters(self.buffer)
         #: Counter changes Redis did not confirm: sent again, safely, until it does.
         self.resends = Resends()
         self.call_ids = CallIds()
@@ -154,7 +154,7 @@ class Admission(Settlement):
         #: same (immutable) charge.
         self._charges: dict[tuple[Any, ...], Charge] = {}
         #: Fast mode: pages leased from Redis counters, spent here without a round trip.
-        self.leases = LeaseBook() if settings.consistency == "fast" else None
+        self.leases = LeaseBook(buffer=self.buffer) if settings.consistency == "fast" else None
         self.holder = self.call_ids.prefix if self.has_redis and self.leases is None else ""
         self.meter_calls = MeterCalls(
             keys, self.call_ids, self.holder, self._script_tail, settings.local_cache_size
@@ -200,9 +200,8 @@ class Admission(Settlement):
         in this process's cache, and carries no Idempotency-Key. None: take :meth:`admit`."""
         cached_at = self.monotonic()  # one read for both caches
         snapshot = self.verifier.local.get(digest, cached_at)
-        if snapshot.__class__ is not Snapshot:
+        if not isinstance(snapshot, Snapshot):
             return None
-        assert isinstance(snapshot, Snapshot)
         if snapshot.session_id is not None:
             return None
         checked = not self.has_redis or self.verifier.trusts_local()
@@ -216,7 +215,15 @@ class Admission(Settlement):
             return None  # the snapshot may be out of date: admit() compares it first
         if not checked and account != snapshot.account_id:
             return None  # another account's counters live in another slot: admit() checks
-        charge = self._charge(snapshot, account, self.period_at(now), self.cost_of(request))
+        cost = self.settings.page_cost  # (the common cost inline: every request takes this)
+        if cost.__class__ is not int or self.management_mounts:
+            cost = self.cost_of(request)
+        cached = self._period  # (period_at's, inline while the month lasts)
+        if cached is not None and cached[1] <= now < cached[2]:
+            period = cached[0]
+        else:
+            period = self.period_at(now)
+        charge = self._charge(snapshot, account, period, cost)
         if self.has_redis:
             if checked and self.leases is not None and charge.fits_lease:
                 outcome = self._spend_lease(charge, now)
@@ -226,8 +233,8 @@ class Admission(Settlement):
             keys, args = self.meter_call(charge, None if checked else snapshot, "", "", now)
             return MeterCall(digest, snapshot, account, creds.auth_method, charge, now, keys, args)
         row = self.limits.get(account, cached_at)
-        if row is None or not self.counters.has(charge.counter):
-            return None  # admit() reads the limit or the usage from the store
+        if row is None:
+            return None  # admit() reads the limit from the store
         row = None if row is NO_ROW else row
         outcome = self.counters.meter(
             charge,
@@ -236,8 +243,9 @@ class Admission(Settlement):
             now,
             self.settings.idempotency_ttl,
             None if row is None or row.rate is None else parse_rate(row.rate),
-        )
-        self._record(charge, outcome)
+        )  # (which adds it to the buffer)
+        if outcome is None:
+            return None  # admit() reads the usage from the store
         return self.admitted(snapshot, account, creds.auth_method, charge, outcome, now)
 
     def metered(self, call: MeterCall, reply: Sequence[Any]) -> Admitted | None:

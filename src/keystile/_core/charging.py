@@ -24,6 +24,7 @@ from keystile._core.metering import (
     Outcome,
     UsageBuffer,
     encode_rebuild,
+    new_outcome,
     parse_script_reply,
     rebuild_fields,
 )
@@ -134,8 +135,8 @@ class Charging:
                 self.clock(),
                 self.settings.idempotency_ttl,
                 account_rate,
-            )
-            self._record(charge, outcome)
+            )  # (which adds it to the buffer)
+            assert outcome is not None  # seeded above; counters are never dropped
             return outcome
         seed, rebuild = "", ""
         for _ in range(3):
@@ -173,10 +174,15 @@ class Charging:
         leases = self.leases
         assert leases is not None
         counter = charge.counter
-        if leases.spend(counter, charge.kid, charge.cost, charge.count_request, now) is None:
+        rated = charge.count_request and (charge.rate is not None or counter in leases.rated)
+        # Unrated, the charge goes to the usage buffer as it is spent; rated, once admitted.
+        spent = leases.spend(
+            counter, charge.kid, charge.cost, charge.count_request, now, None if rated else charge
+        )
+        if spent is None:
             return None
         rates: Any = ()
-        if charge.count_request and (charge.rate is not None or counter in leases.rated):
+        if rated:
             rates = self.rate_book.take(rate_limits(self.keys, charge, leases), now)
             if rates.__class__ is not tuple:
                 leases.unspend(counter, charge.kid, charge.cost)
@@ -184,9 +190,9 @@ class Charging:
                     return None
                 used, limit = leases.view(counter)
                 return Outcome("rate_limited", used, limit, rates=(rates,))
-        self._record(charge, _OK)
-        used, limit = leases.view(counter)
-        return Outcome("ok", used, limit, leased=True, rates=rates)
+            self._record(charge, _OK)
+        _, used, limit = spent
+        return new_outcome(Outcome, ("ok", used, limit, "account", (), True, "", rates))
 
     def _lease_meter(self, charge: Charge) -> Steps:
         """Fast mode: spend from the leases; when the pages are short, take a block from the

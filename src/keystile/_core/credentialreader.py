@@ -13,9 +13,16 @@ most as many as the in-process cache holds. No I/O.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from keystile._core.credentials import Credentials, credentials_from, scan_credentials
+from keystile._core.credentials import (
+    SCANNED_HEADERS,
+    Credentials,
+    asgi_headers,
+    credentials_from,
+    scan_credentials,
+)
+from keystile._core.rawheaders import RawHeaders
 from keystile._core.settings import Settings
 from keystile._core.tokens import digester
 
@@ -39,6 +46,8 @@ class CredentialReader:
         """``(credentials, digest, name)``: ``name`` is what :meth:`remember` takes, None
         when they were remembered (then the credentials hold no secret: :meth:`whole` gives
         it). Raises :class:`AuthError` as ``read_credentials`` does."""
+        if headers.__class__ is RawHeaders:
+            return self.read_raw(headers.raw)
         found = scan_credentials(headers)
         named = self._named.copy()  # keyed once: a copy costs less than keying again
         for header, value in found.items():
@@ -48,6 +57,26 @@ class CredentialReader:
         if known is not None:
             return known[0], known[1], None
         creds = credentials_from(found, self._prefix, self._environments)
+        return creds, self._digest(creds.token), name
+
+    def read_raw(self, raw: Sequence[tuple[bytes, bytes]]) -> tuple[Credentials, str, bytes | None]:
+        """:meth:`read` from ASGI's byte pairs, decoding nothing for a remembered credential.
+
+        The name digests the headers' bytes as they came (:meth:`read` digests them trimmed),
+        in the same form: the same bytes make the same name, and the same name the same
+        credential, whichever way it was read."""
+        named = self._named.copy()
+        for header, value in raw:
+            header = header.lower()  # (ASGI servers send them lowercase; not all do)
+            if header in _RAW_SCANNED:
+                named.update(b"%b:%d:%b" % (header, len(value), value))
+        name = named.digest()
+        known = self._known.get(name)
+        if known is not None:
+            return known[0], known[1], None
+        creds = credentials_from(
+            scan_credentials(asgi_headers(raw)), self._prefix, self._environments
+        )
         return creds, self._digest(creds.token), name
 
     def whole(self, creds: Credentials, headers: Iterable[tuple[str, str]]) -> Credentials:
@@ -65,3 +94,6 @@ class CredentialReader:
                 return
             known.clear()  # a bound, like the charge cache's; the busy keys come back at once
         known[name] = (creds._replace(token=creds.token._replace(secret="")), digest)
+
+
+_RAW_SCANNED = frozenset(name.encode() for name in SCANNED_HEADERS)

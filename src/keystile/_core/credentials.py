@@ -32,7 +32,8 @@ MAX_ACCOUNT_LENGTH = 128
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-api-secret", "x-account-id"})
 #: Not a credential, but noted on the same pass over the headers (it decides the request's path).
 IDEMPOTENCY_HEADER = "idempotency-key"
-_SCANNED = CREDENTIAL_HEADERS | {IDEMPOTENCY_HEADER}
+#: What :func:`scan_credentials` looks at.
+SCANNED_HEADERS = CREDENTIAL_HEADERS | {IDEMPOTENCY_HEADER}
 
 
 class Credentials(NamedTuple):
@@ -54,7 +55,7 @@ def scan_credentials(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     found: dict[str, str] = {}
     blank = False
     for name, value in headers:
-        if name not in _SCANNED:
+        if name not in SCANNED_HEADERS:
             continue
         if name == IDEMPOTENCY_HEADER:
             found[name] = "1"  # repeats are fine: the first one names the request

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from keystile._core.metering import Charge, UsageBuffer
 from keystile._core.ratelimits import Rate
 from keystile._core.rediskeys import CALL_MARKER_TTL
 from keystile._core.resends import FIRST
@@ -97,24 +98,30 @@ class LeaseBook:
     """This process's leases, one per counter. Thread-safe; every method is O(1) but
     :meth:`reports` and :meth:`give_back`, which the flusher calls."""
 
-    def __init__(self, *, max_block: int = 1024, holder: str | None = None) -> None:
+    def __init__(
+        self, *, max_block: int = 1024, holder: str | None = None, buffer: UsageBuffer | None = None
+    ) -> None:
+        """``buffer``: where :meth:`spend` adds a charge, under its lock (one lock, not two)."""
         if max_block < 1:
             raise ValueError("max_block must be >= 1")
         self.max_block = max_block
         #: This process's field in the leases hash: random, so a restarted process never
         #: inherits (and keeps alive) the lease of the one that died.
         self.holder = holder if holder is not None else secrets.token_hex(8)
-        self._lock = threading.Lock()
+        self._buffer = buffer
+        self._lock = threading.Lock() if buffer is None else buffer.lock
         self._leases: dict[Counter, _Lease] = {}
         #: Counters whose account has a rate limit (as of their last grant).
         self.rated: set[Counter] = set()
 
     def spend(
-        self, counter: Counter, kid: str, cost: int, count_request: bool = True, now: float = 0.0
-    ) -> int | None:
-        """Take ``cost`` pages (>= 0, already validated) from the local lease: the pages left,
-        or None when the lease is short, or may have lapsed in Redis by ``now`` (wall clock),
-        and the caller must acquire (nothing is taken then).
+        self, counter: Counter, kid: str, cost: int, count_request: bool = True,
+        now: float = 0.0, charge: Charge | None = None,
+    ) -> tuple[int, int, int | None] | None:  # fmt: skip
+        """Take ``cost`` pages (>= 0, already validated) from the local lease: the pages left
+        and :meth:`view`'s (used, limit), or None when the lease is short, or may have lapsed
+        in Redis by ``now`` (wall clock), and the caller must acquire (nothing is taken then).
+        ``charge``: added to the usage buffer too, under the same lock.
         The hot path: one dict lookup and a few integer operations under the lock."""
         with self._lock:
             lease = self._leases.get(counter)
@@ -134,7 +141,10 @@ class LeaseBook:
             if count_request:
                 counts[1] += 1
                 lease.requests += 1
-            return lease.have
+            if charge is not None:
+                assert self._buffer is not None
+                self._buffer.add_locked(charge, cost, 1 if count_request else 0)
+            return lease.have, max(0, lease.used - lease.have), lease.limit
 
     def unspend(self, counter: Counter, kid: str, cost: int, count_request: bool = True) -> None:
         """Undo a :meth:`spend` whose request a rate limit then refused."""

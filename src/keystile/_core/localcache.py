@@ -33,21 +33,28 @@ class LocalCache(Generic[T]):
         return self._epoch
 
     def get(self, key: str, now: float | None = None) -> T | None:
-        """``now``: the cache's clock, read already by the caller (a request reads it once)."""
-        with self._lock:
-            entries = self._entries
+        """``now``: the cache's clock, read already by the caller (a request reads it once).
+
+        A hit takes no lock (every request makes two): each dictionary operation is atomic
+        under the GIL, and a hit only reads, then moves its key to the end."""
+        entries = self._entries
+        entry = entries.get(key)
+        if entry is None:
+            entries = self._negatives
             entry = entries.get(key)
             if entry is None:
-                entries = self._negatives
-                entry = entries.get(key)
-                if entry is None:
-                    return None
-            expires, group, value = entry
-            if expires <= (self._clock() if now is None else now):
-                self._remove(key, group)
                 return None
+        expires, group, value = entry
+        if expires <= (self._clock() if now is None else now):
+            with self._lock:
+                if entries.get(key) is entry:  # not replaced meanwhile
+                    self._remove(key, group)
+            return None
+        try:
             entries.move_to_end(key)
-            return value
+        except KeyError:  # dropped meanwhile: this request still saw it, as before the drop
+            pass
+        return value
 
     def put(
         self,
@@ -69,8 +76,9 @@ class LocalCache(Generic[T]):
             entries[key] = (self._clock() + ttl, group, value)
             self._groups.setdefault(group, set()).add(key)
             while len(entries) > self._size:
-                oldest, (_, oldest_group, _) = next(iter(entries.items()))
-                self._remove(oldest, oldest_group)
+                # (popitem, not an iterator: a lock-free get may reorder the entries)
+                oldest, (_, oldest_group, _) = entries.popitem(last=False)
+                self._leave_group(oldest, oldest_group)
 
     def drop(self, key: str) -> None:
         with self._lock:
@@ -99,6 +107,9 @@ class LocalCache(Generic[T]):
             if entry is None:
                 return
             group = entry[1]
+        self._leave_group(key, group)
+
+    def _leave_group(self, key: str, group: str) -> None:
         members = self._groups.get(group)
         if members is not None:
             members.discard(key)

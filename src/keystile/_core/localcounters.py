@@ -9,7 +9,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from keystile._core.metering import Charge, Outcome, basis_points, crossed_marks
+from keystile._core.metering import (
+    Charge,
+    Outcome,
+    UsageBuffer,
+    basis_points,
+    crossed_marks,
+    new_outcome,
+)
 from keystile._core.ratelimits import (
     ACCOUNT_RATE_POLICY,
     KEY_RATE_POLICY,
@@ -25,8 +32,11 @@ IDEMPOTENCY_MARKERS = 10_000
 class LocalCounters:
     """The meter without Redis: the same rules as ``meter.lua``, under one lock."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, buffer: UsageBuffer | None = None) -> None:
+        """``buffer``: where what they admit is added for the store, under its lock (one lock,
+        not two, for a request)."""
+        self._buffer = buffer
+        self._lock = threading.Lock() if buffer is None else buffer.lock
         self._usage: dict[tuple[str, str, str], dict[str, int]] = {}
         # In the order they were made, so the oldest (the first to expire: one ttl for all)
         # leave from the front.
@@ -59,9 +69,12 @@ class LocalCounters:
         now: float,
         idem_ttl: int,
         account_rate: Rate | None = None,
-    ) -> Outcome:
+    ) -> Outcome | None:
+        """None: the counter is not seeded yet (:meth:`seed` it from the store)."""
         with self._lock:
-            usage = self._usage[charge.counter]
+            usage = self._usage.get(charge.counter)
+            if usage is None:
+                return None
             used = usage["pages"]
             idem = charge.idempotency  # its digest names the account too
             if idem is not None and self._idempotency.get(idem, 0.0) > now:
@@ -90,12 +103,15 @@ class LocalCounters:
                 usage[key_requests] = usage.get(key_requests, 0) + 1
             if idem is not None:
                 self._remember(idem, now + idem_ttl, now)
+            if self._buffer is not None:
+                self._buffer.add_locked(charge, charge.cost, 1 if charge.count_request else 0)
             if (
                 not limit
                 or not thresholds
                 or after * 10_000 < basis_points(min(thresholds)) * limit
             ):
-                return Outcome("ok", after, limit, rates=rates)  # (the common case: no mark)
+                # (the common case: no mark)
+                return new_outcome(Outcome, ("ok", after, limit, "account", (), False, "", rates))
             crossed = []
             for threshold in crossed_marks(after, limit, thresholds):
                 mark = f"th:{basis_points(threshold)}"

@@ -91,43 +91,9 @@ class Principal:
         )
 
 
-_new = object.__new__
-(
-    _key_id, _account_id, _name, _owner, _environment, _permissions, _auth_method,
-    _expires_at, _key_account_id, _meta, _meter, _session_id, _previous_secret_expires_at,
-) = (getattr(Principal, name).__set__ for name in Principal.__slots__)  # fmt: skip
+class Unfrozen:
+    """A :class:`Principal` while the request path builds it: the same slots, set by plain
+    assignment (a frozen dataclass sets each through ``object.__setattr__``, three times
+    slower), then given its class, ``p.__class__ = Principal``, which the same layout allows."""
 
-
-def new_principal(
-    key_id: str,
-    account_id: str,
-    name: str,
-    owner: str | None,
-    environment: str,
-    permissions: frozenset[str],
-    auth_method: str,
-    expires_at: datetime | None,
-    key_account_id: str,
-    meta: Mapping[str, Any],
-    meter: Meter | None,
-    session_id: str | None,
-    previous_secret_expires_at: datetime | None,
-) -> Principal:
-    """``Principal(...)`` for the request path, every field given: a frozen dataclass sets
-    each field through ``object.__setattr__``, which costs every request twice as much as
-    setting its slots directly, as this does."""
-    principal = _new(Principal)
-    _key_id(principal, key_id)
-    _account_id(principal, account_id)
-    _name(principal, name)
-    _owner(principal, owner)
-    _environment(principal, environment)
-    _permissions(principal, permissions)
-    _auth_method(principal, auth_method)
-    _expires_at(principal, expires_at)
-    _key_account_id(principal, key_account_id)
-    _meta(principal, meta)
-    _meter(principal, meter)
-    _session_id(principal, session_id)
-    _previous_secret_expires_at(principal, previous_secret_expires_at)
-    return principal
+    __slots__ = Principal.__slots__

@@ -31,7 +31,7 @@ from keystile._core.errors import (
 from keystile._core.localcache import LocalCache
 from keystile._core.models import KeyRecord
 from keystile._core.networks import Origin, allowed, client_address, networks_of
-from keystile._core.principal import Principal, new_principal
+from keystile._core.principal import Principal, Unfrozen
 from keystile._core.settings import Settings
 from keystile._core.snapshot import NEGATIVE, Snapshot, freeze, thaw
 from keystile._core.store import SessionRecord, fingerprint
@@ -371,18 +371,22 @@ class Verifier:
 def principal_of(
     snapshot: Snapshot, account: str, auth_method: str, meter: Meter | None
 ) -> Principal:
-    return new_principal(
-        KEY_ID_PREFIX + snapshot.kid,
-        account,
-        snapshot.name,
-        snapshot.owner,
-        snapshot.environment,
-        snapshot.grant_set,
-        auth_method,
-        snapshot.expires,
-        snapshot.account_id,
-        snapshot.meta,
-        meter,
-        snapshot.session_id,
-        snapshot.grace_ends,
-    )
+    principal: Any = _new(Unfrozen)
+    principal.key_id = KEY_ID_PREFIX + snapshot.kid
+    principal.account_id = account
+    principal.name = snapshot.name
+    principal.owner = snapshot.owner
+    principal.environment = snapshot.environment
+    principal.permissions = snapshot.grant_set
+    principal.auth_method = auth_method
+    principal.expires_at = snapshot.expires
+    principal.key_account_id = snapshot.account_id
+    principal.meta = snapshot.meta
+    principal.meter = meter
+    principal.session_id = snapshot.session_id
+    principal.previous_secret_expires_at = snapshot.grace_ends
+    principal.__class__ = Principal
+    return principal  # type: ignore[no-any-return]
+
+
+_new = object.__new__

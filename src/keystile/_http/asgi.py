@@ -82,7 +82,8 @@ class ASGIExchange(Exchange):
         body, self.receive = await buffer_body(self.receive)
         return body
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # The server's send itself, not a coroutine awaiting it: every response sends twice.
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]  # start(), inline: once per response
@@ -94,7 +95,7 @@ class ASGIExchange(Exchange):
                 }
         elif kind == "websocket.accept":
             self.status = 101
-        await self.server_send(message)
+        return self.server_send(message)
 
 
 def management_app(keystile: Keystile) -> ASGIApp:

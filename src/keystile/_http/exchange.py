@@ -24,13 +24,13 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Awaitable,
-    Generator,
     Iterable,
     Iterator,
 )
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from keystile import AuthError, Keystile, Principal
+from keystile._runtime.awaitables import DONE
 
 QuotaHeaders = list[tuple[str, str]]
 #: A piece of a response body, as the framework streams it (bytes; str for Flask).
@@ -104,24 +104,11 @@ class Exchange:
             self.engine.settle(self.principal, None if self.failed else self.status)
 
     def settle_async(self) -> Awaitable[None]:
-        # The engine's coroutine itself, not one awaiting it: this runs on every request.
+        # The engine's awaitable itself, not a coroutine awaiting it: every request runs this.
         if self.settled:
-            return _DONE
+            return DONE
         self.settled = True
         return self.engine.settle_async(self.principal, None if self.failed else self.status)
-
-
-class _Done:
-    """Already done: awaiting it returns at once."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield
-
-
-_DONE = _Done()
 
 
 class SettledOnClose:

@@ -31,6 +31,7 @@ from keystile._core.metering import Meter
 from keystile._core.networks import Origin
 from keystile._core.periods import PeriodPolicy
 from keystile._core.principal import Principal
+from keystile._core.rawheaders import RawHeaders
 from keystile._core.rotation import rotation_headers
 from keystile._core.settings import Settings, load_settings
 from keystile._core.store import KeyStore
@@ -38,6 +39,7 @@ from keystile._core.verification import Snapshot, Verifier
 from keystile._redis.clients import pubsub_client
 from keystile._redis.eviction import check_eviction_soon
 from keystile._redis.invalidation import InvalidationListener
+from keystile._runtime.awaitables import DONE
 from keystile._runtime.batching import BatchedWrites
 from keystile._runtime.closing import Closing
 from keystile._runtime.drivers import AsyncDriver, SyncDriver
@@ -56,9 +58,8 @@ class Keystile(Closing):
     """Validated settings, the backends, the verification steps and the managers.
 
     ``settings``: a dict or :class:`Settings`, used alone; None: the ``KEYSTILE_*`` variables
-    over the ``KEYSTILE_CONFIG`` file (:mod:`keystile._runtime.environment`). ``clock``
-    returns the wall time in epoch seconds and ``monotonic`` a monotonic one; tests pass
-    their own to move time.
+    over the ``KEYSTILE_CONFIG`` file (:mod:`keystile._runtime.environment`). ``clock`` (the
+    wall time, epoch seconds) and ``monotonic``: tests pass their own to move time.
     """
 
     def __init__(
@@ -175,7 +176,8 @@ class Keystile(Closing):
     ) -> tuple[Credentials, str, RequestInfo, Admitted | MeterCall | None, float]:  # fmt: skip
         """What a request carries, what the warm path made of it (None: take the steps), and
         when (the wall clock, read once: the key's last use is noted at that time too)."""
-        headers = headers if isinstance(headers, list) else list(headers)
+        if headers.__class__ is not RawHeaders:  # (an ASGI adapter's: read from the bytes)
+            headers = headers if isinstance(headers, list) else list(headers)
         creds, digest, unseen = self.credentials.read(headers)
         reader = body if callable(body) else (lambda: body)
         request = RequestInfo(method, path, headers, query, reader, peer)
@@ -273,23 +275,23 @@ class Keystile(Closing):
         """After the response: charge the real cost, or refund (status not counted, or None
         for an unhandled exception). Costs no I/O when the reservation was right."""
         meter = None if principal is None else principal.meter
-        if meter is not None:
-            call = self.admission.settle_call(meter, status_code)
-            if call is not None:
-                try:
-                    self.redis.settle(call[1], call[2])  # type: ignore[union-attr]
-                except BackendError:
-                    self.admission.settle_failed(*call)
+        call = None if meter is None else self.admission.settle_call(meter, status_code)
+        if call is not None:
+            try:
+                self.redis.settle(call[1], call[2])  # type: ignore[union-attr]
+            except BackendError:
+                self.admission.settle_failed(*call)
 
-    async def settle_async(self, principal: Principal | None, status_code: int | None) -> None:
+    def settle_async(self, principal: Principal | None, status_code: int | None) -> Awaitable[None]:
         meter = None if principal is None else principal.meter
-        if meter is not None:
-            call = self.admission.settle_call(meter, status_code)
-            if call is not None:
-                try:
-                    await self.redis.settle_async(call[1], call[2])  # type: ignore[union-attr]
-                except BackendError:
-                    self.admission.settle_failed(*call)
+        call = None if meter is None else self.admission.settle_call(meter, status_code)
+        return DONE if call is None else self._settle_async(call)  # (most: no call, no coroutine)
+
+    async def _settle_async(self, call: tuple[Any, ...]) -> None:
+        try:
+            await self.redis.settle_async(call[1], call[2])  # type: ignore[union-attr]
+        except BackendError:
+            self.admission.settle_failed(*call)
 
     def reserve(self, principal: Principal, pages: int) -> None:
         """Raise the request's reservation to a route's declared cost (BILLING_001 if over)."""
