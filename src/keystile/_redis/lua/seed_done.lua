@@ -1,6 +1,6 @@
 -- Ends a run that seeded the key-id set from the store. Marks the set seeded (and gives it a
 -- lifetime, after which it is seeded anew) only if the lock is still this run's: otherwise
--- Redis lost it (FLUSHALL, eviction, expiry) after the store was read, and the set may miss
+-- Redis lost it (flushed, evicted or expired) after the store was read, and the set may miss
 -- an id added meanwhile.
 -- KEYS[1] the key-id set   KEYS[2] the seeding lock
 -- ARGV: the lock's token, the "seeded" marker member, '1' to mark it seeded (else only let
