@@ -266,7 +266,8 @@ class UsageBuffer:
     """Charges not yet written to the store, summed per key and period."""
 
     def __init__(self) -> None:
-        #: Also the lock of the counters without Redis, which add to the buffer as they count.
+        #: Also the lock of the counters without Redis and of fast mode's leases, which add to
+        #: the buffer as they count.
         self.lock = threading.Lock()
         self._pending: dict[tuple[str, str, str, str], list[int]] = {}
 
