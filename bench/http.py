@@ -41,6 +41,8 @@ fastapi (uvicorn)
     bare                 an async route returning {"ok": true}
     keystile-middleware  KeystileMiddleware (Redis, strict); the route ignores the principal
     keystile-depends     the same, and the route takes Depends(get_principal)
+    noop-depends         the middleware, and Depends of an async def that only returns:
+                         FastAPI's own cost of one dependency, keystile-depends' ceiling
     safe-api-keys        the safe-api-keys package: APIKeyAuth + AsyncKeyManager on its
                          SQLiteStore, Depends(auth.scopes(...)), key sent as X-API-Key
 flask (gunicorn -w 1, sync)
@@ -404,10 +406,13 @@ def all_stacks() -> tuple[Stack, ...]:
                 Case("bare", "bare", no_auth),
                 Case("keystile-middleware", "keystile-middleware", strict, needs_redis=True),
                 Case("keystile-depends", "keystile-depends", strict, needs_redis=True),
+                Case("noop-depends", "noop-depends", strict, needs_redis=True),
                 Case("safe-api-keys", "safe-api-keys", safe_api_keys_case, ("safe_api_keys",)),
             ),
             pairs=(
                 ("keystile-depends", "keystile-middleware"),
+                ("noop-depends", "keystile-middleware"),
+                ("keystile-depends", "noop-depends"),
                 ("keystile-middleware", "safe-api-keys"),
             ),
         ),

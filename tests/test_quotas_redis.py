@@ -471,6 +471,29 @@ def test_usage_report_reads_the_live_counter(engines: Engines) -> None:
     assert b.quotas.usage(ACCOUNT) == report  # no double count once it is stored
 
 
+def test_each_counter_of_a_charge_moves_on_its_own(
+    engines: Engines, redis_client: redis.Redis
+) -> None:
+    """One write sets every field a charge moves: each must go up by its own amount."""
+    a, b = engines(2, monthly_page_limit=100)
+    first, second = new_key(a), new_key(a)
+    kid1, kid2 = first.split("_")[2], second.split("_")[2]
+    hit(a, first, charge=5)
+    hit(b, first)
+    for _ in range(3):
+        hit(b, second, charge=2)
+    live = counter(redis_client, a)
+    assert (live["pages"], live["requests"]) == (12, 5)
+    assert (live[f"k:{kid1}:pages"], live[f"k:{kid1}:requests"]) == (6, 2)
+    assert (live[f"k:{kid2}:pages"], live[f"k:{kid2}:requests"]) == (6, 3)
+    assert sum(v for k, v in live.items() if k.startswith("p:")) == 12  # not yet in the store
+    report = a.quotas.usage(ACCOUNT)
+    assert (report.pages, report.requests, report.remaining) == (12, 5, 88)
+    assert sorted((k.key_id, k.pages, k.requests) for k in report.keys) == sorted(
+        [("key_" + kid1, 6, 2), ("key_" + kid2, 6, 3)]
+    )
+
+
 def test_threshold_fires_exactly_at_its_fraction(engines: Engines) -> None:
     """The Lua meter compares in integers too: 55 of 100 pages is exactly 55%."""
     events: list[ThresholdEvent] = []

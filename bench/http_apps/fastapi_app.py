@@ -1,8 +1,12 @@
-"""FastAPI under uvicorn: ``bare``, ``keystile-middleware``, ``keystile-depends`` and
-``safe-api-keys``, all on the same ``async def`` route returning ``{"ok": true}``.
+"""FastAPI under uvicorn: ``bare``, ``keystile-middleware``, ``keystile-depends``,
+``noop-depends`` and ``safe-api-keys``, all on the same ``async def`` route returning
+``{"ok": true}``.
 
 - ``keystile-middleware``: keystile's middleware; the route does not ask for the principal.
 - ``keystile-depends``: the same, and the route takes ``Depends(get_principal)``.
+- ``noop-depends``: the middleware, and the route takes ``Depends`` of an ``async def``
+  that only returns (it takes the request, as ``get_principal`` does): what FastAPI's
+  solving of one dependency costs, whatever the dependency does.
 - ``safe-api-keys``: that package's ``APIKeyAuth`` dependency, as its FastAPI example shows
   (``AsyncKeyManager``, ``auth.install(app)``, ``Depends(auth.scopes(...))``), on its
   standard-library ``SQLiteStore`` (the bench issues the key into it before starting).
@@ -13,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.http_apps import case_settings, variant
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 
 SAFE_API_KEYS_SCOPE = "bench:read"
 
@@ -28,13 +32,23 @@ def bare_app() -> FastAPI:
     return app
 
 
-def keystile_app(with_depends: bool) -> FastAPI:
+async def nothing(request: Request) -> None:
+    return None
+
+
+def keystile_app(with_depends: bool, noop: bool = False) -> FastAPI:
     from keystile import Principal
     from keystile.fastapi import KeystileMiddleware, get_principal
 
     app = FastAPI()
     app.add_middleware(KeystileMiddleware, settings=case_settings())
-    if with_depends:
+    if noop:
+
+        @app.get("/")
+        async def root_with_noop(unused: None = Depends(nothing)) -> dict[str, bool]:
+            return {"ok": True}
+
+    elif with_depends:
 
         @app.get("/")
         async def root_with_principal(
@@ -75,6 +89,8 @@ def build_app(name: str) -> Any:
         return bare_app()
     if name in ("keystile-middleware", "keystile-depends"):
         return keystile_app(with_depends=name == "keystile-depends")
+    if name == "noop-depends":
+        return keystile_app(with_depends=False, noop=True)
     if name == "safe-api-keys":
         return safe_api_keys_app()
     raise RuntimeError(f"unknown fastapi variant {name!r}")

@@ -35,13 +35,8 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 -- One read for the count and every threshold mark. 'pages' is set whenever the hash exists
 -- (rebuilds write it), so a missing 'pages' is a missing hash.
-local fields, points = {'pages', 'gen'}, {}
-if lim and lim > 0 then
-  for t in string.gmatch(thresholds, '[^,]+') do
-    points[#points + 1] = t
-    fields[#fields + 1] = 'th:' .. t
-  end
-end
+local fields = {'pages', 'gen'}
+local points = threshold_marks(fields, lim, thresholds)
 local got = redis.call('HMGET', usage, unpack(fields))
 local pages, gen = tonumber(got[1]), got[2] or '0'
 

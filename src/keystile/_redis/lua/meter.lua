@@ -1,7 +1,8 @@
 -- One request's whole Redis step: is the key's cached state current, is it within its rate
 -- limits, is there quota left, charge it. Atomic, so concurrent requests can never admit more
--- than the limits. Eight commands on the warm path: MGET, HMGET, five HINCRBY, the SET of
--- once.lua's marker; with rate limits, TIME, and a GET and a SET for each.
+-- than the limits. Four commands on the warm path: MGET, HMGET, one HSET of every counter the
+-- charge moves, the SET of once.lua's marker; with rate limits, TIME, and a GET and a SET
+-- for each.
 --
 -- KEYS[1] usage hash of (account, period, environment)
 -- KEYS[2] the limit in force: '<pages>' or 'none', then ';<count>;<period s>' when the
@@ -53,11 +54,12 @@ if pages_text then
 end
 local lim = tonumber(limit)  -- nil: unlimited, still metered
 
-local marks = {}
-for t in string.gmatch(thresholds, '[^,]+') do table.insert(marks, t) end
-local key_pages = 'k:' .. kid .. ':pages'
-local fields = {'pages', key_pages, 'gen'}
-for _, t in ipairs(marks) do table.insert(fields, 'th:' .. t) end
+-- Every field the charge changes is read here and written back by one HSET: inside the
+-- script nothing runs in between, and one command costs less than five HINCRBY.
+local key_pages, key_requests = 'k:' .. kid .. ':pages', 'k:' .. kid .. ':requests'
+local pending = holder ~= '' and 'p:' .. holder or 'pages'
+local fields = {'pages', key_pages, 'gen', 'requests', key_requests, pending}
+local marks = threshold_marks(fields, lim, thresholds)
 
 local got = redis.call('HMGET', usage, unpack(fields))
 if not got[1] then
@@ -112,23 +114,24 @@ for _, r in ipairs(rates) do
     rated[#rated + 1] = v
   end
 end
-local after = redis.call('HINCRBY', usage, 'pages', cost)
-redis.call('HINCRBY', usage, key_pages, cost)
-if holder ~= '' then redis.call('HINCRBY', usage, 'p:' .. holder, cost) end
-if count_request then
-  redis.call('HINCRBY', usage, 'requests', 1)
-  redis.call('HINCRBY', usage, 'k:' .. kid .. ':requests', 1)
+local after = used + cost
+local writes = {'pages', after, key_pages, (tonumber(got[2]) or 0) + cost}
+if holder ~= '' then
+  writes[5], writes[6] = pending, (tonumber(got[6]) or 0) + cost
 end
-if use_idem then redis.call('SET', idem_key, '1', 'EX', idem_ttl) end
-
+if count_request then
+  local n = #writes
+  writes[n + 1], writes[n + 2] = 'requests', (tonumber(got[4]) or 0) + 1
+  writes[n + 3], writes[n + 4] = key_requests, (tonumber(got[5]) or 0) + 1
+end
 local crossed = {}
-if lim and lim > 0 then
-  for i, t in ipairs(marks) do
-    -- got[3 + i]: whether this period already announced the threshold (read above).
-    if not got[3 + i] and after * 10000 >= tonumber(t) * lim then
-      redis.call('HSET', usage, 'th:' .. t, 1)
-      table.insert(crossed, t)
-    end
+for i, t in ipairs(marks) do
+  -- got[6 + i]: whether this period already announced the threshold (read above).
+  if not got[6 + i] and after * 10000 >= tonumber(t) * lim then
+    writes[#writes + 1], writes[#writes + 2] = 'th:' .. t, 1
+    crossed[#crossed + 1] = t
   end
 end
+redis.call('HSET', usage, unpack(writes))
+if use_idem then redis.call('SET', idem_key, '1', 'EX', idem_ttl) end
 return once({'ok', after, lim or -1, table.concat(crossed, ','), got[3] or '0', unpack(rated)})

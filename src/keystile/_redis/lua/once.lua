@@ -25,3 +25,16 @@ local function limit_in_force(cached, limit_key, seed_limit, limit_ttl)
   return seed_limit
 end
 
+
+-- The thresholds ('8000,10000', in basis points) of a limit, each added to fields as its
+-- mark ('th:8000'), to read with the count: an unlimited account has none to announce.
+local function threshold_marks(fields, lim, thresholds)
+  local marks = {}
+  if lim and lim > 0 then
+    for t in string.gmatch(thresholds, '[^,]+') do
+      marks[#marks + 1] = t
+      fields[#fields + 1] = 'th:' .. t
+    end
+  end
+  return marks
+end
