@@ -19,8 +19,11 @@ All servers of a stack run at once; after a short warm-up each, the rounds inter
 (A B C A B C ...), one wrk at a time, and each round's ratio is the case's req/s divided by
 the stack's baseline req/s of that same round. Tables give medians over rounds (req/s, p50,
 p99), summed non-2xx/3xx responses and socket errors, the ratio's median, min and max, the
-requests each server answered, and how much its resident memory grew from the end of the
-warm-up to the end of the last round (master and workers together).
+CPU time (user + system) each server spent per request and the CPU ratio (the baseline's CPU
+per request over the case's, round by round: the req/s ratio of a server that never waited,
+for a core, which wrk and Redis share with it, nor for Redis's replies), the requests each server answered, and how
+much its resident memory grew from the end of the warm-up to the end of the last round
+(master and workers together).
 
 Cases (every app has one route, ``GET /``):
 
@@ -195,6 +198,10 @@ class WrkResult:
     requests: int
     non_2xx_3xx: int
     socket_errors: int
+    #: CPU time (user + system) the server's processes spent per request in this run, in µs:
+    #: unlike req/s, it leaves out the time the server waited for a core or for Redis (whose
+    #: own time is not in it).
+    server_cpu_us: float = float("nan")
 
 
 @dataclass
@@ -740,20 +747,46 @@ def start_servers(
     return ready
 
 
-def tree_rss_mib(pid: int) -> float:
-    """VmRSS of a process and its descendants (gunicorn's master and worker), in MiB."""
-    total_kib, todo = 0, [pid]
+def tree_proc_files(pid: int, name: str) -> list[str]:
+    """``/proc/<pid>/<name>`` of a process and of its descendants (gunicorn's master and
+    worker), those still running."""
+    texts, todo = [], [pid]
     while todo:
         current = todo.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text()
+            texts.append(Path(f"/proc/{current}/{name}").read_text())
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        total_kib += int(match.group(1)) if match else 0
         todo += [int(child) for child in children]
-    return total_kib / 1024
+    return texts
+
+
+def tree_rss_mib(pid: int) -> float:
+    """VmRSS of a process and its descendants, in MiB."""
+    found = (
+        re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
+        for text in tree_proc_files(pid, "status")
+    )
+    return sum(int(match.group(1)) for match in found if match) / 1024
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants so far, in seconds."""
+    ticks = 0
+    for stat in tree_proc_files(pid, "stat"):
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime: stat's fields 14 and 15
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(wrk: str, server: Server, options: Options) -> WrkResult:
+    """One wrk run, with the CPU time the server spent on it per request."""
+    before = tree_cpu_seconds(server.process.pid)
+    result = run_wrk(wrk, server, options.duration, options.connections)
+    spent = tree_cpu_seconds(server.process.pid) - before
+    per_request = spent / result.requests * 1e6 if result.requests else float("nan")
+    return replace(result, server_cpu_us=per_request)
 
 
 def run_rounds(wrk: str, servers: Sequence[Server], options: Options, report: StackReport) -> None:
@@ -762,11 +795,12 @@ def run_rounds(wrk: str, servers: Sequence[Server], options: Options, report: St
     warm = {server.case.name: tree_rss_mib(server.process.pid) for server in servers}
     for round_no in range(1, options.rounds + 1):
         for server in servers:
-            result = run_wrk(wrk, server, options.duration, options.connections)
+            result = run_measured(wrk, server, options)
             report.runs.setdefault(server.case.name, []).append(result)
             print(f"  {report.stack.name:<9} round {round_no}/{options.rounds} "
                   f"{server.case.name:<20} {result.requests_per_sec:>9.0f} req/s  "
                   f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+                  f"CPU {result.server_cpu_us:6.1f} µs/req  "
                   f"non-2xx {result.non_2xx_3xx}  socket errors {result.socket_errors}",
                   flush=True)  # fmt: skip
     for server in servers:
@@ -811,12 +845,22 @@ def per_round_ratios(
     return [a.requests_per_sec / b.requests_per_sec for a, b in pairs if b.requests_per_sec > 0]
 
 
+def per_round_cpu_ratios(
+    runs: Mapping[str, list[WrkResult]], numerator: str, denominator: str
+) -> list[float]:
+    """The denominator's CPU per request over the numerator's, round by round: the req/s
+    ratio of servers that never waited for anything but their own work."""
+    pairs = zip(runs.get(numerator, []), runs.get(denominator, []))
+    return [b.server_cpu_us / a.server_cpu_us for a, b in pairs if a.server_cpu_us > 0]
+
+
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
 TABLE_HEADERS = ("case", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors",
-                 "ratio (median)", "min", "max", "requests", "RSS MiB growth")  # fmt: skip
+                 "ratio (median)", "min", "max", "CPU µs/req", "CPU ratio (median)", "min", "max",
+                 "requests", "RSS MiB growth")  # fmt: skip
 
 
 def table_rows(report: StackReport) -> list[list[str]]:
@@ -827,6 +871,8 @@ def table_rows(report: StackReport) -> list[list[str]]:
             continue
         ratios = per_round_ratios(report.runs, case.name, report.stack.baseline)
         ratio_cells = [f"{value:.2f}" for value in spread(ratios)] if ratios else ["-"] * 3
+        cpu = per_round_cpu_ratios(report.runs, case.name, report.stack.baseline)
+        cpu_cells = [f"{value:.2f}" for value in spread(cpu)] if cpu else ["-"] * 3
         start, end = report.rss.get(case.name, (0.0, 0.0))
         rows.append([
             case.name,
@@ -836,6 +882,8 @@ def table_rows(report: StackReport) -> list[list[str]]:
             str(sum(r.non_2xx_3xx for r in runs)),
             str(sum(r.socket_errors for r in runs)),
             *ratio_cells,
+            f"{statistics.median(r.server_cpu_us for r in runs):.1f}",
+            *cpu_cells,
             str(sum(r.requests for r in runs)),
             f"{end - start:+.1f} ({start:.0f} to {end:.0f})",
         ])  # fmt: skip
@@ -848,8 +896,13 @@ def pair_lines(report: StackReport) -> list[str]:
         ratios = per_round_ratios(report.runs, numerator, denominator)
         if ratios:
             median, low, high = spread(ratios)
-            lines.append(f"{numerator} / {denominator} req/s per round: median {median:.2f} "
-                         f"(min {low:.2f}, max {high:.2f})")  # fmt: skip
+            line = (f"{numerator} / {denominator} req/s per round: median {median:.2f} "
+                    f"(min {low:.2f}, max {high:.2f})")  # fmt: skip
+            cpu = per_round_cpu_ratios(report.runs, numerator, denominator)
+            if cpu:
+                median, low, high = spread(cpu)
+                line += f"; by CPU per request {median:.2f} ({low:.2f}-{high:.2f})"
+            lines.append(line)
     return lines
 
 

@@ -7,7 +7,8 @@ Each scenario runs as a whole Python process under ``valgrind --tool=callgrind``
 Redis: the bare app, keystile with an unlimited key, keystile with a monthly limit. The
 difference of the two totals over ``high - low`` requests is the cost of one request, start-up
 and imports taken out; it repeats to about 0.2% from run to run. With ``--redis`` (a server
-the scenarios write under a throwaway prefix, deleted afterwards) ``strict`` and
+the scenarios write under a throwaway prefix each, whose keys this process deletes once the
+measured one has ended, so the deletion is not counted) ``strict`` and
 ``strict-limit`` run too: the same keys in strict mode, so one meter script call a request,
 whose instructions in this process (not the server's, nor the wait) are counted: the
 client's side of the round trip, which the machine's noise hides in timings. The ``wsgi-``
@@ -33,6 +34,7 @@ import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import uuid  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -40,6 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("bare", "unlimited", "limit")
 REDIS_SCENARIOS = ("floor", "strict", "strict-limit", "wsgi-bare", "wsgi-floor", "wsgi-strict")
 REDIS_ENV = "KEYSTILE_BENCH_INSTRUCTIONS_REDIS"
+#: The key prefix of one measured process: its keys are deleted by this one, after it (a
+#: strict request leaves its call's marker behind, and deleting a thousand of them in the
+#: measured process would count as its requests' cost).
+PREFIX_ENV = "KEYSTILE_BENCH_INSTRUCTIONS_PREFIX"
 WARMUP = 200
 
 
@@ -67,8 +73,7 @@ def child(kind: str, count: int) -> None:
         argon2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
         redis: dict[str, Any] = {}
         if kind.startswith("strict"):
-            prefix = f"ksinstr-{os.getpid()}"
-            redis = {"redis_url": os.environ[REDIS_ENV], "redis_prefix": prefix}
+            redis = {"redis_url": os.environ[REDIS_ENV], "redis_prefix": os.environ[PREFIX_ENV]}
             redis.update(secret="bench-secret-0123456789", consistency="strict")
         ks = Keystile({"store": "memory://", "argon2": argon2, **limit, **redis})
         token = ks.keys.create("acct_bench", "bench").token
@@ -97,12 +102,6 @@ def child(kind: str, count: int) -> None:
         raise SystemExit(f"{kind} answered {statuses[-1]}")
     if kind.startswith("strict"):
         ks.close()
-        import redis as redis_py
-
-        client = redis_py.Redis.from_url(os.environ[REDIS_ENV])
-        for key in client.scan_iter(match=f"{prefix}:*"):
-            client.unlink(key)
-        client.close()
 
 
 def wsgi_child(kind: str, count: int) -> None:
@@ -123,7 +122,7 @@ def wsgi_child(kind: str, count: int) -> None:
         "SERVER_NAME": "bench", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
         "HTTP_HOST": "bench", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http",
     }  # fmt: skip
-    url, prefix, ks = os.environ[REDIS_ENV], f"ksinstr-{os.getpid()}", None
+    url, prefix, ks = os.environ[REDIS_ENV], os.environ[PREFIX_ENV], None
     if kind == "wsgi-floor":
         client = redis_py.Redis.from_url(url, decode_responses=True)
         script = client.register_script("return redis.call('GET', KEYS[1])")
@@ -157,10 +156,6 @@ def wsgi_child(kind: str, count: int) -> None:
         raise SystemExit(f"{kind} answered {statuses[-1]}")
     if ks is not None:
         ks.close()
-        cleanup = redis_py.Redis.from_url(url)
-        for key in cleanup.scan_iter(match=f"{prefix}:*"):
-            cleanup.unlink(key)
-        cleanup.close()
 
 
 def _with_floor(app: Any, redis_url: str) -> Any:
@@ -170,7 +165,7 @@ def _with_floor(app: Any, redis_url: str) -> Any:
 
     client = aredis.Redis.from_url(redis_url, decode_responses=True)
     script = client.register_script("return redis.call('GET', KEYS[1])")
-    key = f"ksinstr-floor-{os.getpid()}"
+    key = f"{os.environ[PREFIX_ENV]}:floor"
 
     async def floor(scope: Any, receive: Any, send: Any) -> None:
         await script(keys=[key], args=[])
@@ -181,19 +176,36 @@ def _with_floor(app: Any, redis_url: str) -> Any:
 
 def count(src: Path, kind: str, requests: int, redis_url: str | None) -> int:
     """Instructions of one whole process."""
+    prefix = f"ksinstr-{uuid.uuid4().hex[:12]}"
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
+        env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0", PREFIX_ENV: prefix}
         if redis_url:
             env[REDIS_ENV] = redis_url
-        done = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
-             sys.executable, __file__, "--child", kind, str(requests)],
-            env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        try:
+            done = subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
+                 sys.executable, __file__, "--child", kind, str(requests)],
+                env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+        finally:
+            if redis_url:
+                delete_prefix(redis_url, prefix)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"valgrind failed for {kind}: {done.stderr[-1500:]}")
     return int(found.group(1))
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Every key a measured process wrote (its prefix's, all in hash tags after it)."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.unlink(key)
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> None:
