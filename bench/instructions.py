@@ -197,7 +197,8 @@ def count(src: Path, kind: str, requests: int, redis_url: str | None) -> int:
 
 
 def delete_prefix(redis_url: str, prefix: str) -> None:
-    """Every key a measured process wrote (its prefix's, all in hash tags after it)."""
+    """Delete every key a measured process wrote: keystile puts its hash tags after the
+    prefix, so one pattern finds them all."""
     import redis as redis_py
 
     client = redis_py.Redis.from_url(redis_url)

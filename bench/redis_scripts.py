@@ -34,8 +34,8 @@ import tempfile  # noqa: E402
 from typing import Any  # noqa: E402
 
 import redis  # noqa: E402
-from bench.http import private_redis  # noqa: E402
 
+from bench.http import private_redis  # noqa: E402
 from keystile import Keystile  # noqa: E402
 
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
