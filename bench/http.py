@@ -20,10 +20,10 @@ All servers of a stack run at once; after a short warm-up each, the rounds inter
 the stack's baseline req/s of that same round. Tables give medians over rounds (req/s, p50,
 p99), summed non-2xx/3xx responses and socket errors, the ratio's median, min and max, the
 CPU time (user + system) each server spent per request and the CPU ratio (the baseline's CPU
-per request over the case's, round by round: the req/s ratio of a server that never waited,
-for a core, which wrk and Redis share with it, nor for Redis's replies), the requests each server answered, and how
-much its resident memory grew from the end of the warm-up to the end of the last round
-(master and workers together).
+per request over the case's, round by round: the req/s ratio of servers that never waited
+for a core, which wrk and Redis share with them, nor for Redis's replies), the requests each
+server answered, and how much its resident memory grew from the end of the warm-up to the
+end of the last round (master and workers together).
 
 Cases (every app has one route, ``GET /``):
 
@@ -839,23 +839,24 @@ def report_server_log(stack: Stack, server: Server) -> None:
 
 
 def per_round_ratios(
-    runs: Mapping[str, list[WrkResult]], numerator: str, denominator: str
+    runs: Mapping[str, list[WrkResult]], numerator: str, denominator: str, *, cpu: bool = False
 ) -> list[float]:
+    """The numerator's req/s over the denominator's, round by round; ``cpu``: the
+    denominator's CPU per request over the numerator's instead (the req/s ratio of servers
+    that never waited for anything but their own work)."""
     pairs = zip(runs.get(numerator, []), runs.get(denominator, []))
+    if cpu:
+        return [b.server_cpu_us / a.server_cpu_us for a, b in pairs if a.server_cpu_us > 0]
     return [a.requests_per_sec / b.requests_per_sec for a, b in pairs if b.requests_per_sec > 0]
-
-
-def per_round_cpu_ratios(
-    runs: Mapping[str, list[WrkResult]], numerator: str, denominator: str
-) -> list[float]:
-    """The denominator's CPU per request over the numerator's, round by round: the req/s
-    ratio of servers that never waited for anything but their own work."""
-    pairs = zip(runs.get(numerator, []), runs.get(denominator, []))
-    return [b.server_cpu_us / a.server_cpu_us for a, b in pairs if a.server_cpu_us > 0]
 
 
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
+
+
+def spread_cells(values: Sequence[float]) -> list[str]:
+    """Median, min and max as table cells ("-" when there is nothing to show)."""
+    return [f"{value:.2f}" for value in spread(values)] if values else ["-"] * 3
 
 
 TABLE_HEADERS = ("case", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors",
@@ -869,10 +870,9 @@ def table_rows(report: StackReport) -> list[list[str]]:
         runs = report.runs.get(case.name)
         if not runs:
             continue
-        ratios = per_round_ratios(report.runs, case.name, report.stack.baseline)
-        ratio_cells = [f"{value:.2f}" for value in spread(ratios)] if ratios else ["-"] * 3
-        cpu = per_round_cpu_ratios(report.runs, case.name, report.stack.baseline)
-        cpu_cells = [f"{value:.2f}" for value in spread(cpu)] if cpu else ["-"] * 3
+        baseline = report.stack.baseline
+        ratio_cells = spread_cells(per_round_ratios(report.runs, case.name, baseline))
+        cpu_cells = spread_cells(per_round_ratios(report.runs, case.name, baseline, cpu=True))
         start, end = report.rss.get(case.name, (0.0, 0.0))
         rows.append([
             case.name,
@@ -898,7 +898,7 @@ def pair_lines(report: StackReport) -> list[str]:
             median, low, high = spread(ratios)
             line = (f"{numerator} / {denominator} req/s per round: median {median:.2f} "
                     f"(min {low:.2f}, max {high:.2f})")  # fmt: skip
-            cpu = per_round_cpu_ratios(report.runs, numerator, denominator)
+            cpu = per_round_ratios(report.runs, numerator, denominator, cpu=True)
             if cpu:
                 median, low, high = spread(cpu)
                 line += f"; by CPU per request {median:.2f} ({low:.2f}-{high:.2f})"
