@@ -12,7 +12,13 @@ naive Redis check costs; a last table gives each strict request with a valid key
 trip too) over the floor of its round, and over the floor and the bare app (the floor runs
 no app: this is keystile's own cost, as "over bare" is above). What the script costs the
 server is bench/redis_scripts.py's to show. Every keystile request is metered; "limit" scenarios
-also enforce a monthly page limit.
+also enforce a monthly page limit. "least key check" is a reference, not keystile: a middleware
+that scans the headers once, looks the token up in a dict and attaches a principal.
+
+``--interlude server`` runs, untimed, before every timed request, what a server does around
+one: a request parsed and a response written with h11, both sent over a socketpair and
+polled for. ``--interlude evict`` also walks about 5 MB of memory. A tight loop keeps the
+warm path's code and data in the CPU's caches; a live server does not (README, Performance).
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ from keystile.starlette import KeystileMiddleware  # noqa: E402
 
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
 Runner = Callable[[int], Awaitable[float]]
+Interlude = Callable[[], None] | None
 FLOOR = "redis: one bare script round trip (floor)"
+LEAST = "least key check (reference)"
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -57,6 +65,77 @@ def make_app(keystile: Keystile | None) -> Any:
     if keystile is not None:
         app.add_middleware(KeystileMiddleware, keystile=keystile)
     return app
+
+
+class LeastKeyCheck:
+    """The least a key check does: one header scan, one dict lookup, a principal attached."""
+
+    def __init__(self, app: Any, principals: dict[bytes, object]) -> None:
+        self.app, self.principals = app, principals
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        principal = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                principal = self.principals.get(value)
+                break
+        if principal is None:
+            raise RuntimeError("the reference check found no principal")
+        scope["state"] = {"principal": principal}
+        await self.app(scope, receive, send)
+
+
+def interlude_for(kind: str) -> Interlude:
+    """What runs, untimed, before each timed request (see the module's docstring)."""
+    if kind == "none":
+        return None
+    import selectors
+    import socket
+
+    import h11
+
+    client, server = socket.socketpair()
+    poll = selectors.DefaultSelector()
+    poll.register(server, selectors.EVENT_READ)
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nAuthorization: Bearer sk_x\r\n\r\n"
+    reply = h11.Response(status_code=200, headers=[("content-length", "2")])
+
+    def serve() -> None:
+        client.send(request)
+        poll.select(0)
+        connection = h11.Connection(h11.SERVER)
+        connection.receive_data(server.recv(65536))
+        connection.next_event()
+        connection.next_event()
+        out = connection.send(reply) + connection.send(h11.Data(data=b"ok"))
+        server.send(out + connection.send(h11.EndOfMessage()))
+        client.recv(65536)
+
+    if kind == "server":
+        return serve
+    memory = list(range(300_000))  # ints and their pointers: about 5 MB a walk touches
+
+    def evict() -> None:
+        serve()
+        sum(memory[::8])
+
+    return evict
+
+
+async def timed(count: int, call: Callable[[], Awaitable[Any]], interlude: Interlude) -> float:
+    """µs per call over ``count`` calls; with an interlude, only the calls are timed."""
+    if interlude is None:
+        start = time.perf_counter()
+        for _ in range(count):
+            await call()
+        return (time.perf_counter() - start) / count * 1e6
+    total = 0.0
+    for _ in range(count):
+        interlude()
+        start = time.perf_counter()
+        await call()
+        total += time.perf_counter() - start
+    return total / count * 1e6
 
 
 def scope_for(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -76,7 +155,9 @@ def scope_for(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
     }
 
 
-async def app_runner(app: Any, headers: list[tuple[bytes, bytes]], expect: int) -> Runner:
+async def app_runner(
+    app: Any, headers: list[tuple[bytes, bytes]], expect: int, interlude: Interlude
+) -> Runner:
     """Warms the app up, checks the status it answers, and returns a timed runner."""
     scope = scope_for(headers)
     statuses: list[int] = []
@@ -94,15 +175,14 @@ async def app_runner(app: Any, headers: list[tuple[bytes, bytes]], expect: int) 
         raise SystemExit(f"scenario answered {statuses[-1]}, expected {expect}")
 
     async def run(count: int) -> float:
-        start = time.perf_counter()
-        for _ in range(count):
-            await app(dict(scope), receive, send)
-        return (time.perf_counter() - start) / count * 1e6
+        return await timed(count, lambda: app(dict(scope), receive, send), interlude)
 
     return run
 
 
-async def floor_runner(redis_url: str) -> tuple[Runner, Callable[[], Awaitable[None]]]:
+async def floor_runner(
+    redis_url: str, interlude: Interlude
+) -> tuple[Runner, Callable[[], Awaitable[None]]]:
     """One EVALSHA with redis-py's asyncio client: what a naive Redis check costs."""
     import redis.asyncio as aredis
 
@@ -113,10 +193,7 @@ async def floor_runner(redis_url: str) -> tuple[Runner, Callable[[], Awaitable[N
         await script(keys=[key], args=[])
 
     async def run(count: int) -> float:
-        start = time.perf_counter()
-        for _ in range(count):
-            await script(keys=[key], args=[])
-        return (time.perf_counter() - start) / count * 1e6
+        return await timed(count, lambda: script(keys=[key], args=[]), interlude)
 
     return run, client.aclose
 
@@ -136,13 +213,19 @@ def engine_for(extra: dict[str, Any]) -> Keystile | None:
         return None
 
 
-async def build(redis_url: str | None, prefix: str) -> tuple[list[tuple[str, Runner]], list[Any]]:
-    bare = await app_runner(make_app(None), [], 200)
+async def build(
+    redis_url: str | None, prefix: str, interlude: Interlude
+) -> tuple[list[tuple[str, Runner]], list[Any]]:
+    bare = await app_runner(make_app(None), [], 200, interlude)
     runners: list[tuple[str, Runner]] = [("bare app", bare)]
+    least_header = (b"authorization", b"Bearer sk_live_reference")
+    least = Starlette(routes=[Route("/", hello)])  # where keystile's middleware goes, too
+    least.add_middleware(LeastKeyCheck, principals={least_header[1]: object()})
+    runners.append((LEAST, await app_runner(least, [least_header], 200, interlude)))
     closers: list[Any] = []
     configs: list[tuple[str, dict[str, Any]]] = [("in-process", {})]
     if redis_url:
-        floor, close = await floor_runner(redis_url)
+        floor, close = await floor_runner(redis_url, interlude)
         runners.append((FLOOR, floor))
         closers.append(close)
         shared = {"redis_url": redis_url, "secret": "bench-secret-0123456789", "redis_prefix": prefix}
@@ -167,7 +250,7 @@ async def build(redis_url: str | None, prefix: str) -> tuple[list[tuple[str, Run
                     ("unknown key id", [(b"x-api-key", stranger.encode())], 401),
                 ]
             for name, headers, status in cases:
-                runner = await app_runner(app, headers, status)
+                runner = await app_runner(app, headers, status, interlude)
                 runners.append((f"{label:10} {limit_label:9} {name}", runner))
     return runners, closers
 
@@ -176,10 +259,11 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):8.1f} {min(values):8.1f} {max(values):8.1f}"
 
 
-async def bench(redis_url: str | None, count: int, rounds: int) -> None:
+async def bench(redis_url: str | None, count: int, rounds: int, interlude: str) -> None:
     prefix = f"ksbench-{uuid.uuid4().hex[:8]}"
     print(f"load average at start: {os.getloadavg()}")
-    runners, closers = await build(redis_url, prefix)
+    print(f"interlude before each request: {interlude}")
+    runners, closers = await build(redis_url, prefix, interlude_for(interlude))
     samples: dict[str, list[float]] = {name: [] for name, _ in runners}
     over: dict[str, list[float]] = {name: [] for name, _ in runners}
     over_floor: dict[str, list[float]] = {}  # strict, valid key: one round trip, as the floor
@@ -227,8 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=20_000, help="per scenario and round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--redis", default=os.environ.get("KEYSTILE_BENCH_REDIS_URL"))
+    parser.add_argument(
+        "--interlude", choices=("none", "server", "evict"), default="none",
+        help="untimed work before each request (module docstring)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    asyncio.run(bench(args.redis, args.requests, args.rounds))
+    asyncio.run(bench(args.redis, args.requests, args.rounds, args.interlude))
 
 
 if __name__ == "__main__":
