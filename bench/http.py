@@ -846,7 +846,9 @@ def per_round_ratios(
     that never waited for anything but their own work)."""
     pairs = zip(runs.get(numerator, []), runs.get(denominator, []))
     if cpu:
-        return [b.server_cpu_us / a.server_cpu_us for a, b in pairs if a.server_cpu_us > 0]
+        # > 0 is False for NaN too: a run that answered nothing has no CPU per request.
+        return [b.server_cpu_us / a.server_cpu_us for a, b in pairs
+                if a.server_cpu_us > 0 and b.server_cpu_us > 0]  # fmt: skip
     return [a.requests_per_sec / b.requests_per_sec for a, b in pairs if b.requests_per_sec > 0]
 
 
