@@ -30,6 +30,7 @@ from pathlib import Path
 _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # bench.http_apps
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
@@ -40,6 +41,7 @@ import uuid  # noqa: E402
 from collections.abc import Awaitable, Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
+from bench.http_apps.starlette_app import LeastKeyCheck  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
@@ -65,24 +67,6 @@ def make_app(keystile: Keystile | None) -> Any:
     if keystile is not None:
         app.add_middleware(KeystileMiddleware, keystile=keystile)
     return app
-
-
-class LeastKeyCheck:
-    """The least a key check does: one header scan, one dict lookup, a principal attached."""
-
-    def __init__(self, app: Any, principals: dict[bytes, object]) -> None:
-        self.app, self.principals = app, principals
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        principal = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                principal = self.principals.get(value)
-                break
-        if principal is None:
-            raise RuntimeError("the reference check found no principal")
-        scope["state"] = {"principal": principal}
-        await self.app(scope, receive, send)
 
 
 def interlude_for(kind: str) -> Interlude:

@@ -29,6 +29,9 @@ Cases (every app has one route, ``GET /``):
 
 starlette (uvicorn)
     bare               no middleware; a PlainTextResponse "ok"
+    least-key-check    a pure-ASGI middleware doing the least a key check does: one scan of
+                       the headers for Authorization, one dict lookup, a principal attached
+                       to the scope's state: the ceiling of any check over HTTP
     naive-redis-get    a pure-ASGI middleware doing one redis.asyncio GET of a fixed key per
                        request (one module-level client, BlockingConnectionPool(64)): the
                        floor any Redis-backed check pays, and the baseline to beat
@@ -44,6 +47,8 @@ fastapi (uvicorn)
     bare                 an async route returning {"ok": true}
     keystile-middleware  KeystileMiddleware (Redis, strict); the route ignores the principal
     keystile-depends     the same, and the route takes Depends(get_principal)
+    keystile-request     the same, and the route takes request: Request and reads
+                         principal_of(request): no dependency for FastAPI to solve
     noop-depends         the middleware, and Depends of an async def that only returns:
                          FastAPI's own cost of one dependency, keystile-depends' ceiling
     safe-api-keys        the safe-api-keys package: APIKeyAuth + AsyncKeyManager on its
@@ -295,6 +300,13 @@ def keystile_case(mode: str, rate_limit: str | None = None) -> Preparer:
     return prepare
 
 
+def least_key_check_case(env: BenchEnv) -> Prepared:
+    """A keystile token, sent as keystile's cases send it, that the app only looks up."""
+    token = create_keystile_token(keystile_settings(env, "no-redis"))
+    header = f"Bearer {token}"
+    return Prepared(settings={"authorization": header}, headers=(f"Authorization: {header}",))
+
+
 def no_auth(env: BenchEnv) -> Prepared:
     return Prepared()
 
@@ -391,6 +403,7 @@ def all_stacks() -> tuple[Stack, ...]:
             baseline="bare",
             cases=(
                 Case("bare", "bare", no_auth),
+                Case("least-key-check", "least-key-check", least_key_check_case),
                 Case("naive-redis-get", "naive-redis-get", no_auth, needs_redis=True),
                 Case("keystile-strict", "keystile", strict, needs_redis=True),
                 Case("keystile-fast", "keystile", fast, needs_redis=True, needs_consistency=True),
@@ -413,11 +426,13 @@ def all_stacks() -> tuple[Stack, ...]:
                 Case("bare", "bare", no_auth),
                 Case("keystile-middleware", "keystile-middleware", strict, needs_redis=True),
                 Case("keystile-depends", "keystile-depends", strict, needs_redis=True),
+                Case("keystile-request", "keystile-request", strict, needs_redis=True),
                 Case("noop-depends", "noop-depends", strict, needs_redis=True),
                 Case("safe-api-keys", "safe-api-keys", safe_api_keys_case, ("safe_api_keys",)),
             ),
             pairs=(
                 ("keystile-depends", "keystile-middleware"),
+                ("keystile-request", "keystile-middleware"),
                 ("noop-depends", "keystile-middleware"),
                 ("keystile-depends", "noop-depends"),
                 ("keystile-middleware", "safe-api-keys"),

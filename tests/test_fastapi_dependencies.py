@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
-from keystile import Keystile, Principal
-from keystile.fastapi import KeystileMiddleware, cost, get_principal, require
+from keystile import AuthError, Keystile, Principal
+from keystile.fastapi import KeystileMiddleware, cost, get_principal, principal_of, require
 
 
 def build_app(ks: Keystile) -> FastAPI:
@@ -67,4 +67,32 @@ def test_no_dependency_runs_in_a_worker_thread(
         other = ks.keys.create("acct-1", "no perms").token
         refused = client.get("/jobs", headers={"authorization": f"Bearer {other}"})
         assert refused.status_code == 403
+    assert counted_threads == []
+
+
+def test_principal_of_reads_the_principal_without_a_dependency(
+    make_keystile: Callable[..., Keystile], counted_threads: list[Any]
+) -> None:
+    ks = make_keystile(monthly_page_limit=100, exempt_paths=["/open"])
+    key = ks.keys.create("acct-1", "k")
+    app = FastAPI()
+    app.add_middleware(KeystileMiddleware, keystile=ks)
+    seen: list[Any] = []
+
+    @app.get("/me")
+    @app.get("/open")
+    async def me(request: Request) -> dict[str, Any]:
+        try:
+            principal = principal_of(request)
+        except AuthError as error:  # an exempt path: no principal, as get_principal says
+            seen.append(error.spec.code)
+            return {"key_id": None}
+        return {"key_id": principal.key_id, "used": principal.quota.used}  # type: ignore[union-attr]
+
+    with TestClient(app) as client:
+        answer = client.get("/me", headers={"authorization": f"Bearer {key.token}"})
+        assert answer.json() == {"key_id": key.key_id, "used": 1}
+        assert client.get("/me").json()["error"]["code"] == "AUTH_001"
+        assert client.get("/open").json() == {"key_id": None}
+    assert seen == ["AUTH_001"]
     assert counted_threads == []

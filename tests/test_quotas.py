@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from keystile import AuthError, InvalidInput, Keystile, Principal
-from keystile._core.admission import RequestInfo
 from keystile._core.errors import QUOTA_EXCEEDED
 from keystile._core.metering import ThresholdEvent
 from keystile._core.tokens import KEY_ID_PREFIX
+from keystile._core.warmpath import RequestInfo
 
 from .conftest import Clock
 

@@ -1,9 +1,11 @@
 """FastAPI under uvicorn: ``bare``, ``keystile-middleware``, ``keystile-depends``,
-``noop-depends`` and ``safe-api-keys``, all on the same ``async def`` route returning
+``keystile-request``, ``noop-depends`` and ``safe-api-keys``, all on the same ``async def`` route returning
 ``{"ok": true}``.
 
 - ``keystile-middleware``: keystile's middleware; the route does not ask for the principal.
 - ``keystile-depends``: the same, and the route takes ``Depends(get_principal)``.
+- ``keystile-request``: the same, and the route takes ``request: Request`` and reads
+  ``principal_of(request)``: the principal without a dependency for FastAPI to solve.
 - ``noop-depends``: the middleware, and the route takes ``Depends`` of an ``async def``
   that only returns (it takes the request, as ``get_principal`` does): what FastAPI's
   solving of one dependency costs, whatever the dependency does.
@@ -36,13 +38,20 @@ async def nothing(request: Request) -> None:
     return None
 
 
-def keystile_app(with_depends: bool, noop: bool = False) -> FastAPI:
+def keystile_app(with_depends: bool, noop: bool = False, request: bool = False) -> FastAPI:
     from keystile import Principal
-    from keystile.fastapi import KeystileMiddleware, get_principal
+    from keystile.fastapi import KeystileMiddleware, get_principal, principal_of
 
     app = FastAPI()
     app.add_middleware(KeystileMiddleware, settings=case_settings())
-    if noop:
+    if request:
+
+        @app.get("/")
+        async def root_with_request(request: Request) -> dict[str, bool]:
+            principal_of(request)
+            return {"ok": True}
+
+    elif noop:
 
         @app.get("/")
         async def root_with_noop(unused: None = Depends(nothing)) -> dict[str, bool]:
@@ -89,6 +98,8 @@ def build_app(name: str) -> Any:
         return bare_app()
     if name in ("keystile-middleware", "keystile-depends"):
         return keystile_app(with_depends=name == "keystile-depends")
+    if name == "keystile-request":
+        return keystile_app(with_depends=False, request=True)
     if name == "noop-depends":
         return keystile_app(with_depends=False, noop=True)
     if name == "safe-api-keys":

@@ -1,5 +1,7 @@
-"""Starlette under uvicorn: ``bare``, ``naive-redis-get`` and ``keystile`` (settings from env).
+"""Starlette under uvicorn: ``bare``, ``least-key-check``, ``naive-redis-get`` and ``keystile``
+(settings from env).
 
+``least-key-check`` is the least a key check can cost: one header scan and one dict lookup.
 ``naive-redis-get`` is the floor any Redis-backed auth has to pay: a pure-ASGI middleware
 doing one ``GET`` of a fixed key per request on one module-level ``redis.asyncio`` client,
 then calling the app. It checks nothing.
@@ -37,6 +39,28 @@ class NaiveRedisGet:
         await self.app(scope, receive, send)
 
 
+class LeastKeyCheck:
+    """The least a key check does: one header scan, one dict lookup, a principal attached."""
+
+    def __init__(self, app: ASGIApp, principals: dict[bytes, object]) -> None:
+        self.app = app
+        self.principals = principals
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            principal = None
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    principal = self.principals.get(value)
+                    break
+            if principal is None:
+                await send({"type": "http.response.start", "status": 401, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            scope["state"] = {**scope.get("state", {}), "principal": principal}
+        await self.app(scope, receive, send)
+
+
 def naive_client() -> Redis:
     pool = BlockingConnectionPool.from_url(redis_url(), max_connections=64)
     return Redis(connection_pool=pool)
@@ -46,6 +70,9 @@ def build_app(name: str) -> Starlette:
     app = Starlette(routes=[Route("/", hello)])
     if name == "naive-redis-get":
         app.add_middleware(NaiveRedisGet, client=NAIVE_CLIENT)
+    elif name == "least-key-check":
+        header = case_settings()["authorization"].encode("latin-1")
+        app.add_middleware(LeastKeyCheck, principals={header: object()})
     elif name == "keystile":
         from keystile.starlette import KeystileMiddleware
 

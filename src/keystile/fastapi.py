@@ -9,6 +9,7 @@ its result, so a request costs the same whether or not a route asks for the prin
     def jobs(principal: Principal = Depends(require("readJobs"))): ...
 
     document(app)  # optional: 401/403/429, permissions and x-api-key + x-api-secret in the docs
+A route taking ``request: Request`` and calling :func:`principal_of` skips FastAPI's solving.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from keystile import Principal
 from keystile._core.principal import check_permissions
 from keystile._http import guards, openapidoc
-from keystile._http.guards import principal_of
+from keystile._http.guards import principal_of as principal_of
 from keystile.starlette import KeystileMiddleware
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "document",
     "document_key_pair",
     "get_principal",
+    "principal_of",
     "require",
 ]
 

@@ -1,13 +1,10 @@
 """Starlette (and any ASGI app): :class:`KeystileMiddleware` and :func:`requires`.
 
-Pure ASGI. Lifespan and exempt paths pass straight through; HTTP requests and WebSocket
-handshakes are authenticated, and the principal lands in ``scope["state"]["principal"]``,
-which Starlette shows as ``request.state.principal``. What happens to the request (its
-settlement, a refusal raised inside the app) is :mod:`keystile._http.exchange`'s.
-
-Starlette's ``request.user`` is a :class:`KeyUser` and ``request.auth`` the key's permissions,
-so ``starlette.authentication.requires`` works too; a user that a middleware in front (an
-``AuthenticationMiddleware``) authenticated is left alone.
+Pure ASGI. Lifespan and exempt paths pass through; HTTP requests and WebSocket handshakes
+are authenticated, the principal in ``scope["state"]["principal"]`` (``request.state``). The
+request's settlement and refusals raised in the app are :mod:`keystile._http.exchange`'s.
+``request.user`` is a :class:`KeyUser`, ``request.auth`` the key's permissions (for
+``starlette.authentication.requires``), unless a middleware in front authenticated a user.
 """
 
 from __future__ import annotations
@@ -85,7 +82,10 @@ class KeystileMiddleware(WrapsApp[ASGIApp]):
         if engine.is_exempt(scope["path"]):
             if "user" not in scope:
                 scope["user"], scope["auth"] = _NOBODY
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            except AuthError as error:  # the app asked for a principal where no key is checked
+                await send_error(scope, send, error)
             return
         exchange = ASGIExchange(engine, send, receive)
         try:

@@ -102,7 +102,11 @@ class KeystileMiddleware(WrapsApp[WSGIApp]):
         engine = self.keystile
         path = request_path(environ)
         if engine.is_exempt(path):
-            return self.app(environ, start_response)
+            try:
+                return self.app(environ, start_response)
+            except AuthError as error:  # the app asked for a principal where no key is checked
+                exc_info = (type(error), error, error.__traceback__)
+                return error_response(environ, start_response, error, exc_info)
         exchange = _WSGIExchange(engine, start_response)
         try:
             headers, extra = environ_request(environ)

@@ -10,6 +10,8 @@ carry ``exempt_paths=EXEMPT_PATHS``) and returns a :class:`Harness` serving:
 ``GET /write``     the same, once the key holds permission ``write``
 ``GET /health``    exempt: 200 ``{"ok": true, "principal": <bool: did the route get one>}``
 ``GET /public/x``  exempt (by the ``/public/*`` prefix): same body as /health
+``GET /public/principal``  exempt, and reads the principal as ``/whoami`` does: none is there,
+                   so the stack's way of reading it refuses (401 AUTH_001)
 =================  ==========================================================================
 
 and, for the settlement tests (``test_settlement.py``), the quota routes: ``/`` (the
@@ -137,6 +139,7 @@ def build_starlette_app(ks: Keystile) -> Any:
         Route("/write", write),
         Route("/health", exempt),
         Route("/public/x", exempt),
+        Route("/public/principal", whoami),
         *starlette_quota_routes(),
     ]
     return Starlette(routes=routes, middleware=[Middleware(KeystileMiddleware, keystile=ks)])
@@ -248,6 +251,12 @@ def build_fastapi_app(ks: Keystile) -> Any:
     @app.get("/public/x")
     async def public(request: Request) -> dict[str, Any]:
         return _exempt_body(request.state)
+
+    @app.get("/public/principal")
+    async def public_principal(
+        principal: Annotated[Principal, Depends(get_principal)],
+    ) -> dict[str, Any]:
+        return principal_fields(principal)
 
     Current = Annotated[Principal, Depends(get_principal)]
 

@@ -136,6 +136,7 @@ def build_wsgi_app(ks: Keystile) -> Any:
         "/write": requires("write")(whoami),
         "/health": exempt,
         "/public/x": exempt,
+        "/public/principal": whoami,
         **wsgi_quota_routes(),
     }
 
@@ -160,7 +161,7 @@ def build_flask_app(ks: Keystile) -> Any:
     from flask import Flask, g, request
 
     from keystile.flask import Keystile as FlaskKeystile
-    from keystile.flask import requires
+    from keystile.flask import current_principal, requires
 
     app = Flask("keystile_harness")
     FlaskKeystile(app, keystile=ks)
@@ -187,6 +188,10 @@ def build_flask_app(ks: Keystile) -> Any:
     @app.get("/public/x")
     def public() -> dict[str, Any]:
         return _exempt_body(request.state)  # type: ignore[attr-defined]
+
+    @app.get("/public/principal")
+    def public_principal() -> dict[str, Any]:
+        return principal_fields(current_principal())
 
     return app
 

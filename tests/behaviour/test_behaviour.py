@@ -525,6 +525,16 @@ def test_exempt_paths_pass_without_a_key_and_get_no_principal(
         assert (result.status, result.json) == (200, {"ok": True, "principal": False}), headers
 
 
+def test_a_route_that_reads_the_principal_on_an_exempt_path_is_refused(
+    client: Harness, ks: Keystile
+) -> None:
+    """No key is checked there, so there is no principal: the stack's way of reading it
+    answers keystile's 401, never a 500, whatever the request carries."""
+    key = new_key(ks)
+    for headers in (None, bearer(key.token), bearer("garbage")):
+        assert_refused(client.request("GET", "/public/principal", headers), "AUTH_001")
+
+
 def test_paths_near_an_exempt_one_are_not_exempt(client: Harness) -> None:
     for path in ("/healthz", "/health/x", "/public", "/publicx", "/HEALTH"):
         assert_refused(client.request("GET", path), "AUTH_001")

@@ -13,6 +13,7 @@ urlpatterns = [
     path("write", views.WriteView.as_view()),
     path("health", views.health),
     path("public/x", views.health),
+    path("public/principal", views.exempt_principal),
     path("", views.home),
     path("expensive", views.expensive),
     path("expensive-charged", views.expensive_charged),

@@ -12,6 +12,7 @@ urlpatterns = [
     path("write", views.WriteAsyncView.as_view()),
     path("health", views.health_async),
     path("public/x", views.health_async),
+    path("public/principal", views.exempt_principal_async),
     path("", views.home_async),
     path("expensive", views.expensive_async),
     path("expensive-charged", views.expensive_charged_async),

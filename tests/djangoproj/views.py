@@ -12,7 +12,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from keystile._core.principal import check_permissions
-from keystile.django import cost, requires
+from keystile.django import cost, principal_of, requires
 
 from ..behaviour.harness import principal_fields
 
@@ -41,6 +41,10 @@ class WriteView(View):
 
 def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse(exempt_body(request))
+
+
+def exempt_principal(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(principal_fields(principal_of(request)))
 
 
 def home(request: HttpRequest) -> JsonResponse:
@@ -135,6 +139,10 @@ class WriteAsyncView(View):
 
 async def health_async(request: HttpRequest) -> JsonResponse:
     return JsonResponse(exempt_body(request))
+
+
+async def exempt_principal_async(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(principal_fields(principal_of(request)))
 
 
 async def home_async(request: HttpRequest) -> JsonResponse:

@@ -14,6 +14,7 @@ urlpatterns = [
     path("write", views.Write.as_view()),
     path("health", views.Exempt.as_view()),
     path("public/x", views.Exempt.as_view()),
+    path("public/principal", views.WhoAmI.as_view()),
     path("", views.Home.as_view()),
     path("expensive", views.Expensive.as_view()),
     path("expensive-charged", views.ExpensiveCharged.as_view()),

@@ -24,13 +24,11 @@ class LocalCache(Generic[T]):
         self._negatives: OrderedDict[str, tuple[float, str, T]] = OrderedDict()
         self._groups: dict[str, set[str]] = {}
         self._lock = threading.Lock()
-        self._epoch = 0
-
-    @property
-    def epoch(self) -> int:
-        """Changes at every :meth:`drop_group`: read it before a store read, hand it to
-        :meth:`put`, and a value read before a key changed is not cached after the change."""
-        return self._epoch
+        #: Changes whenever an entry is dropped, replaced or cleared (not when one expires or
+        #: the bound pushes it out): read it before a store read, hand it to :meth:`put`, and
+        #: a value read before a key changed is not cached after the change. What is built
+        #: from entries (:mod:`keystile._core.warmtickets`) holds as long as it stays.
+        self.epoch = 0
 
     def get(self, key: str, now: float | None = None) -> T | None:
         """``now``: the cache's clock, read already by the caller (a request reads it once).
@@ -69,31 +67,41 @@ class LocalCache(Generic[T]):
         if self._size == 0 or ttl <= 0:
             return
         with self._lock:
-            if epoch is not None and epoch != self._epoch:
+            if epoch is not None and epoch != self.epoch:
                 return  # a key changed since the value was read: it may be this one
+            now = self._clock()
+            replaced = self._entries.get(key)
+            if replaced is not None and replaced[0] > now:  # a live verified value changed
+                self.epoch += 1
             self._remove(key, None)
             entries = self._negatives if negative else self._entries
-            entries[key] = (self._clock() + ttl, group, value)
+            entries[key] = (now + ttl, group, value)
             self._groups.setdefault(group, set()).add(key)
             while len(entries) > self._size:
                 # (popitem, not an iterator: a lock-free get may reorder the entries)
                 oldest, (_, oldest_group, _) = entries.popitem(last=False)
                 self._leave_group(oldest, oldest_group)
 
+    def expiry(self, key: str) -> float | None:
+        """When ``key``'s entry expires (the cache's clock), None when there is none."""
+        entry = self._entries.get(key) or self._negatives.get(key)
+        return None if entry is None else entry[0]
+
     def drop(self, key: str) -> None:
         with self._lock:
-            self._remove(key, None)
+            if self._remove(key, None):
+                self.epoch += 1
 
     def drop_group(self, group: str) -> None:
         with self._lock:
-            self._epoch += 1
+            self.epoch += 1
             for key in self._groups.pop(group, set()):
                 self._entries.pop(key, None)
                 self._negatives.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
-            self._epoch += 1  # a value read before the clear is not cached after it
+            self.epoch += 1  # a value read before the clear is not cached after it
             self._entries.clear()
             self._negatives.clear()
             self._groups.clear()
@@ -101,13 +109,15 @@ class LocalCache(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries) + len(self._negatives)
 
-    def _remove(self, key: str, group: str | None) -> None:
+    def _remove(self, key: str, group: str | None) -> bool:
+        """Whether ``key`` had an entry."""
         entry = self._entries.pop(key, None) or self._negatives.pop(key, None)
         if group is None:
             if entry is None:
-                return
+                return False
             group = entry[1]
         self._leave_group(key, group)
+        return entry is not None
 
     def _leave_group(self, key: str, group: str) -> None:
         members = self._groups.get(group)

@@ -15,7 +15,7 @@ as sent again, and its marker answers it when the first one ran, so nothing is c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -198,20 +198,20 @@ class RedisGateway:
     async def put_async(self, kid: str, digest: str, value: str, ttl: int) -> None:
         await self._run_async("put", "SET", self.keys.snapshot(kid, digest), value, "EX", ttl)
 
-    async def meter_async(self, keys: list[str], args: list[Any]) -> list[Any]:
-        reply: list[Any] = await self._script_async("meter", keys, args)
-        return reply
+    # The script calls of requests return _script_async's coroutine itself: a coroutine
+    # awaiting it would be one more frame to create and to resume at every reply.
 
-    async def lease_async(self, keys: list[str], args: list[Any]) -> list[Any]:
-        reply: list[Any] = await self._script_async("lease", keys, args)
-        return reply
+    def meter_async(self, keys: list[str], args: list[Any]) -> Coroutine[Any, Any, Any]:
+        return self._script_async("meter", keys, args)
 
-    async def rate_lease_async(self, keys: list[str], args: list[Any]) -> list[Any]:
-        reply: list[Any] = await self._script_async("rate_lease", keys, args)
-        return reply
+    def lease_async(self, keys: list[str], args: list[Any]) -> Coroutine[Any, Any, Any]:
+        return self._script_async("lease", keys, args)
 
-    async def settle_async(self, keys: list[str], args: list[Any]) -> None:
-        await self._script_async("settle", keys, args)
+    def rate_lease_async(self, keys: list[str], args: list[Any]) -> Coroutine[Any, Any, Any]:
+        return self._script_async("rate_lease", keys, args)
+
+    def settle_async(self, keys: list[str], args: list[Any]) -> Coroutine[Any, Any, Any]:
+        return self._script_async("settle", keys, args)
 
     async def _run_async(self, operation: str, *command: Any) -> Any:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -102,8 +102,8 @@ class _Script:
         self._client = client
         self._script = LuaScript(source)
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._client.evalsha(self._script, keys, args)
+    def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
+        return self._client.evalsha(self._script, keys, args)  # its coroutine: no frame here
 
     async def alone(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """On a spare connection, alone on it (a retry): see ``execute_alone``."""
