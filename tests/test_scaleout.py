@@ -685,8 +685,10 @@ def failover_under_traffic(d: Deployment, setup: Any, event: str) -> FailoverRun
     # most the requests in flight (and strict mode's pending fields add back those not yet in
     # the store).  SENTINEL FAILOVER: the old primary takes writes until keystile asks the
     # sentinels again, every SENTINEL_POLL plus a timeout: what is admitted in that window,
-    # plus the requests in flight.
-    window = SENTINEL_POLL + 2 * REDIS_TIMEOUT
+    # plus the requests in flight. Two timeouts more of room: alone a run loses 0.4-0.8 of
+    # the bound of a 1.5 s window, but under the whole suite on two cores the poll and the
+    # sentinels run late, and one run lost 1,013 against such a bound of 900 (1.7 s worth).
+    window = SENTINEL_POLL + 4 * REDIS_TIMEOUT
     bound = {"cluster-failover": 0, "cluster-kill": STEADY,
              "sentinel-failover": busiest(replies, start, window) + STEADY}[event]  # fmt: skip
     figures = Figures(f"d {event}", total, outcomes(replies)[429, "BILLING_001"],
