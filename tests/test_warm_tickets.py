@@ -5,6 +5,7 @@ tests/test_fast_mode.py, which runs through the same path."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -134,3 +135,21 @@ def test_a_page_cost_callable_is_asked_every_time(make_keystile: Make) -> None:
         call(ks, key.token)
     assert len(costs) == 4 and len(ks.admission.tickets) == 0
     assert ks.usage("acct").pages == 8
+
+
+def test_the_management_api_costs_nothing_and_other_routes_keep_their_ticket(
+    make_keystile: Make,
+) -> None:
+    ks = make_keystile(monthly_page_limit=100)
+    ks.mount_management("/manage", public_paths=(), route=re.compile(r"/apikeys(/.*)?"))
+    key = ks.keys.create("acct", "k")
+    warmed(ks, key.token)
+    ticket = ks.admission.tickets.get(next(iter(ks.admission.tickets._tickets)))
+    pairs = [("authorization", f"Bearer {key.token}")]
+    for _ in range(3):
+        managed = ks.authenticate(pairs, "GET", "/manage/apikeys")
+        assert managed.meter is not None and managed.meter.charge_info.cost == 0
+        assert call(ks, key.token).meter.charge_info.cost == 1  # type: ignore[union-attr]
+    assert ks.admission.tickets.get(next(iter(ks.admission.tickets._tickets))) is ticket
+    report = ks.usage("acct")
+    assert (report.pages, report.requests) == (6, 9)

@@ -138,7 +138,7 @@ class WarmPath(Settlement):
             or now >= ticket.valid_until
             or ticket.cache_epoch != epochs[0]
             or ticket.limits_epoch != epochs[1]
-            or self.management_mounts
+            or (self.management_mounts and self.is_management(request.path))
         ):
             ticket = self._full_pass(creds, digest, request, now, cached_at, epochs)
             if ticket is None:
@@ -174,7 +174,9 @@ class WarmPath(Settlement):
         if not checked and account != snapshot.account_id:
             return None  # another account's counters live in another slot: admit() checks
         page_cost = self.settings.page_cost
-        if isinstance(page_cost, int) and not self.management_mounts:
+        if isinstance(page_cost, int) and not (
+            self.management_mounts and self.is_management(request.path)
+        ):
             cost, fixed_cost = page_cost, True
         else:
             cost, fixed_cost = self.cost_of(request), False

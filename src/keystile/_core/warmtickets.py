@@ -7,9 +7,10 @@ A ticket rests on the in-process caches it was read from and on the clock: it ho
 neither cache dropped, replaced or cleared an entry (their ``epoch``), while both entries it
 was read from live, and until the first of the key's expiry, a rolled secret's end and the
 billing period's end. Only what does not depend on the request itself is in it: a key with
-an IP allowlist, a session, a ``page_cost`` callable or a mounted management API take the
-full pass every time. It holds no secret: it is made only for the remembered credential
-(:mod:`keystile._core.credentialreader`), which has none. No I/O.
+an IP allowlist, a session, a ``page_cost`` callable, or a route of the mounted management
+API (which costs no pages) take the full pass every time. It holds no secret: it is made
+only for the remembered credential (:mod:`keystile._core.credentialreader`), which has none.
+No I/O.
 """
 
 from __future__ import annotations
