@@ -174,7 +174,7 @@ class WarmPath(Settlement):
         if not checked and account != snapshot.account_id:
             return None  # another account's counters live in another slot: admit() checks
         page_cost = self.settings.page_cost
-        if isinstance(page_cost, int) and not (
+        if type(page_cost) is int and not (  # (not a bool)
             self.management_mounts and self.is_management(request.path)
         ):
             cost, fixed_cost = page_cost, True
