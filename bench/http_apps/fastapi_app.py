@@ -1,6 +1,6 @@
 """FastAPI under uvicorn: ``bare``, ``keystile-middleware``, ``keystile-depends``,
-``keystile-request``, ``noop-depends`` and ``safe-api-keys``, all on the same ``async def`` route returning
-``{"ok": true}``.
+``keystile-request``, ``noop-depends`` and ``safe-api-keys``, all on the same ``async def``
+route returning ``{"ok": true}``.
 
 - ``keystile-middleware``: keystile's middleware; the route does not ask for the principal.
 - ``keystile-depends``: the same, and the route takes ``Depends(get_principal)``.

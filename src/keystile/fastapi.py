@@ -9,6 +9,7 @@ its result, so a request costs the same whether or not a route asks for the prin
     def jobs(principal: Principal = Depends(require("readJobs"))): ...
 
     document(app)  # optional: 401/403/429, permissions and x-api-key + x-api-secret in the docs
+
 A route taking ``request: Request`` and calling :func:`principal_of` skips FastAPI's solving.
 """
 

@@ -1,7 +1,7 @@
 """One request from headers to a metered principal, and its settlement after the response.
 
-The common request takes :meth:`Admission.warm`: plain calls, no I/O, or one meter call that
-the engine makes and hands back (:class:`MeterCall`). Everything else takes
+The common request takes :meth:`Admission.warm` (:mod:`keystile._core.warmpath`): plain
+calls, no I/O, or one meter call that the engine makes and hands back. Everything else takes
 :meth:`Admission.admit`, steps that yield their I/O for the engine to perform, like
 :mod:`keystile._core.verification`. In strict mode a credential this process knows costs exactly
 one Redis call (the meter script checks the key's state stamp and charges the quota at

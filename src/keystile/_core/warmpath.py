@@ -180,12 +180,10 @@ class WarmPath(Settlement):
             cost, fixed_cost = page_cost, True
         else:
             cost, fixed_cost = self.cost_of(request), False
-        cached = self._period  # (period_at's, inline while the month lasts)
-        if cached is None or not cached[1] <= now < cached[2]:
-            self.period_at(now)
-            cached = self._period
-            assert cached is not None
-        charge = self._charge(snapshot, account, cached[0], cost)
+        period = self.period_at(now)
+        window = self._period  # (period_at's: the ticket ends with the period)
+        assert window is not None
+        charge = self._charge(snapshot, account, period, cost)
         limit = rate = None
         fresh_until = local.expiry(digest)
         if not self.has_redis:
@@ -198,7 +196,7 @@ class WarmPath(Settlement):
             row_until = limits.expiry(account)
             if fresh_until is not None and row_until is not None and row_until < fresh_until:
                 fresh_until = row_until
-        until = valid_until(snapshot, cached[2])
+        until = valid_until(snapshot, window[2])
         ticket = WarmTicket(
             creds, snapshot, account, charge, limit, rate, epochs, fresh_until or 0.0, until
         )
