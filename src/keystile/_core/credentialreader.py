@@ -22,6 +22,7 @@ from keystile._core.credentials import (
     credentials_from,
     scan_credentials,
 )
+from keystile._core.environheaders import EnvironHeaders
 from keystile._core.rawheaders import RawHeaders
 from keystile._core.settings import Settings
 from keystile._core.tokens import digester
@@ -48,6 +49,8 @@ class CredentialReader:
         it). Raises :class:`AuthError` as ``read_credentials`` does."""
         if headers.__class__ is RawHeaders:
             return self.read_raw(headers.raw)
+        if headers.__class__ is EnvironHeaders:
+            headers = headers.credential_pairs()
         found = scan_credentials(headers)
         named = self._named.copy()  # keyed once: a copy costs less than keying again
         for header, value in found.items():

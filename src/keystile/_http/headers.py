@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from keystile._core.credentials import CREDENTIAL_HEADERS, asgi_headers
+from keystile._core.credentials import asgi_headers
+from keystile._core.environheaders import EnvironHeaders, environ_headers
 
 __all__ = ["encode_headers", "environ_headers", "environ_request", "request_path", "scope_headers"]
 
@@ -21,32 +22,11 @@ def encode_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, byte
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
-def environ_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The ``HTTP_*`` keys (and ``CONTENT_TYPE``/``CONTENT_LENGTH``) of a WSGI environ or a
-    Django ``request.META``, as lowercase dashed names.
-
-    A credential header whose value holds a ``,`` was sent more than once (servers join
-    repeats with ``,``): it is split back into its parts so the core sees the repeat."""
-    headers: list[tuple[str, str]] = []
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            if not isinstance(value, str):
-                continue
-            name = key[5:].lower().replace("_", "-")
-            if "," in value and name in CREDENTIAL_HEADERS:
-                headers.extend((name, part) for part in value.split(","))
-            else:
-                headers.append((name, value))
-        elif (key == "CONTENT_TYPE" or key == "CONTENT_LENGTH") and isinstance(value, str):
-            headers.append((key.lower().replace("_", "-"), value))
-    return headers
-
-
-def environ_request(environ: Mapping[str, Any]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+def environ_request(environ: Mapping[str, Any]) -> tuple[EnvironHeaders, dict[str, Any]]:
     """A WSGI environ's (or ``request.META``'s) headers, and the ``query`` and ``peer`` to
     pass with them to ``authenticate``."""
     extra = {"query": environ.get("QUERY_STRING", ""), "peer": environ.get("REMOTE_ADDR")}
-    return environ_headers(environ), extra
+    return EnvironHeaders(environ), extra
 
 
 def request_path(environ: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -26,6 +26,7 @@ from keystile._core import tokens
 from keystile._core.admission import Admission
 from keystile._core.credentialreader import CredentialReader
 from keystile._core.credentials import Credentials
+from keystile._core.environheaders import EnvironHeaders
 from keystile._core.errors import BackendError
 from keystile._core.metering import Meter
 from keystile._core.networks import Origin
@@ -177,11 +178,14 @@ class Keystile(Closing):
     ) -> tuple[Credentials, str, RequestInfo, Admitted | MeterCall | None, float]:  # fmt: skip
         """What a request carries, what the warm path made of it (None: take the steps), and
         when (the wall clock, read once: the key's last use is noted at that time too)."""
-        if headers.__class__ is not RawHeaders:  # (an ASGI adapter's: read from the bytes)
-            headers = headers if isinstance(headers, list) else list(headers)
-        creds, digest, unseen = self.credentials.read(headers)
+        kind = headers.__class__  # (an adapter's RawHeaders or EnvironHeaders: read lazily)
+        if kind is RawHeaders or kind is EnvironHeaders or kind is list:
+            pairs: Sequence[tuple[str, str]] = headers  # type: ignore[assignment]
+        else:
+            pairs = list(headers)
+        creds, digest, unseen = self.credentials.read(pairs)
         reader = body if callable(body) else (lambda: body)
-        request = RequestInfo(method, path, headers, query, reader, peer)
+        request = RequestInfo(method, path, pairs, query, reader, peer)
         now = self.clock()
         if creds.idempotent:  # a retry is compared with Redis: the steps do that
             return creds, digest, request, None, now

@@ -9,12 +9,14 @@ both follow one policy (:mod:`keystile._http.exchange`). Headers: under ASGI fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
+from keystile._core.environheaders import EnvironHeaders
+from keystile._core.rawheaders import RawHeaders
 from keystile._http.bodies import comparable_length
 from keystile._http.exchange import Exchange
-from keystile._http.headers import environ_headers, scope_headers
 from keystile.django.conf import get_engine
 from keystile.django.csrf import exempt_header_credentials
 from keystile.django.decorators import EXCHANGE_ATTR, REFUSAL_MARK
@@ -23,10 +25,15 @@ __all__ = ["admit", "admitted", "arrive", "request_headers", "request_parts", "s
 
 
 def request_headers(request: Any) -> list[tuple[str, str]]:
+    return list(_headers(request))
+
+
+def _headers(request: Any) -> Sequence[tuple[str, str]]:
+    """For ``authenticate``: the headers, converted only when something reads them all."""
     scope = getattr(request, "scope", None)
     if isinstance(scope, dict) and scope.get("type") == "http" and "headers" in scope:
-        return scope_headers(scope)
-    return environ_headers(request.META)
+        return RawHeaders(scope["headers"])
+    return EnvironHeaders(request.META)
 
 
 def _body(request: Any) -> bytes | None:
@@ -55,7 +62,7 @@ def request_parts(request: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The arguments of ``engine.authenticate`` (or ``authenticate_async``) for ``request``."""
     query, peer = request.META.get("QUERY_STRING", ""), request.META.get("REMOTE_ADDR")
     body = lambda: _body(request)  # noqa: E731 (read only for an Idempotency-Key)
-    args = request_headers(request), request.method or "GET", request.path_info
+    args = _headers(request), request.method or "GET", request.path_info
     return args, {"query": query, "body": body, "peer": peer}
 
 
