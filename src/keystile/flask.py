@@ -119,9 +119,7 @@ def _before(engine: Engine) -> Response | None:
 def _after(response: Response) -> Response:
     exchange: Exchange | None = g.pop(_PENDING, None)
     if exchange is not None:
-        extra = exchange.start(response.status_code)
-        if extra:  # (werkzeug's extend costs a few µs even for none)
-            response.headers.extend(extra)
+        response.headers.extend(exchange.start(response.status_code))
         if response.is_streamed:  # refunded if it fails; settled after it, at its real cost
             response.response = exchange.watch(response.response)  # type: ignore[assignment]
         response.call_on_close(exchange.settle)
