@@ -5,7 +5,7 @@ Idempotency-Key)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
 
@@ -41,10 +41,3 @@ class LazyHeaders(Sequence[tuple[str, str]]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} headers)"  # values may hold credentials
-
-
-def header_pairs(headers: Iterable[tuple[str, str]]) -> Sequence[tuple[str, str]]:
-    """``headers`` as a sequence: an adapter's lazy ones (or a list) as they are."""
-    if headers.__class__ is list or isinstance(headers, LazyHeaders):
-        return headers
-    return list(headers)

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -26,12 +26,13 @@ from keystile._core import tokens
 from keystile._core.admission import Admission
 from keystile._core.credentialreader import CredentialReader
 from keystile._core.credentials import Credentials
+from keystile._core.environheaders import EnvironHeaders
 from keystile._core.errors import BackendError
-from keystile._core.lazyheaders import header_pairs
 from keystile._core.metering import Meter
 from keystile._core.networks import Origin
 from keystile._core.periods import PeriodPolicy
 from keystile._core.principal import Principal
+from keystile._core.rawheaders import RawHeaders
 from keystile._core.rotation import rotation_headers
 from keystile._core.settings import Settings, load_settings
 from keystile._core.store import KeyStore
@@ -175,9 +176,9 @@ class Keystile(Closing):
         self, headers: Iterable[tuple[str, str]], method: str, path: str, query: str, body: Any,
         peer: str | None,
     ) -> tuple[Credentials, str, RequestInfo, Admitted | MeterCall | None, float]:  # fmt: skip
-        """What a request carries, what the warm path made of it (None: take the steps), and
-        when (the wall clock, read once: the key's last use is noted at that time too)."""
-        pairs = header_pairs(headers)
+        """A request's credential, what the warm path made of it (None: the steps), and when."""
+        lazy = (kind := headers.__class__) is RawHeaders or kind is EnvironHeaders or kind is list
+        pairs: Sequence[tuple[str, str]] = headers if lazy else list(headers)  # type: ignore
         creds, digest, unseen = self.credentials.read(pairs)
         reader = body if callable(body) else (lambda: body)
         request = RequestInfo(method, path, pairs, query, reader, peer)
