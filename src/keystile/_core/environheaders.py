@@ -62,7 +62,7 @@ class EnvironHeaders(LazyHeaders):
         pairs: list[tuple[str, str]] = []
         for name, key in _SCANNED_KEYS:
             value = environ.get(key)
-            if value is not None and isinstance(value, str):
+            if isinstance(value, str):
                 _add(pairs, name, value)
         return pairs
 
